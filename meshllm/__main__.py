@@ -1,0 +1,3 @@
+from meshllm.cli import main
+
+raise SystemExit(main())

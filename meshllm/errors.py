@@ -1,0 +1,42 @@
+"""Exceptions raised by meshllm.
+
+    MeshError
+    ├── ConfigError      bad flags, environment or config file; bad join token
+    ├── FrameError       a frame that cannot be decoded, is too large or has a bad shape
+    ├── PeerError        a peer that failed the hello, timed out or closed the link
+    │   └── HelloError   wrong mesh, wrong secret or wrong key in the membership hello
+    ├── ServingError     llama-server or an external endpoint failed to start or answer
+    └── TransferError    a model copy that failed: refused, cut off, wrong size or sha256
+
+Errors from aioquic, aiohttp and msgpack are translated into these at the edge
+where they are raised; a misbehaving peer becomes a closed link, never an
+exception escaping the daemon.
+"""
+
+
+class MeshError(Exception):
+    """Base of every meshllm error."""
+
+
+class ConfigError(MeshError):
+    """Bad configuration: flags, environment, config file or join token."""
+
+
+class FrameError(MeshError):
+    """A frame that cannot be decoded or breaks the protocol."""
+
+
+class PeerError(MeshError):
+    """A peer link that failed or misbehaved."""
+
+
+class HelloError(PeerError):
+    """The membership hello failed: wrong mesh, secret or key."""
+
+
+class ServingError(MeshError):
+    """A model server (llama-server or external endpoint) failed."""
+
+
+class TransferError(MeshError):
+    """A model file copy between peers failed."""
