@@ -1,0 +1,183 @@
+"""Run real ``meshllm`` daemons as subprocesses, for tests and benchmarks.
+
+Each node gets its own state dir, OS-picked ports on 127.0.0.1 and short probe
+timings; its output goes to ``<state_dir>/node.log``.  Every process started
+here is ended by :meth:`NodeProcess.stop` or :class:`Cluster`'s exit, by pid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+READY_TIMEOUT = 60.0
+
+
+def wait_for(
+    predicate: Callable[[], Any], timeout: float, interval: float = 0.05, what: str = "condition"
+) -> Any:
+    """Poll ``predicate`` until it returns something truthy; TimeoutError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            result = predicate()
+        except (OSError, ValueError):
+            result = None
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+class NodeProcess:
+    """One ``meshllm`` daemon."""
+
+    def __init__(self, state_dir: Path, args: Iterable[str], env: dict[str, str] | None = None):
+        self.state_dir = state_dir
+        self.args = list(args)
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.node_id = ""
+        self.quic_addr = ""
+        self.http_port = 0
+        self.token = ""
+        self._log_start = 0
+
+    @property
+    def log_path(self) -> Path:
+        return self.state_dir / "node.log"
+
+    def start(self, wait: bool = True, timeout: float = READY_TIMEOUT) -> NodeProcess:
+        """Launch the daemon; with ``wait``, return once it printed ``ready``."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
+        argv = [sys.executable, "-m", "meshllm", "--state-dir", str(self.state_dir), *self.args]
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env
+            )
+        if wait:
+            self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
+        """Wait for the banner, and parse node id, addresses and token from it."""
+
+        def banner() -> dict[str, str] | None:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"node exited with {self.proc.returncode}:\n{self.log()}")
+            lines = self.log()[self._log_start :].splitlines()
+            if "ready" not in lines:
+                return None
+            fields = {}
+            for line in lines:
+                key, _, value = line.partition(" ")
+                fields.setdefault(key, value.strip())
+            return fields
+
+        fields = wait_for(banner, timeout, what=f"node in {self.state_dir} to be ready")
+        self.node_id = fields["node"].removeprefix("id").strip()
+        self.quic_addr = fields["quic"]
+        self.http_port = int(fields["http"].rsplit(":", 1)[1])
+        self.token = fields["token"]
+
+    def log(self) -> str:
+        """Everything the daemon printed so far."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def get(self, path: str, timeout: float = 10.0) -> Any:
+        """GET a JSON route of the node's HTTP API."""
+        with urllib.request.urlopen(self.url + path, timeout=timeout) as resp:
+            return json.loads(resp.read())
+
+    def status(self) -> dict[str, Any]:
+        return self.get("/api/status")
+
+    def peer_ids(self) -> set[str]:
+        """Node ids this node lists as live peers."""
+        return {p["node_id"] for p in self.status()["peers"]}
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: no leave, no cleanup; the mesh must notice by itself."""
+        if self.alive():
+            assert self.proc is not None
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def terminate(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM: the node leaves cleanly; returns its exit code."""
+        if not self.alive():
+            return self.proc.returncode if self.proc else None
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(10)
+
+    stop = terminate
+
+
+class Cluster:
+    """Several nodes of one mesh; ends them all on exit."""
+
+    def __init__(self, root: Path, base_args: Iterable[str] = ()) -> None:
+        self.root = root
+        self.base_args = [
+            "--bind", "127.0.0.1:0", "--port", "0",
+            "--probe-interval", "1", "--probe-timeout", "1", "--gossip-interval", "1",
+            "--no-install", *base_args,
+        ]  # fmt: skip
+        self.nodes: list[NodeProcess] = []
+
+    def add(self, *args: str, join: bool = True, wait: bool = True, name: str = "") -> NodeProcess:
+        """Start a node; it joins the first node's mesh unless ``join`` is false."""
+        extra = list(args)
+        if join and self.nodes and "--join" not in extra:
+            extra += ["--join", self.nodes[0].token]
+        name = name or f"node{len(self.nodes)}"
+        node = NodeProcess(self.root / name, [*self.base_args, *extra])
+        self.nodes.append(node)
+        return node.start(wait=wait)
+
+    def live(self) -> list[NodeProcess]:
+        return [n for n in self.nodes if n.alive()]
+
+    def converged(self, nodes: list[NodeProcess] | None = None) -> bool:
+        """Whether every given node lists exactly the others as peers."""
+        nodes = nodes if nodes is not None else self.live()
+        ids = {n.node_id for n in nodes}
+        return all(n.peer_ids() == ids - {n.node_id} for n in nodes)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.terminate(timeout=10)
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
