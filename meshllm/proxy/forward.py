@@ -1,0 +1,282 @@
+"""Forwarding to a local backend (llama-server or an external endpoint), streaming.
+
+One :class:`Forwarder` per node holds one pooled ``aiohttp.ClientSession``.
+Its responses are streamed, never buffered: the caller iterates
+:meth:`UpstreamResponse.iter_chunks` and must :meth:`~UpstreamResponse.close`
+the response, which drops the connection when the body was not read to the
+end, so the backend stops generating (DESIGN.md §9, aiohttp streaming proxy).
+
+Model names: the mesh names a model one way, a backend may call it another
+(an external endpoint's ``llama3:8b``); llama-server started with ``--alias
+NAME`` uses the mesh name itself.  The ``backend_model`` hook maps the former
+to the latter; request bodies are rewritten to the backend's name and
+responses back to the mesh's.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from typing import Any, Protocol
+
+import aiohttp
+
+from meshllm.errors import ServingError
+from meshllm.proxy.errors import BackendUnavailable
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+# Not passed to a backend: framing the client library redoes, an encoding we do not want back
+# (responses are rewritten), and the client's credentials, which are for this proxy only.
+REQUEST_DROP = HOP_BY_HOP | {
+    "host",
+    "content-length",
+    "accept-encoding",
+    "authorization",
+    "cookie",
+    "expect",
+}
+# Not passed back: framing aiohttp redoes, and an encoding its client already undid.
+RESPONSE_DROP = HOP_BY_HOP | {"content-length", "content-encoding", "server", "date"}
+
+
+def filter_headers(headers: Iterable[tuple[str, str]], drop: frozenset[str]) -> dict[str, str]:
+    """The ``(name, value)`` pairs whose lower-cased name is not in ``drop``."""
+    return {k: v for k, v in headers if k.lower() not in drop}
+
+
+class ProxiedResponse(Protocol):
+    """A response being relayed: from a local backend or through a tunnel."""
+
+    status: int
+    headers: Mapping[str, str]
+
+    def iter_chunks(self) -> AsyncIterator[bytes]:
+        """The body, piece by piece as it arrives; raises a ``MeshError`` if cut off."""
+        ...
+
+    def close(self) -> None:
+        """Release it; one not read to the end is aborted upstream.  Idempotent."""
+        ...
+
+
+def content_type(headers: Mapping[str, str]) -> str:
+    """The lower-cased ``Content-Type`` in ``headers`` (any case), or ``""``."""
+    for k, v in headers.items():
+        if k.lower() == "content-type":
+            return v.lower()
+    return ""
+
+
+def is_event_stream(headers: Mapping[str, str]) -> bool:
+    """Whether ``headers`` announce an SSE body."""
+    return content_type(headers).startswith("text/event-stream")
+
+
+def split_events(pending: bytes, chunk: bytes) -> tuple[bytes, bytes]:
+    """``(complete, rest)``: the whole SSE events in ``pending + chunk``, and the tail after.
+
+    Relaying whole events only means a stream that breaks mid-event can still
+    be ended with a well-formed error event.
+    """
+    data = pending + chunk if pending else chunk
+    lf, crlf = data.rfind(b"\n\n"), data.rfind(b"\r\n\r\n")
+    cut = max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
+    return data[:cut], data[cut:]
+
+
+class UpstreamResponse:
+    """A backend's response, streamed (implements :class:`ProxiedResponse`)."""
+
+    def __init__(
+        self,
+        resp: aiohttp.ClientResponse,
+        model: str | None = None,
+        rename: tuple[str, str] | None = None,
+    ) -> None:
+        self._resp = resp
+        self._model = model  # the mesh model name the request was for
+        self._rename = rename  # (backend's model name, mesh model name)
+        self._done = False
+        self.status = resp.status
+        self.headers: dict[str, str] = filter_headers(resp.headers.items(), RESPONSE_DROP)
+
+    async def iter_chunks(self) -> AsyncIterator[bytes]:
+        """Body bytes as they arrive; raises :class:`ServingError` if the backend breaks off."""
+        chunks = self._raw_chunks()
+        kind = content_type(self.headers)
+        if kind.startswith("text/event-stream"):
+            if self._rename is not None:
+                chunks = _rename_events(chunks, *self._rename)
+        elif "json" in kind and self._model is not None:
+            chunks = _fix_json_model(chunks, self._model)
+        async for chunk in chunks:
+            yield chunk
+
+    async def read(self) -> bytes:
+        """The whole body."""
+        return b"".join([c async for c in self.iter_chunks()])
+
+    def close(self) -> None:
+        """Return the connection to the pool, or drop it if the body was not read to the end."""
+        if self._done:
+            self._resp.release()
+        else:
+            self._done = True
+            self._resp.close()
+
+    async def _raw_chunks(self) -> AsyncIterator[bytes]:
+        if self._done:
+            return
+        try:
+            async for data in self._resp.content.iter_any():
+                yield data
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            self.close()
+            raise ServingError(f"backend broke off its response: {exc!r}") from exc
+        self._done = True
+        self._resp.release()
+
+
+async def _rename_events(
+    chunks: AsyncIterator[bytes], backend_model: str, mesh_model: str
+) -> AsyncIterator[bytes]:
+    """SSE events with each ``"model": backend_model`` rewritten to ``mesh_model``."""
+    pending = b""
+    async for chunk in chunks:
+        complete, pending = split_events(pending, chunk)
+        if complete:
+            yield b"".join(
+                _rename_event(e, backend_model, mesh_model) for e in complete.split(b"\n\n") if e
+            )
+    if pending:
+        yield pending
+
+
+def _rename_event(event: bytes, backend_model: str, mesh_model: str) -> bytes:
+    lines = event.split(b"\n")
+    for i, line in enumerate(lines):
+        if line.startswith(b"data:") and line[5:].strip() != b"[DONE]":
+            try:
+                obj = json.loads(line[5:])
+            except ValueError:
+                continue
+            if isinstance(obj, dict) and obj.get("model") == backend_model:
+                obj["model"] = mesh_model
+                lines[i] = b"data: " + json.dumps(obj, separators=(",", ":")).encode()
+    return b"\n".join(lines) + b"\n\n"
+
+
+async def _fix_json_model(chunks: AsyncIterator[bytes], mesh_model: str) -> AsyncIterator[bytes]:
+    """A JSON body whose ``model`` field, if any, is set to ``mesh_model``."""
+    body = b"".join([c async for c in chunks])
+    # Fast path: the name already appears as a JSON string, so the field most likely
+    # carries it (llama-server with --alias); parse only when it cannot.
+    if json.dumps(mesh_model).encode() not in body:
+        try:
+            obj = json.loads(body)
+        except ValueError:
+            obj = None
+        if isinstance(obj, dict) and isinstance(obj.get("model"), str):
+            obj["model"] = mesh_model
+            body = json.dumps(obj, separators=(",", ":")).encode()
+    yield body
+
+
+class Forwarder:
+    """Sends requests to local backends over one pooled HTTP client session."""
+
+    def __init__(
+        self,
+        *,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 600.0,
+        max_connections: int = 1024,
+        backend_model: Callable[[str], str] | None = None,
+    ) -> None:
+        """``read_timeout`` bounds the silence between two reads: a non-streamed answer is
+        silent until complete, so it must cover the longest generation.  ``backend_model``
+        maps a mesh model name to the backend's (default: the same name)."""
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=connect_timeout, sock_read=read_timeout
+        )
+        self._max_connections = max_connections
+        self._backend_model = backend_model
+        self._session: aiohttp.ClientSession | None = None
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(limit=self._max_connections, keepalive_timeout=30)
+            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
+        return self._session
+
+    async def forward(
+        self,
+        base_url: str,
+        method: str,
+        path: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        *,
+        model: str | None = None,
+    ) -> UpstreamResponse:
+        """Send the request to ``base_url + path``; return once the response head is in.
+
+        ``model`` is the mesh model name the request is for.  Raises
+        :class:`BackendUnavailable` if no response head comes (refused, reset,
+        timed out): the caller may try another replica.
+        """
+        rename: tuple[str, str] | None = None
+        if model is not None and self._backend_model is not None:
+            backend_name = self._backend_model(model)
+            if backend_name != model:
+                rename = (backend_name, model)
+                body = _with_model(body, backend_name)
+        send_headers = filter_headers(headers.items(), REQUEST_DROP)
+        try:
+            resp = await self._get_session().request(
+                method,
+                base_url.rstrip("/") + path,
+                data=body,
+                headers=send_headers,
+                allow_redirects=False,
+            )
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
+            raise BackendUnavailable(f"backend {base_url} did not answer: {exc!r}") from exc
+        return UpstreamResponse(resp, model, rename)
+
+    async def close(self) -> None:
+        """Close the pooled connections."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def __aenter__(self) -> Forwarder:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+def _with_model(body: bytes, model: str) -> bytes:
+    """``body`` (a JSON object) with its ``model`` set; other bodies unchanged."""
+    try:
+        obj: Any = json.loads(body)
+    except ValueError:
+        return body
+    if not isinstance(obj, dict):
+        return body
+    obj["model"] = model
+    return json.dumps(obj, separators=(",", ":")).encode()

@@ -1,0 +1,319 @@
+"""HTTP over a :class:`~meshllm.gossip.stream.FrameStream`: one request per stream (DESIGN.md §5).
+
+Frames, all ``t: "tunnel"``; the ``k`` field says which part::
+
+    client → server   {k: "head", method, path, headers, model}   model: the mesh model name
+                      {k: "body", d: bytes} ...                   each d at most 64 KiB
+                      {k: "end"}
+    server → client   {k: "head", status, headers}
+                      {k: "body", d: bytes} ...
+                      {k: "end"}  or  {k: "error", message}
+
+An ``error`` before the response head means the serving node could not reach
+its backend (or no longer serves the model): the client raises
+:class:`TunnelUnavailable` and may try another node.  After the head it is a
+:class:`~meshllm.errors.PeerError` mid-stream.  Either side ends its half with
+``FrameStream.end()`` once done; a client that gives up resets the stream, and
+the server then cancels its upstream request at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
+
+from meshllm.errors import FrameError, PeerError, ServingError
+from meshllm.gossip.frames import Frame, FrameType, make_frame
+from meshllm.gossip.stream import FrameStream
+from meshllm.proxy.errors import BackendUnavailable, TunnelUnavailable
+from meshllm.proxy.forward import Forwarder
+
+CHUNK_SIZE = 64 * 1024  # body bytes per frame: far below the 1 MiB frame cap
+MAX_BODY_SIZE = 32 * 1024 * 1024  # request body a peer may send (the proxy caps it first)
+TUNNEL_ROUTES = frozenset(
+    {
+        ("POST", "/v1/chat/completions"),
+        ("POST", "/v1/completions"),
+        ("POST", "/v1/embeddings"),
+    }
+)
+"""What a peer may ask of our backend: the inference routes, not llama-server's admin ones."""
+
+
+_Request = tuple[str, str, dict[str, str], bytes, str | None]  # method, path, headers, body, model
+
+
+def _tunnel(kind: str, **fields: Any) -> Frame:
+    return make_frame(FrameType.TUNNEL, k=kind, **fields)
+
+
+def _check_headers(headers: Any) -> dict[str, str]:
+    if not isinstance(headers, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+    ):
+        raise FrameError("tunnel headers are not a map of strings")
+    return headers
+
+
+# --- client side ---------------------------------------------------------------------------
+
+
+class TunnelResponse:
+    """The response to a tunnelled request (implements ``ProxiedResponse``).
+
+    Read it with ``async for chunk in resp.iter_chunks()``; :meth:`close` it
+    when done.  Closing before the end resets the stream, which cancels the
+    remote request.
+    """
+
+    def __init__(self, stream: FrameStream, status: int, headers: dict[str, str]) -> None:
+        self._stream = stream
+        self._done = False
+        self.status = status
+        self.headers = headers
+
+    async def iter_chunks(self) -> AsyncIterator[bytes]:
+        """Body bytes as they come; raises :class:`PeerError` if the remote side breaks off."""
+        if self._done:
+            return
+        try:
+            while True:
+                frame = await self._stream.recv()
+                if frame is None:
+                    raise PeerError("tunnel closed before its end frame")
+                kind = frame.get("k")
+                if kind == "body" and frame.get("t") == FrameType.TUNNEL:
+                    data = frame.get("d")
+                    if not isinstance(data, bytes):
+                        raise PeerError("tunnel body frame without bytes")
+                    if data:
+                        yield data
+                elif kind == "end" and frame.get("t") == FrameType.TUNNEL:
+                    self._done = True
+                    with contextlib.suppress(PeerError):
+                        await self._stream.end()
+                    return
+                else:
+                    raise PeerError(f"tunnel broke off: {_describe(frame)}")
+        finally:
+            if not self._done:
+                self.close()
+
+    async def read(self) -> bytes:
+        """The whole body."""
+        return b"".join([c async for c in self.iter_chunks()])
+
+    def close(self) -> None:
+        """Release the stream; before its end this resets it.  Idempotent."""
+        if not self._done:
+            self._done = True
+            self._stream.reset()
+
+    async def __aenter__(self) -> TunnelResponse:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+
+async def open_tunnel_request(
+    stream: FrameStream,
+    method: str,
+    path: str,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    model: str | None = None,
+) -> TunnelResponse:
+    """Send a request over ``stream``; return once the response head is in.
+
+    ``model`` names the mesh model, so the serving node picks its backend
+    without parsing the body.  Raises :class:`TunnelUnavailable` if no head
+    comes (link gone, stream reset, remote backend down): nothing reached the
+    client yet, so the caller may retry elsewhere.  Cancelling resets the stream.
+    """
+    head = _tunnel("head", method=method, path=path, headers=dict(headers))
+    if model is not None:
+        head["model"] = model
+    try:
+        await stream.send(head)
+        for i in range(0, len(body), CHUNK_SIZE):
+            await stream.send(_tunnel("body", d=body[i : i + CHUNK_SIZE]))
+        await stream.send(_tunnel("end"))
+        frame = await stream.recv()
+        if frame is None:
+            raise TunnelUnavailable("tunnel closed before the response head")
+        if frame.get("t") != FrameType.TUNNEL or frame.get("k") != "head":
+            raise TunnelUnavailable(f"no response head: {_describe(frame)}")
+        status = frame.get("status")
+        if not isinstance(status, int) or not 100 <= status <= 599:
+            raise TunnelUnavailable(f"bad response status {status!r}")
+        try:
+            resp_headers = _check_headers(frame.get("headers", {}))
+        except FrameError as exc:
+            raise TunnelUnavailable(str(exc)) from None
+    except TunnelUnavailable:
+        stream.reset()
+        raise
+    except PeerError as exc:
+        stream.reset()
+        raise TunnelUnavailable(f"tunnel failed before the response head: {exc}") from exc
+    except BaseException:
+        stream.reset()
+        raise
+    return TunnelResponse(stream, status, resp_headers)
+
+
+def _describe(frame: Frame) -> str:
+    if frame.get("k") == "error" or frame.get("t") == FrameType.ERROR:
+        return f"remote error: {frame.get('message', '?')}"
+    return f"unexpected frame t={frame.get('t')!r} k={frame.get('k')!r}"
+
+
+# --- server side ---------------------------------------------------------------------------
+
+
+async def serve_tunnel(
+    stream: FrameStream,
+    head: Frame,
+    forward: Forwarder,
+    local_base_url: Callable[[str], str | None],
+    *,
+    max_body: int = MAX_BODY_SIZE,
+) -> None:
+    """Answer one tunnelled request whose ``head`` frame the dispatcher already read.
+
+    Reads the body, forwards it to the local backend for the head's model
+    (``local_base_url(model)``; ``None``: not served here, answered with an
+    error frame so the client tries another node), and relays the response
+    frame by frame, with the stream's backpressure.  A client reset cancels
+    the upstream request at once.  Never raises for peer or backend trouble:
+    a misbehaving client gets its stream reset.
+    """
+    try:
+        method, path, headers, model = _parse_head(head)
+        body = await _read_body(stream, max_body)
+        if (method, path.split("?", 1)[0]) not in TUNNEL_ROUTES:
+            await _answer(stream, 404, f"no tunnel route {method} {path}")
+            return
+        if model is None:
+            model = _model_of(body)
+        base_url = local_base_url(model) if model is not None else None
+        if base_url is None:
+            await stream.send(_tunnel("error", message=f"model {model!r} is not served here"))
+            await stream.end()
+            return
+        await _relay_watching(stream, forward, base_url, (method, path, headers, body, model))
+    except (PeerError, FrameError):
+        stream.reset()
+    except BaseException:  # cancelled (the node stops): the client must not wait on us
+        stream.reset()
+        raise
+
+
+def _parse_head(head: Frame) -> tuple[str, str, dict[str, str], str | None]:
+    method, path, model = head.get("method"), head.get("path"), head.get("model")
+    if head.get("k") != "head" or not isinstance(method, str) or not isinstance(path, str):
+        raise FrameError("bad tunnel request head")
+    if not path.startswith("/"):
+        raise FrameError("tunnel path must start with /")
+    if model is not None and not isinstance(model, str):
+        raise FrameError("tunnel model is not a string")
+    return method.upper(), path, _check_headers(head.get("headers", {})), model
+
+
+async def _read_body(stream: FrameStream, max_body: int) -> bytes:
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        frame = await stream.recv()
+        if frame is None:
+            raise PeerError("tunnel request ended without its end frame")
+        if frame.get("t") != FrameType.TUNNEL:
+            raise FrameError(f"unexpected frame {frame.get('t')!r} in a tunnel")
+        kind = frame.get("k")
+        if kind == "end":
+            return b"".join(parts)
+        data = frame.get("d")
+        if kind != "body" or not isinstance(data, bytes):
+            raise FrameError(f"bad tunnel request frame k={kind!r}")
+        size += len(data)
+        if size > max_body:
+            raise FrameError(f"tunnel request body over {max_body} bytes")
+        parts.append(data)
+
+
+def _model_of(body: bytes) -> str | None:
+    try:
+        obj = json.loads(body)
+    except ValueError:
+        return None
+    model = obj.get("model") if isinstance(obj, dict) else None
+    return model if isinstance(model, str) else None
+
+
+async def _answer(stream: FrameStream, status: int, message: str) -> None:
+    """A small JSON error response of our own (not from the backend)."""
+    body = json.dumps({"error": {"message": message, "type": "invalid_request_error"}}).encode()
+    await stream.send(_tunnel("head", status=status, headers={"Content-Type": "application/json"}))
+    await stream.send(_tunnel("body", d=body))
+    await stream.send(_tunnel("end"))
+    await stream.end()
+
+
+async def _relay_watching(
+    stream: FrameStream, forward: Forwarder, base_url: str, request: _Request
+) -> None:
+    """Relay the upstream response while watching the stream for a client reset."""
+    relay = asyncio.ensure_future(_relay(stream, forward, base_url, request))
+    watch = asyncio.ensure_future(_watch_reset(stream))
+    try:
+        done, _ = await asyncio.wait({relay, watch}, return_when=asyncio.FIRST_COMPLETED)
+        if watch in done and watch.result():
+            relay.cancel()  # the client reset: abort the upstream request now
+            with contextlib.suppress(asyncio.CancelledError):
+                await relay
+            raise PeerError("tunnel reset by the client")
+        await relay
+    finally:
+        for task in (relay, watch):
+            task.cancel()
+        await asyncio.gather(relay, watch, return_exceptions=True)
+
+
+async def _watch_reset(stream: FrameStream) -> bool:
+    """True once the client resets the stream; False if it ends its side cleanly."""
+    try:
+        while await stream.recv() is not None:
+            pass  # nothing is expected after the request's end frame: ignore it
+    except PeerError:
+        return True
+    return False
+
+
+async def _relay(stream: FrameStream, forward: Forwarder, base_url: str, request: _Request) -> None:
+    method, path, headers, body, model = request
+    try:
+        upstream = await forward.forward(base_url, method, path, headers, body, model=model)
+    except BackendUnavailable as exc:
+        await stream.send(_tunnel("error", message=str(exc)))
+        await stream.end()
+        return
+    try:
+        await stream.send(_tunnel("head", status=upstream.status, headers=dict(upstream.headers)))
+        try:
+            async with contextlib.aclosing(upstream.iter_chunks()) as chunks:
+                async for chunk in chunks:
+                    for i in range(0, len(chunk), CHUNK_SIZE):
+                        await stream.send(_tunnel("body", d=chunk[i : i + CHUNK_SIZE]))
+        except ServingError as exc:  # the backend broke off mid-response
+            await stream.send(_tunnel("error", message=str(exc)))
+            await stream.end()
+            return
+        await stream.send(_tunnel("end"))
+        await stream.end()
+    finally:
+        upstream.close()

@@ -1,0 +1,482 @@
+"""The /v1 routes through aiohttp's test client, over an in-memory mesh.
+
+``MemoryMesh`` implements ``ProxyMesh``: local replicas are FakeBackends reached
+by the Forwarder, remote ones FakeBackends behind ``serve_tunnel`` on memory
+stream pairs, as the node's dispatcher would serve them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from meshllm.errors import PeerError
+from meshllm.gossip.stream import FrameStream, memory_stream_pair
+from meshllm.proxy import (
+    MODEL_HEADER,
+    NODE_HEADER,
+    Forwarder,
+    Target,
+    add_proxy_routes,
+    openai_error_middleware,
+    serve_tunnel,
+)
+from meshllm.testing import FakeBackend
+
+SELF = "self"
+DEAD_URL = "http://127.0.0.1:1"  # nothing listens on port 1
+
+
+@dataclass
+class MemoryMesh:
+    """A ProxyMesh over in-memory streams: ``replicas[(node_id, model)] = backend base URL``."""
+
+    forwarder: Forwarder
+    replicas: dict[tuple[str, str], str] = field(default_factory=dict)
+    announced_load: dict[str, int] = field(default_factory=dict)
+    cold: list[str] = field(default_factory=list)  # catalog models nobody serves
+    unreachable: set[str] = field(default_factory=set)  # open_stream raises PeerError
+    in_flight: Counter[Target] = field(default_factory=Counter)
+    started: list[Target] = field(default_factory=list)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def catalog(self) -> list[dict[str, Any]]:
+        entries: dict[str, list[str]] = {m: [] for m in self.cold}
+        for node, model in self.replicas:
+            entries.setdefault(model, []).append(node)
+        return [{"model": m, "warm": bool(n), "nodes": n} for m, n in sorted(entries.items())]
+
+    def targets(self) -> Mapping[str, Sequence[Target]]:
+        table: dict[str, list[Target]] = {}
+        for node, model in self.replicas:
+            base = Target(node, model, local=node == SELF)
+            load = self.in_flight[base] + self.announced_load.get(node, 0)
+            table.setdefault(model, []).append(Target(node, model, node == SELF, load))
+        return table
+
+    def local_base_url(self, model: str) -> str | None:
+        return self.replicas.get((SELF, model))
+
+    async def open_stream(self, node_id: str) -> FrameStream:
+        if node_id in self.unreachable:
+            raise PeerError(f"{node_id} unreachable")
+        client, server = memory_stream_pair(SELF, node_id)
+
+        async def dispatch() -> None:
+            head = await server.recv()
+            assert head is not None
+            await serve_tunnel(
+                server, head, self.forwarder, lambda m: self.replicas.get((node_id, m))
+            )
+
+        self.tasks.append(asyncio.create_task(dispatch()))
+        return client
+
+    def request_started(self, target: Target) -> None:
+        key = Target(target.node_id, target.model, target.local)
+        self.in_flight[key] += 1
+        self.started.append(target)
+
+    def request_finished(self, target: Target) -> None:
+        key = Target(target.node_id, target.model, target.local)
+        self.in_flight[key] -= 1
+        assert self.in_flight[key] >= 0
+
+    def idle(self) -> bool:
+        return all(v == 0 for v in self.in_flight.values())
+
+
+@pytest.fixture
+async def backends() -> AsyncIterator[dict[str, FakeBackend]]:
+    async with (
+        FakeBackend(models=["m"], chunks=4) as local_m,
+        FakeBackend(models=["m"], chunks=4) as remote_m,
+        FakeBackend(models=["other"], chunks=4) as remote_other,
+    ):
+        yield {"local_m": local_m, "remote_m": remote_m, "remote_other": remote_other}
+
+
+@pytest.fixture
+async def forwarder() -> AsyncIterator[Forwarder]:
+    async with Forwarder(connect_timeout=2.0, read_timeout=10.0) as fwd:
+        yield fwd
+
+
+@pytest.fixture
+def mesh(forwarder: Forwarder) -> MemoryMesh:
+    return MemoryMesh(forwarder)
+
+
+MakeClient = Callable[..., Any]
+
+
+@pytest.fixture
+async def make_client(mesh: MemoryMesh) -> AsyncIterator[MakeClient]:
+    clients: list[TestClient[web.Request, web.Application]] = []
+
+    async def make(**options: Any) -> TestClient[web.Request, web.Application]:
+        app = web.Application(middlewares=[openai_error_middleware])
+        add_proxy_routes(app, mesh, rng=random.Random(0), **options)
+        client = TestClient(TestServer(app))  # TestServer runs with handler_cancellation=True
+        await client.start_server()
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        await client.close()
+    for task in mesh.tasks:
+        task.cancel()
+    await asyncio.gather(*mesh.tasks, return_exceptions=True)
+
+
+def chat(text: str = "hello", model: str | None = "m", **extra: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"messages": [{"role": "user", "content": text}], **extra}
+    if model is not None:
+        body["model"] = model
+    return body
+
+
+def sse_events(raw: bytes) -> list[bytes]:
+    return [e for e in raw.split(b"\n\n") if e]
+
+
+async def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not cond():
+            await asyncio.sleep(0.01)
+
+
+def assert_openai_error(payload: Any) -> None:
+    assert set(payload) == {"error"}
+    assert {"message", "type", "code"} <= set(payload["error"])
+
+
+# --- /v1/models -----------------------------------------------------------------------------
+
+
+async def test_models_lists_the_catalog_with_meshllm_fields(
+    mesh: MemoryMesh, make_client: MakeClient
+) -> None:
+    mesh.replicas = {(SELF, "m"): DEAD_URL, ("peer", "m"): DEAD_URL}
+    mesh.cold = ["cold"]
+    client = await make_client()
+    resp = await client.get("/v1/models")
+    assert resp.status == 200
+    listing = await resp.json()
+    assert listing["object"] == "list"
+    by_id = {entry["id"]: entry for entry in listing["data"]}
+    assert set(by_id) == {"m", "cold"}
+    for entry in listing["data"]:
+        assert entry["object"] == "model"
+        assert entry["owned_by"] == "meshllm"
+        assert isinstance(entry["created"], int)
+    assert by_id["m"]["meshllm"] == {"warm": True, "nodes": [SELF, "peer"]}
+    assert by_id["cold"]["meshllm"] == {"warm": False, "nodes": []}
+
+
+# --- routing to local and remote ---------------------------------------------------------------
+
+
+async def test_local_target_answers(
+    mesh: MemoryMesh, make_client: MakeClient, backends: dict[str, FakeBackend]
+) -> None:
+    mesh.replicas = {(SELF, "m"): backends["local_m"].url}
+    client = await make_client()
+    resp = await client.post("/v1/chat/completions", json=chat("hi"))
+    assert resp.status == 200
+    assert resp.headers[MODEL_HEADER] == "m"
+    assert resp.headers[NODE_HEADER] == SELF
+    answer = await resp.json()
+    assert answer["choices"][0]["message"]["content"] == "[m] hi"
+    assert backends["local_m"].requests == 1
+    assert mesh.idle()
+
+
+async def test_remote_target_answers_through_the_tunnel(
+    mesh: MemoryMesh, make_client: MakeClient, backends: dict[str, FakeBackend]
+) -> None:
+    mesh.replicas = {("peer", "m"): backends["remote_m"].url}
+    client = await make_client()
+    resp = await client.post("/v1/completions", json={"model": "m", "prompt": "abc"})
+    assert resp.status == 200
+    assert resp.headers[NODE_HEADER] == "peer"
+    assert (await resp.json())["choices"][0]["text"] == "[m] abc"
+    assert backends["remote_m"].requests == 1
+    assert mesh.idle()
+
+
+async def test_embeddings_route(
+    mesh: MemoryMesh, make_client: MakeClient, backends: dict[str, FakeBackend]
+) -> None:
+    mesh.replicas = {("peer", "m"): backends["remote_m"].url}
+    client = await make_client()
+    resp = await client.post("/v1/embeddings", json={"model": "m", "input": ["a", "b"]})
+    assert resp.status == 200
+    assert len((await resp.json())["data"]) == 2
+
+
+@pytest.mark.parametrize("node", [SELF, "peer"])
+async def test_streaming_is_intact_and_unbuffered(
+    mesh: MemoryMesh, make_client: MakeClient, backends: dict[str, FakeBackend], node: str
+) -> None:
+    url = backends["local_m" if node == SELF else "remote_m"].url
+    mesh.replicas = {(node, "m"): url}
+    client = await make_client()
+    body = chat("a b c d e f", stream=True, fake={"chunks": 6, "delay": 0.02})
+    resp = await client.post("/v1/chat/completions", json=body)
+    assert resp.status == 200
+    assert resp.headers["Content-Type"].startswith("text/event-stream")
+    assert resp.headers["X-Accel-Buffering"] == "no"
+    assert resp.headers[MODEL_HEADER] == "m"
+    reads = []
+    async for data in resp.content.iter_any():
+        reads.append(data)
+    events = sse_events(b"".join(reads))
+    assert events[-1] == b"data: [DONE]"
+    chunks = [json.loads(e[6:]) for e in events[:-1]]
+    assert len(chunks) == 7
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == "[m] a b c d e f"
+    assert len(reads) >= 6  # events arrived apart, not as one buffered body
+    assert mesh.idle()
+
+
+async def test_least_loaded_replica_is_chosen(
+    mesh: MemoryMesh, make_client: MakeClient, backends: dict[str, FakeBackend]
+) -> None:
+    mesh.replicas = {(SELF, "m"): backends["local_m"].url, ("peer", "m"): backends["remote_m"].url}
+    mesh.announced_load = {SELF: 3}
+    client = await make_client()
+    resp = await client.post("/v1/chat/completions", json=chat())
+    assert resp.headers[NODE_HEADER] == "peer"
+
+
+# --- retries ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("failure", ["unreachable", "remote_backend_down", "local_backend_down"])
+async def test_a_dead_first_target_is_retried_on_the_next(
+    mesh: MemoryMesh, make_client: MakeClient, backends: dict[str, FakeBackend], failure: str
+) -> None:
+    good = ("good", "m")
+    if failure == "unreachable":
+        mesh.replicas = {("dead", "m"): backends["remote_m"].url}
+        mesh.unreachable = {"dead"}
+    elif failure == "remote_backend_down":
+        mesh.replicas = {("dead", "m"): DEAD_URL}
+    else:
+        mesh.replicas = {(SELF, "m"): DEAD_URL}
+    mesh.replicas[good] = backends["local_m"].url
+    mesh.announced_load = {"good": 1}  # so the dead one is tried first
+    client = await make_client()
+    resp = await client.post("/v1/chat/completions", json=chat(stream=True))
+    assert resp.status == 200
+    assert resp.headers[NODE_HEADER] == "good"
+    assert sse_events(await resp.read())[-1] == b"data: [DONE]"
+    assert [t.node_id for t in mesh.started] == [mesh.started[0].node_id, "good"]
+    assert mesh.started[0].node_id != "good"
+    assert mesh.idle()
+
+
+async def test_all_targets_dead_gives_502(mesh: MemoryMesh, make_client: MakeClient) -> None:
+    mesh.replicas = {(SELF, "m"): DEAD_URL, ("peer", "m"): DEAD_URL, ("gone", "m"): DEAD_URL}
+    mesh.unreachable = {"gone"}
+    client = await make_client()
+    resp = await client.post("/v1/chat/completions", json=chat())
+    assert resp.status == 502
+    assert_openai_error(await resp.json())
+    assert len(mesh.started) == 3
+    assert mesh.idle()
+
+
+@pytest.mark.parametrize("node", [SELF, "peer"])
+async def test_mid_stream_failure_ends_the_stream_with_an_error_event(
+    mesh: MemoryMesh, make_client: MakeClient, backends: dict[str, FakeBackend], node: str
+) -> None:
+    url = backends["local_m" if node == SELF else "remote_m"].url
+    mesh.replicas = {(node, "m"): url}
+    client = await make_client()
+    body = chat("a b c d", stream=True, fake={"chunks": 4, "abort_after": 2})
+    resp = await client.post("/v1/chat/completions", json=body)
+    assert resp.status == 200
+    raw = await asyncio.wait_for(resp.read(), 5)
+    events = sse_events(raw)
+    assert len(events) == 3
+    last = json.loads(events[-1][6:])
+    assert_openai_error(last)
+    assert all(b'"choices"' in e for e in events[:-1])
+    assert mesh.idle()
+
+
+async def test_mid_body_failure_of_a_json_answer_gives_502(
+    mesh: MemoryMesh, make_client: MakeClient
+) -> None:
+    """A non-streamed answer is taken whole, so a break-off is still a clean error."""
+
+    async def broken(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await resp.prepare(request)
+        await resp.write(b'{"partial": ')
+        assert request.transport is not None
+        request.transport.close()
+        return resp
+
+    backend_app = web.Application()
+    backend_app.router.add_post("/v1/chat/completions", broken)
+    async with TestServer(backend_app) as server:
+        mesh.replicas = {("peer", "m"): str(server.make_url("")).rstrip("/")}
+        client = await make_client()
+        resp = await client.post("/v1/chat/completions", json=chat())
+        assert resp.status == 502
+        assert_openai_error(await resp.json())
+
+
+# --- client disconnects -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("node", [SELF, "peer"])
+async def test_client_disconnect_cancels_the_upstream_request(
+    mesh: MemoryMesh, make_client: MakeClient, backends: dict[str, FakeBackend], node: str
+) -> None:
+    backend = backends["local_m" if node == SELF else "remote_m"]
+    mesh.replicas = {(node, "m"): backend.url}
+    client = await make_client()
+    body = chat("x", stream=True, fake={"chunks": 200, "delay": 0.05})
+    resp = await client.post("/v1/chat/completions", json=body)
+    await resp.content.readuntil(b"\n\n")
+    assert backend.in_flight == 1
+    resp.close()  # drop the connection mid-stream
+    await wait_for(lambda: backend.disconnects == 1 and backend.in_flight == 0)
+    await wait_for(mesh.idle)
+
+
+# --- request errors -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"{not json", b"[1, 2]", b'"text"', b'{"model": 7}', b"\xff\xfe"],
+)
+async def test_malformed_body_gives_400(
+    mesh: MemoryMesh, make_client: MakeClient, data: bytes
+) -> None:
+    mesh.replicas = {(SELF, "m"): DEAD_URL}
+    client = await make_client()
+    resp = await client.post("/v1/chat/completions", data=data)
+    assert resp.status == 400
+    assert_openai_error(await resp.json())
+    assert mesh.started == []
+
+
+async def test_body_over_the_cap_gives_413(mesh: MemoryMesh, make_client: MakeClient) -> None:
+    mesh.replicas = {(SELF, "m"): DEAD_URL}
+    client = await make_client(max_body_bytes=1000)
+    resp = await client.post("/v1/chat/completions", json=chat("x" * 2000))
+    assert resp.status == 413
+    assert_openai_error(await resp.json())
+
+    async def chunked() -> AsyncIterator[bytes]:  # no Content-Length: counted as it comes
+        for _ in range(20):
+            yield b" " * 100
+
+    resp = await client.post("/v1/chat/completions", data=chunked())
+    assert resp.status == 413
+    assert mesh.started == []
+
+
+@pytest.mark.parametrize("model", ["m", None])
+async def test_nothing_served_gives_503_with_retry_after(
+    mesh: MemoryMesh, make_client: MakeClient, model: str | None
+) -> None:
+    client = await make_client(retry_after_s=7)
+    resp = await client.post("/v1/chat/completions", json=chat(model=model))
+    assert resp.status == 503
+    assert resp.headers["Retry-After"] == "7"
+    assert_openai_error(await resp.json())
+
+
+async def test_a_cold_catalog_model_gives_503_not_another_model(
+    mesh: MemoryMesh, make_client: MakeClient, backends: dict[str, FakeBackend]
+) -> None:
+    mesh.replicas = {("peer", "other"): backends["remote_other"].url}
+    mesh.cold = ["cold"]
+    client = await make_client()
+    resp = await client.post("/v1/chat/completions", json=chat(model="cold"))
+    assert resp.status == 503
+    assert "Retry-After" in resp.headers
+    assert "cold" in (await resp.json())["error"]["message"]
+
+
+@pytest.mark.parametrize("model", ["no-such-model", None])
+async def test_unknown_model_falls_back_and_says_which(
+    mesh: MemoryMesh,
+    make_client: MakeClient,
+    backends: dict[str, FakeBackend],
+    model: str | None,
+) -> None:
+    mesh.replicas = {("peer", "other"): backends["remote_other"].url}
+    client = await make_client()
+    resp = await client.post("/v1/chat/completions", json=chat("q", model=model))
+    assert resp.status == 200
+    assert resp.headers[MODEL_HEADER] == "other"
+    assert (await resp.json())["model"] == "other"
+    request = backends["remote_other"].last_request
+    assert request is not None and request["model"] == "other"  # the body was rewritten
+
+
+async def test_unknown_route_is_an_openai_404(make_client: MakeClient) -> None:
+    client = await make_client()
+    resp = await client.get("/v1/nothing")
+    assert resp.status == 404
+    assert_openai_error(await resp.json())
+
+
+async def test_client_credentials_are_not_forwarded(
+    mesh: MemoryMesh, make_client: MakeClient, backends: dict[str, FakeBackend]
+) -> None:
+    mesh.replicas = {("peer", "m"): backends["remote_m"].url}
+    client = await make_client()
+    resp = await client.post(
+        "/v1/chat/completions", json=chat(), headers={"Authorization": "Bearer sk-user"}
+    )
+    assert resp.status == 200
+    assert "authorization" not in {k.lower() for k in backends["remote_m"].last_headers}
+
+
+# --- with the openai SDK ------------------------------------------------------------------------
+
+
+async def test_openai_sdk_streams_and_sees_mid_stream_errors(
+    mesh: MemoryMesh, make_client: MakeClient, backends: dict[str, FakeBackend]
+) -> None:
+    openai = pytest.importorskip("openai")
+    mesh.replicas = {("peer", "m"): backends["remote_m"].url}
+    client = await make_client()
+    sdk = openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key="none", max_retries=0)
+    try:
+        stream = await sdk.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "hi sdk"}], stream=True
+        )
+        text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+        assert text == "[m] hi sdk"
+
+        stream = await sdk.chat.completions.create(
+            model="m",
+            messages=[{"role": "user", "content": "a b c d"}],
+            stream=True,
+            extra_body={"fake": {"chunks": 4, "abort_after": 2}},
+        )
+        with pytest.raises(openai.APIError):
+            async for _ in stream:
+                pass
+    finally:
+        await sdk.close()

@@ -1,0 +1,335 @@
+"""The HTTP-over-stream tunnel end to end over memory streams, with a FakeBackend behind it.
+
+Also the Forwarder the tunnel's server side relays through (model renaming, header filtering).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from meshllm.errors import PeerError
+from meshllm.gossip.frames import FrameType, make_frame
+from meshllm.gossip.stream import MemoryFrameStream, memory_stream_pair
+from meshllm.proxy import (
+    BackendUnavailable,
+    Forwarder,
+    TunnelUnavailable,
+    open_tunnel_request,
+    serve_tunnel,
+)
+from meshllm.proxy.forward import split_events
+from meshllm.testing import FakeBackend
+
+CHAT = "/v1/chat/completions"
+JSON = {"Content-Type": "application/json"}
+
+
+def chat_body(text: str = "hello", model: str = "m", **extra: Any) -> bytes:
+    return json.dumps(
+        {"model": model, "messages": [{"role": "user", "content": text}], **extra}
+    ).encode()
+
+
+async def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not cond():
+            await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+async def backend() -> AsyncIterator[FakeBackend]:
+    async with FakeBackend(models=["m"], chunks=5) as fb:
+        yield fb
+
+
+@pytest.fixture
+async def forwarder() -> AsyncIterator[Forwarder]:
+    async with Forwarder(connect_timeout=2.0, read_timeout=10.0) as fwd:
+        yield fwd
+
+
+Tunnel = Callable[..., Awaitable[tuple[MemoryFrameStream, "asyncio.Task[None]"]]]
+
+
+@pytest.fixture
+async def tunnel(forwarder: Forwarder) -> AsyncIterator[Tunnel]:
+    """Make a stream pair whose server end is served as the node's dispatcher would."""
+    tasks: list[asyncio.Task[None]] = []
+
+    async def make(base_url: str | None) -> tuple[MemoryFrameStream, asyncio.Task[None]]:
+        client, server = memory_stream_pair("client", "server")
+
+        async def dispatch() -> None:
+            head = await server.recv()
+            assert head is not None and head["t"] == FrameType.TUNNEL
+            await serve_tunnel(server, head, forwarder, lambda model: base_url)
+
+        task = asyncio.create_task(dispatch())
+        tasks.append(task)
+        return client, task
+
+    yield make
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_tunnel_non_streaming_round_trip(backend: FakeBackend, tunnel: Tunnel) -> None:
+    client, server_task = await tunnel(backend.url)
+    resp = await open_tunnel_request(client, "POST", CHAT, JSON, chat_body("hi there"), model="m")
+    assert resp.status == 200
+    assert resp.headers["Content-Type"].startswith("application/json")
+    answer = json.loads(await resp.read())
+    assert answer["model"] == "m"
+    assert answer["choices"][0]["message"]["content"] == "[m] hi there"
+    await asyncio.wait_for(server_task, 5)
+
+
+async def test_tunnel_streaming_passes_every_event_then_done(
+    backend: FakeBackend, tunnel: Tunnel
+) -> None:
+    client, server_task = await tunnel(backend.url)
+    body = chat_body("one two three four five", stream=True)
+    resp = await open_tunnel_request(client, "POST", CHAT, JSON, body, model="m")
+    assert resp.status == 200
+    assert resp.headers["Content-Type"].startswith("text/event-stream")
+    raw = b"".join([chunk async for chunk in resp.iter_chunks()])
+    events = [e for e in raw.split(b"\n\n") if e]
+    assert events[-1] == b"data: [DONE]"
+    chunks = [json.loads(e[len(b"data: ") :]) for e in events[:-1]]
+    assert len(chunks) == 5 + 1  # five content pieces, then the finish chunk
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
+    assert text == "[m] one two three four five"
+    await asyncio.wait_for(server_task, 5)
+
+
+async def test_tunnel_streams_chunks_as_they_come(backend: FakeBackend, tunnel: Tunnel) -> None:
+    client, _ = await tunnel(backend.url)
+    body = chat_body("slow", stream=True, fake={"chunks": 3, "delay": 0.3})
+    resp = await open_tunnel_request(client, "POST", CHAT, JSON, body, model="m")
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    first = await anext(resp.iter_chunks())
+    assert b"data: " in first
+    assert loop.time() - start < 0.25  # the first event came before the rest were made
+    resp.close()
+
+
+async def test_tunnel_client_reset_cancels_upstream(backend: FakeBackend, tunnel: Tunnel) -> None:
+    client, server_task = await tunnel(backend.url)
+    body = chat_body("x", stream=True, fake={"chunks": 100, "delay": 0.05})
+    resp = await open_tunnel_request(client, "POST", CHAT, JSON, body, model="m")
+    chunks = resp.iter_chunks()
+    await anext(chunks)
+    await wait_for(lambda: backend.in_flight == 1)
+    resp.close()
+    await wait_for(lambda: backend.disconnects == 1 and backend.in_flight == 0)
+    await asyncio.wait_for(server_task, 5)  # serve_tunnel returns, raising nothing
+
+
+async def test_tunnel_cancel_while_waiting_for_head_cancels_upstream(
+    backend: FakeBackend, tunnel: Tunnel
+) -> None:
+    client, server_task = await tunnel(backend.url)
+    body = chat_body("x", fake={"chunks": 100, "delay": 0.05})  # non-streamed, 5 s to answer
+    opening = asyncio.create_task(open_tunnel_request(client, "POST", CHAT, JSON, body))
+    await wait_for(lambda: backend.in_flight == 1)
+    opening.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await opening
+    await wait_for(lambda: backend.disconnects == 1 and backend.in_flight == 0)
+    await asyncio.wait_for(server_task, 5)
+
+
+async def test_tunnel_backend_down_is_unavailable_before_first_byte(tunnel: Tunnel) -> None:
+    client, server_task = await tunnel("http://127.0.0.1:1")  # nothing listens on port 1
+    with pytest.raises(TunnelUnavailable, match="did not answer"):
+        await open_tunnel_request(client, "POST", CHAT, JSON, chat_body(), model="m")
+    await asyncio.wait_for(server_task, 5)
+
+
+async def test_tunnel_model_not_served_here_is_unavailable(tunnel: Tunnel) -> None:
+    client, _ = await tunnel(None)
+    with pytest.raises(TunnelUnavailable, match="not served here"):
+        await open_tunnel_request(client, "POST", CHAT, JSON, chat_body(), model="m")
+
+
+async def test_tunnel_reset_before_head_is_unavailable() -> None:
+    client, server = memory_stream_pair()
+    server.reset()
+    with pytest.raises(TunnelUnavailable):
+        await open_tunnel_request(client, "POST", CHAT, JSON, chat_body())
+
+
+async def test_tunnel_backend_breaking_mid_stream_raises_peer_error(
+    backend: FakeBackend, tunnel: Tunnel
+) -> None:
+    client, server_task = await tunnel(backend.url)
+    body = chat_body("a b c d", stream=True, fake={"chunks": 4, "abort_after": 2})
+    resp = await open_tunnel_request(client, "POST", CHAT, JSON, body, model="m")
+    assert resp.status == 200
+    got: list[bytes] = []
+    with pytest.raises(PeerError) as info:
+        async for chunk in resp.iter_chunks():
+            got.append(chunk)
+    assert not isinstance(info.value, TunnelUnavailable)
+    assert b"".join(got).count(b"data: ") == 2
+    await asyncio.wait_for(server_task, 5)
+
+
+async def test_tunnel_large_body_goes_in_many_frames(backend: FakeBackend, tunnel: Tunnel) -> None:
+    client, _ = await tunnel(backend.url)
+    big = ["w" * 1000] * 300  # about 300 KB: five body frames
+    body = json.dumps({"model": "m", "input": big}).encode()
+    resp = await open_tunnel_request(client, "POST", "/v1/embeddings", JSON, body, model="m")
+    assert resp.status == 200
+    answer = json.loads(await resp.read())
+    assert len(answer["data"]) == 300
+    assert backend.last_request is not None and backend.last_request["input"] == big
+
+
+async def test_tunnel_model_is_read_from_the_body_when_the_head_has_none(
+    backend: FakeBackend, forwarder: Forwarder
+) -> None:
+    client, server = memory_stream_pair()
+    asked: list[str] = []
+
+    def base_url_for(model: str) -> str:
+        asked.append(model)
+        return backend.url
+
+    async def dispatch() -> None:
+        head = await server.recv()
+        assert head is not None
+        await serve_tunnel(server, head, forwarder, base_url_for)
+
+    task = asyncio.create_task(dispatch())
+    resp = await open_tunnel_request(client, "POST", CHAT, JSON, chat_body(model="from-body"))
+    await resp.read()
+    await task
+    assert asked == ["from-body"]
+
+
+async def test_tunnel_refuses_routes_outside_the_inference_api(
+    backend: FakeBackend, tunnel: Tunnel
+) -> None:
+    client, _ = await tunnel(backend.url)
+    resp = await open_tunnel_request(client, "POST", "/slots/0?action=erase", JSON, b"", model="m")
+    assert resp.status == 404
+    assert "error" in json.loads(await resp.read())
+
+
+async def test_serve_tunnel_resets_a_stream_with_bad_frames(forwarder: Forwarder) -> None:
+    client, server = memory_stream_pair()
+    await client.send(make_frame(FrameType.TUNNEL, k="head", method="POST", path=CHAT))
+    await client.send(make_frame(FrameType.TUNNEL, k="body", d="not bytes"))
+    head = await server.recv()
+    assert head is not None
+    await serve_tunnel(server, head, forwarder, lambda model: "http://127.0.0.1:1")
+    with pytest.raises(PeerError):
+        await client.recv()
+
+
+async def test_serve_tunnel_resets_a_bad_head(forwarder: Forwarder) -> None:
+    client, server = memory_stream_pair()
+    head = make_frame(FrameType.TUNNEL, k="head", method="POST", path=CHAT, headers=["x"])
+    await serve_tunnel(server, head, forwarder, lambda model: None)
+    with pytest.raises(PeerError):
+        await client.recv()
+
+
+async def test_tunnel_response_without_end_frame_is_a_peer_error() -> None:
+    client, server = memory_stream_pair()
+
+    async def fake_server() -> None:
+        while (await server.recv())["k"] != "end":  # type: ignore[index]
+            pass
+        await server.send(make_frame(FrameType.TUNNEL, k="head", status=200, headers={}))
+        await server.send(make_frame(FrameType.TUNNEL, k="body", d=b"partial"))
+        await server.end()
+
+    task = asyncio.create_task(fake_server())
+    resp = await open_tunnel_request(client, "POST", CHAT, JSON, b"{}")
+    with pytest.raises(PeerError, match="before its end"):
+        await resp.read()
+    await task
+
+
+# --- the Forwarder ---------------------------------------------------------------------------
+
+
+async def test_forwarder_backend_down_raises_backend_unavailable(forwarder: Forwarder) -> None:
+    with pytest.raises(BackendUnavailable):
+        await forwarder.forward("http://127.0.0.1:1", "POST", CHAT, JSON, chat_body())
+
+
+async def test_forwarder_drops_hop_by_hop_and_credentials(
+    backend: FakeBackend, forwarder: Forwarder
+) -> None:
+    headers = {
+        **JSON,
+        "Authorization": "Bearer sk-secret",
+        "Connection": "keep-alive, x-foo",
+        "X-Request-Id": "r1",
+    }
+    resp = await forwarder.forward(backend.url, "POST", CHAT, headers, chat_body())
+    await resp.read()
+    resp.close()
+    sent = {k.lower(): v for k, v in backend.last_headers.items()}
+    assert "authorization" not in sent
+    assert sent["x-request-id"] == "r1"
+    assert not {"content-length", "transfer-encoding", "date", "server"} & {
+        k.lower() for k in resp.headers
+    }
+
+
+async def test_forwarder_renames_the_model_both_ways() -> None:
+    async with (
+        FakeBackend(models=["llama3:8b"], chunks=3) as fb,
+        Forwarder(backend_model=lambda m: {"mesh-llama": "llama3:8b"}.get(m, m)) as fwd,
+    ):
+        resp = await fwd.forward(
+            fb.url, "POST", CHAT, JSON, chat_body(model="mesh-llama"), model="mesh-llama"
+        )
+        assert fb.last_request is not None and fb.last_request["model"] == "llama3:8b"
+        assert json.loads(await resp.read())["model"] == "mesh-llama"
+        resp.close()
+
+        body = chat_body(model="mesh-llama", stream=True)
+        resp = await fwd.forward(fb.url, "POST", CHAT, JSON, body, model="mesh-llama")
+        raw = await resp.read()
+        resp.close()
+        events = [e for e in raw.split(b"\n\n") if e]
+        assert events[-1] == b"data: [DONE]"
+        assert all(json.loads(e[6:])["model"] == "mesh-llama" for e in events[:-1])
+
+
+async def test_forwarder_reports_the_mesh_name_when_the_backend_differs(
+    backend: FakeBackend, forwarder: Forwarder
+) -> None:
+    # The fake answers "m" whatever it is asked, like llama-server without --alias.
+    resp = await forwarder.forward(
+        backend.url, "POST", CHAT, JSON, chat_body(model="mesh-name"), model="mesh-name"
+    )
+    assert json.loads(await resp.read())["model"] == "mesh-name"
+    resp.close()
+
+
+@pytest.mark.parametrize(
+    ("pending", "chunk", "complete", "rest"),
+    [
+        (b"", b"data: 1\n\n", b"data: 1\n\n", b""),
+        (b"", b"data: 1\n\ndata: 2", b"data: 1\n\n", b"data: 2"),
+        (b"data: 2", b"\n\n", b"data: 2\n\n", b""),
+        (b"", b"data: 1\n", b"", b"data: 1\n"),
+        (b"", b"data: 1\r\n\r\ndata", b"data: 1\r\n\r\n", b"data"),
+        (b"", b"", b"", b""),
+    ],
+)
+def test_split_events_table(pending: bytes, chunk: bytes, complete: bytes, rest: bytes) -> None:
+    assert split_events(pending, chunk) == (complete, rest)
