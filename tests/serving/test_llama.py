@@ -1,0 +1,531 @@
+"""llama-server: finding it, supervising it, never orphaning it.
+
+The supervisor is first tested against a fake llama-server (a small Python
+HTTP server, fast and always available), then end to end against the real
+llama-server on the default model (skipped when llama-server is not built).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import aiohttp
+import psutil
+import pytest
+
+from meshllm.errors import ServingError
+from meshllm.gossip.announcement import ModelState
+from meshllm.serving import LlamaOptions, LlamaServer, ModelFile, find_llama_server, llama_argv
+from meshllm.serving import install as install_module
+from meshllm.serving.llama import Backoff, default_threads
+from meshllm.serving.locate import ENV_VAR, INSTALL_HINT
+
+REPO = Path(__file__).resolve().parents[2]
+FAST = LlamaOptions(
+    backoff_initial=0.05,
+    backoff_max=0.2,
+    health_interval=0.1,
+    health_failures=2,
+    stop_grace=5.0,
+    startup_timeout=60.0,
+)
+
+FAKE_LLAMA = """\
+#!{python}
+# A stand-in for llama-server: /health 503 while "loading", then 200.
+import argparse, json, os, signal, sys, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+p = argparse.ArgumentParser()
+p.add_argument("-m"); p.add_argument("--host"); p.add_argument("--port", type=int)
+p.add_argument("--alias")
+args, _ = p.parse_known_args()
+env = os.environ.get
+print("fake llama-server", " ".join(sys.argv[1:]), flush=True)
+counter = env("FAKE_LLAMA_COUNTER")
+if counter:
+    n = int(open(counter).read() or 0) + 1 if os.path.exists(counter) else 1
+    open(counter, "w").write(str(n))
+    if n <= int(env("FAKE_LLAMA_CRASHES", "0")):
+        print("fake: crashing on start", flush=True)
+        sys.exit(3)
+if env("FAKE_LLAMA_IGNORE_TERM"):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+ready_at = time.monotonic() + float(env("FAKE_LLAMA_LOAD", "0.2"))
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        sick = env("FAKE_LLAMA_SICK") and os.path.exists(env("FAKE_LLAMA_SICK"))
+        code = 500 if sick else 200 if time.monotonic() >= ready_at else 503
+        body = json.dumps({{"status": "ok" if code == 200 else "loading"}}).encode()
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, fmt, *a):
+        print("request", fmt % a, flush=True)
+
+ThreadingHTTPServer((args.host, args.port), Handler).serve_forever()
+"""
+
+DAEMON = """\
+import asyncio, json, sys
+from pathlib import Path
+from meshllm.serving import LlamaServer, ModelFile
+
+async def main():
+    path, binary, log_dir = map(Path, sys.argv[1:4])
+    model = ModelFile(name=sys.argv[4], path=path, size_bytes=0, architecture="?")
+    server = LlamaServer(model, binary, log_dir=log_dir)
+    await server.start()
+    await server.wait_ready(600)
+    print(json.dumps({"pid": server.pid}), flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+# -- helpers -------------------------------------------------------------------
+
+
+class Procs:
+    """Processes a test started (by pid); whatever is still alive is killed at teardown."""
+
+    def __init__(self) -> None:
+        self.procs: list[psutil.Process] = []
+
+    def track(self, pid: int | None) -> psutil.Process:
+        assert pid is not None
+        proc = psutil.Process(pid)
+        self.procs.append(proc)
+        return proc
+
+    def cleanup(self) -> None:
+        for proc in self.procs:
+            if alive(proc):
+                proc.kill()
+
+
+def alive(proc: psutil.Process) -> bool:
+    """Running, and the same process (not a reused pid), and not a zombie."""
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@pytest.fixture
+def procs() -> Iterator[Procs]:
+    tracked = Procs()
+    yield tracked
+    tracked.cleanup()
+
+
+async def until(condition: Callable[[], bool], timeout: float = 120.0) -> None:
+    """Wait for ``condition``; generous timeout, no timing asserted."""
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+def fake_binary(tmp_path: Path) -> Path:
+    path = tmp_path / "bin" / "llama-server"
+    path.parent.mkdir()
+    path.write_text(FAKE_LLAMA.format(python=sys.executable))
+    path.chmod(0o755)
+    return path
+
+
+@pytest.fixture
+def fake_model(tmp_path: Path) -> ModelFile:
+    path = tmp_path / "fake.gguf"
+    path.write_bytes(b"GGUF")
+    return ModelFile(name="fake", path=path, size_bytes=4, architecture="llama")
+
+
+def recorder() -> tuple[list[ModelState], Callable[[str, ModelState], None]]:
+    states: list[ModelState] = []
+    return states, lambda _model, state: states.append(state)
+
+
+async def health(server: LlamaServer) -> int:
+    async with aiohttp.ClientSession() as session, session.get(server.base_url + "/health") as r:
+        return r.status
+
+
+# -- pure parts ------------------------------------------------------------------
+
+
+def test_backoff_doubles_to_max_and_resets() -> None:
+    backoff = Backoff(1.0, 30.0)
+
+    assert [backoff.next() for _ in range(7)] == [1, 2, 4, 8, 16, 30, 30]
+    backoff.reset()
+    assert backoff.next() == 1
+
+
+def test_llama_argv() -> None:
+    model = ModelFile("m", Path("/models/m.gguf"), 1, "llama", context_length=32768)
+    opts = LlamaOptions(ctx_size=8192, parallel=2, threads=3, extra_args=("-ngl", "99"))
+
+    argv = llama_argv(Path("/bin/llama-server"), model, 8081, opts)
+
+    assert argv[:9] == [
+        "/bin/llama-server",
+        *("-m", "/models/m.gguf"),
+        *("--host", "127.0.0.1"),
+        *("--port", "8081"),
+        *("--alias", "m"),
+    ]
+    flags = " ".join(argv)
+    assert "--ctx-size 8192 --parallel 2" in flags and "--threads 3" in flags
+    assert "--metrics" in argv and argv[-2:] == ["-ngl", "99"]
+
+
+def test_llama_argv_caps_context_and_defaults_threads() -> None:
+    model = ModelFile("m", Path("/m.gguf"), 1, "llama", context_length=2048)
+
+    argv = llama_argv(Path("llama-server"), model, 1, LlamaOptions(ctx_size=8192))
+
+    assert argv[argv.index("--ctx-size") + 1] == "2048"
+    threads = int(argv[argv.index("--threads") + 1])
+    assert threads == default_threads() and 1 <= threads <= len(os.sched_getaffinity(0))
+
+
+# -- locate ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def nowhere(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No env var, no cached build, nothing on PATH."""
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    monkeypatch.setattr(install_module, "cached_llama_server", lambda: None)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+
+
+def test_find_llama_server_order(
+    nowhere: None, fake_binary: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    other = tmp_path / "other" / "llama-server"
+    other.parent.mkdir()
+    other.write_bytes(fake_binary.read_bytes())
+    other.chmod(0o755)
+
+    monkeypatch.setenv("PATH", str(fake_binary.parent))
+    assert find_llama_server(None) == fake_binary
+    monkeypatch.setattr(install_module, "cached_llama_server", lambda: other)
+    assert find_llama_server(None) == other
+    monkeypatch.setenv(ENV_VAR, str(fake_binary))
+    assert find_llama_server(None) == fake_binary
+    assert find_llama_server(str(other)) == other
+    assert find_llama_server("llama-server") == fake_binary  # a bare name: PATH
+
+
+def test_find_llama_server_none(nowhere: None) -> None:
+    with pytest.raises(ServingError, match="llama-server not found") as info:
+        find_llama_server(None)
+    assert INSTALL_HINT in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_find_llama_server_bad_explicit(
+    nowhere: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    not_exec = tmp_path / "llama-server"
+    not_exec.write_text("")
+    with pytest.raises(ServingError, match="--llama-server"):
+        find_llama_server(str(tmp_path / "missing"))
+    with pytest.raises(ServingError, match="not an executable"):
+        find_llama_server(str(not_exec))
+    monkeypatch.setenv(ENV_VAR, str(tmp_path / "missing"))
+    with pytest.raises(ServingError, match=ENV_VAR):
+        find_llama_server(None)
+
+
+# -- supervisor, fake llama-server ------------------------------------------------
+
+
+async def test_supervisor_ready_then_stop(
+    fake_binary: Path, fake_model: ModelFile, tmp_path: Path, procs: Procs
+) -> None:
+    states, on_state = recorder()
+    server = LlamaServer(fake_model, fake_binary, log_dir=tmp_path / "logs", on_state=on_state)
+    try:
+        await server.start()
+        child = procs.track(server.pid)
+        await server.wait_ready(60)
+        assert server.state == ModelState.READY
+        assert await health(server) == 200
+        assert os.getpgid(child.pid) == child.pid  # its own process group
+    finally:
+        await server.stop()
+    assert not alive(child)
+    assert server.pid is None and server.state is None
+    assert states == [ModelState.STARTING, ModelState.READY]
+    log_text = server.log_path.read_text()
+    assert "=== meshllm" in log_text and "fake llama-server -m" in log_text
+    assert server.log_path == tmp_path / "logs" / "llama-fake.log"
+
+
+async def test_supervisor_restarts_after_kill9(
+    fake_binary: Path, fake_model: ModelFile, tmp_path: Path, procs: Procs
+) -> None:
+    states, on_state = recorder()
+    server = LlamaServer(fake_model, fake_binary, log_dir=tmp_path, options=FAST, on_state=on_state)
+    try:
+        await server.start()
+        await server.wait_ready(60)
+        first, port = procs.track(server.pid), server.port
+        os.kill(first.pid, signal.SIGKILL)
+        await until(lambda: server.state != ModelState.READY)
+        await server.wait_ready(60)
+        second = procs.track(server.pid)
+        assert second.pid != first.pid and not alive(first)
+        assert server.restarts == 1
+        assert server.port == port  # the same port again while it is free
+        assert await health(server) == 200
+    finally:
+        await server.stop()
+    assert states == [
+        ModelState.STARTING,
+        ModelState.READY,
+        ModelState.FAILED,
+        ModelState.STARTING,
+        ModelState.READY,
+    ]
+
+
+async def test_supervisor_backs_off_when_start_fails(
+    fake_binary: Path,
+    fake_model: ModelFile,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    procs: Procs,
+) -> None:
+    monkeypatch.setenv("FAKE_LLAMA_COUNTER", str(tmp_path / "launches"))
+    monkeypatch.setenv("FAKE_LLAMA_CRASHES", "3")
+    states, on_state = recorder()
+    server = LlamaServer(fake_model, fake_binary, log_dir=tmp_path, options=FAST, on_state=on_state)
+    try:
+        await server.start()
+        await server.wait_ready(60)
+        procs.track(server.pid)
+    finally:
+        await server.stop()
+    assert server.restarts == 3
+    assert states.count(ModelState.FAILED) == 3 and states[-1] == ModelState.READY
+    assert server.log_path.read_text().count("fake: crashing on start") == 3
+
+
+async def test_supervisor_kills_server_that_stops_answering(
+    fake_binary: Path,
+    fake_model: ModelFile,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    procs: Procs,
+) -> None:
+    sick = tmp_path / "sick"
+    monkeypatch.setenv("FAKE_LLAMA_SICK", str(sick))
+    server = LlamaServer(fake_model, fake_binary, log_dir=tmp_path, options=FAST)
+    try:
+        await server.start()
+        await server.wait_ready(60)
+        first = procs.track(server.pid)
+        sick.touch()
+        await until(lambda: not alive(first))
+        sick.unlink()
+        await server.wait_ready(60)
+        procs.track(server.pid)
+        assert server.restarts == 1
+    finally:
+        await server.stop()
+
+
+async def test_supervisor_startup_timeout(
+    fake_binary: Path,
+    fake_model: ModelFile,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    procs: Procs,
+) -> None:
+    monkeypatch.setenv("FAKE_LLAMA_LOAD", "100000")  # loads forever
+    progress: list[float] = []
+    options = LlamaOptions(startup_timeout=1.5, backoff_initial=0.05)
+    server = LlamaServer(
+        fake_model,
+        fake_binary,
+        log_dir=tmp_path,
+        options=options,
+        on_progress=lambda _m, elapsed: progress.append(elapsed),
+    )
+    try:
+        await server.start()
+        first = procs.track(server.pid)
+        await until(lambda: server.restarts >= 1)
+        procs.track(server.pid)
+        assert not alive(first)
+        assert progress  # reported while loading
+        with pytest.raises(ServingError, match="not ready"):
+            await server.wait_ready(0.1)
+    finally:
+        await server.stop()
+
+
+async def test_stop_escalates_to_sigkill(
+    fake_binary: Path,
+    fake_model: ModelFile,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    procs: Procs,
+) -> None:
+    monkeypatch.setenv("FAKE_LLAMA_IGNORE_TERM", "1")
+    options = LlamaOptions(stop_grace=0.5)
+    server = LlamaServer(fake_model, fake_binary, log_dir=tmp_path, options=options)
+    await server.start()
+    child = procs.track(server.pid)
+    await server.wait_ready(60)
+    await server.stop()
+    assert not alive(child)
+
+
+async def test_start_fails_without_binary(fake_model: ModelFile, tmp_path: Path) -> None:
+    server = LlamaServer(fake_model, tmp_path / "no-such-llama-server", log_dir=tmp_path)
+    with pytest.raises(ServingError, match="cannot run llama-server"):
+        await server.start()
+    await server.stop()
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[subprocess.Popen[str]]]:
+    """Node-like Python processes a test started; killed and reaped at teardown."""
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for daemon in started:
+        if daemon.poll() is None:
+            daemon.kill()
+        daemon.wait()
+
+
+def start_daemon(
+    binary: Path, model: ModelFile, log_dir: Path, daemons: list[subprocess.Popen[str]]
+) -> tuple[subprocess.Popen[str], int]:
+    """A Python process that supervises llama-server, as a node does; and its child's pid."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    argv = [sys.executable, "-c", DAEMON, str(model.path), str(binary), str(log_dir), model.name]
+    daemon = subprocess.Popen(argv, stdout=subprocess.PIPE, env=env, text=True)
+    daemons.append(daemon)
+    with daemon.stdout:
+        line = daemon.stdout.readline()  # once ready (the daemon's own limit: 600 s)
+    return daemon, json.loads(line)["pid"]
+
+
+async def kill9_daemon_then_child_is_gone(
+    daemon: subprocess.Popen[str], child: psutil.Process
+) -> None:
+    assert alive(child)
+    daemon.send_signal(signal.SIGKILL)
+    await asyncio.to_thread(daemon.wait)
+    await until(lambda: not alive(child))
+
+
+async def test_killed_daemon_takes_fake_server_along(
+    fake_binary: Path, fake_model: ModelFile, tmp_path: Path, procs: Procs, daemons: list
+) -> None:
+    daemon, pid = await asyncio.to_thread(start_daemon, fake_binary, fake_model, tmp_path, daemons)
+    await kill9_daemon_then_child_is_gone(daemon, procs.track(pid))
+
+
+# -- end to end: the real llama-server on the default model -------------------------
+
+
+@pytest.mark.e2e
+async def test_real_llama_server_serves_chat(
+    llama_server_bin: Path, default_model: ModelFile, tmp_path: Path, procs: Procs
+) -> None:
+    server = LlamaServer(default_model, llama_server_bin, log_dir=tmp_path)
+    try:
+        started = time.monotonic()
+        await server.start()
+        procs.track(server.pid)
+        await server.wait_ready(600)
+        print(f"\ncold start to /health 200: {time.monotonic() - started:.2f} s")
+        assert await health(server) == 200
+        async with aiohttp.ClientSession() as session:
+            async with session.get(server.base_url + "/v1/models") as resp:
+                models = await resp.json()
+            assert [m["id"] for m in models["data"]] == [default_model.name]
+            body = {
+                "model": default_model.name,
+                "messages": [{"role": "user", "content": "Say hello in one word."}],
+                "max_tokens": 8,
+            }
+            async with session.post(server.base_url + "/v1/chat/completions", json=body) as resp:
+                assert resp.status == 200
+                answer = await resp.json()
+        assert answer["choices"][0]["message"]["content"].strip()
+        assert answer["usage"]["completion_tokens"] >= 1
+    finally:
+        await server.stop()
+
+
+@pytest.mark.e2e
+async def test_real_llama_server_restarts_after_kill9(
+    llama_server_bin: Path, default_model: ModelFile, tmp_path: Path, procs: Procs
+) -> None:
+    states, on_state = recorder()
+    server = LlamaServer(
+        default_model, llama_server_bin, log_dir=tmp_path, options=FAST, on_state=on_state
+    )
+    try:
+        await server.start()
+        await server.wait_ready(600)
+        first = procs.track(server.pid)
+        os.kill(first.pid, signal.SIGKILL)
+        await until(lambda: server.state != ModelState.READY)
+        await server.wait_ready(600)
+        second = procs.track(server.pid)
+        assert second.pid != first.pid and not alive(first)
+        assert await health(server) == 200
+    finally:
+        await server.stop()
+    assert states[-3:] == [ModelState.FAILED, ModelState.STARTING, ModelState.READY]
+
+
+@pytest.mark.e2e
+async def test_real_llama_server_stop_leaves_no_process(
+    llama_server_bin: Path, default_model: ModelFile, tmp_path: Path, procs: Procs
+) -> None:
+    server = LlamaServer(default_model, llama_server_bin, log_dir=tmp_path)
+    await server.start()
+    child = procs.track(server.pid)
+    await server.wait_ready(600)
+    await server.stop()
+    assert not alive(child)
+    assert not [p for p in psutil.Process().children(recursive=True) if p.pid == child.pid]
+
+
+@pytest.mark.e2e
+async def test_real_llama_server_dies_with_killed_daemon(
+    llama_server_bin: Path,
+    default_model: ModelFile,
+    tmp_path: Path,
+    procs: Procs,
+    daemons: list,
+) -> None:
+    daemon, pid = await asyncio.to_thread(
+        start_daemon, llama_server_bin, default_model, tmp_path, daemons
+    )
+    child = procs.track(pid)
+    assert child.name().startswith("llama-server")
+    await kill9_daemon_then_child_is_gone(daemon, child)
