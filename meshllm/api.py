@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
+import json
 import time
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from meshllm.election import elect
 from meshllm.gossip.announcement import ModelState, PeerAnnouncement
+from meshllm.proxy import MAX_BODY_BYTES, add_proxy_routes, error_response, openai_error_middleware
 
 if TYPE_CHECKING:
     from meshllm.node import Node
@@ -15,35 +20,15 @@ if TYPE_CHECKING:
 NODE_KEY = web.AppKey("node", object)
 
 
-def openai_error(status: int, message: str, code: str, **headers: str) -> web.Response:
-    """An error in OpenAI's shape ``{"error": {"message", "type", "code"}}``."""
-    kind = "invalid_request_error" if status < 500 else "server_error"
-    return web.json_response(
-        {"error": {"message": message, "type": kind, "code": code}},
-        status=status,
-        headers=headers or None,
-    )
-
-
-@web.middleware
-async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Unknown routes and wrong methods answer in OpenAI's error shape too."""
-    try:
-        return await handler(request)
-    except web.HTTPNotFound:
-        return openai_error(404, f"no route {request.method} {request.path}", "not_found")
-    except web.HTTPMethodNotAllowed:
-        return openai_error(405, f"{request.method} not allowed on {request.path}", "bad_method")
-    except web.HTTPRequestEntityTooLarge:
-        return openai_error(413, "request body too large", "too_large")
-
-
 def create_app(node: Node) -> web.Application:
     """The aiohttp application served on the node's ``--port``."""
-    app = web.Application(middlewares=[error_middleware], client_max_size=32 << 20)
+    app = web.Application(middlewares=[openai_error_middleware], client_max_size=MAX_BODY_BYTES)
     app[NODE_KEY] = node
     app.router.add_get("/health", health)
     app.router.add_get("/api/status", status)
+    app.router.add_post("/api/drop", drop)
+    if node.proxy_mesh is not None:
+        add_proxy_routes(app, node.proxy_mesh)
     return app
 
 
@@ -74,12 +59,17 @@ def status_snapshot(node: Node) -> dict[str, Any]:
                 "linked": node.gossip.link(peer.node_id) is not None,
             }
         )
+    groups = elect(state.all())
+    entries = catalog(state.all())
+    for entry in entries:
+        group = groups.get(entry["model"])
+        entry["host"] = group.host if group else None
     return {
         **me.to_wire(),
         "token": node.token,
         "uptime_s": round(time.time() - node.started_at, 1),
         "peers": peers,
-        "catalog": catalog(state.all()),
+        "catalog": entries,
     }
 
 
@@ -99,3 +89,29 @@ def catalog(announcements: list[PeerAnnouncement]) -> list[dict[str, Any]]:
             {"model": name, "warm": bool(nodes), "nodes": nodes, "size_bytes": sizes.get(name)}
         )
     return entries
+
+
+async def drop(request: web.Request) -> web.Response:
+    """``POST /api/drop {"model"}``: stop serving a model (localhost + admin token only)."""
+    node: Node = request.app[NODE_KEY]  # type: ignore[assignment]
+    remote = request.remote or ""
+    try:
+        local_caller = ipaddress.ip_address(remote).is_loopback
+    except ValueError:
+        local_caller = False
+    if not local_caller:
+        return error_response(403, "drop is only allowed from this machine", "forbidden")
+    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    if not node.admin_token or not hmac.compare_digest(given, node.admin_token):
+        return error_response(401, "drop needs this node's admin token", "unauthorized")
+    try:
+        body = json.loads(await request.read())
+    except ValueError:
+        return error_response(400, "body is not JSON", "invalid_json")
+    model = body.get("model") if isinstance(body, dict) else None
+    if not isinstance(model, str) or not model:
+        return error_response(400, 'body must be {"model": NAME}', "invalid_request")
+    nodes = await node.drop(model)
+    if not nodes:
+        return error_response(404, f"no node serves {model}", "model_not_found")
+    return web.json_response({"dropped": model, "nodes": nodes})

@@ -18,12 +18,16 @@ from meshllm import __version__
 from meshllm.config import Config
 from meshllm.errors import ConfigError
 from meshllm.gossip.announcement import PeerAnnouncement, Role
+from meshllm.gossip.frames import Frame, FrameType, make_frame
 from meshllm.gossip.service import Gossip, GossipSettings
 from meshllm.gossip.state import MeshState, StateEvent
 from meshllm.gossip.transport import Link, QuicFrameStream, QuicTransport, split_addr
 from meshllm.identity import Identity
 from meshllm.join_token import JoinToken, MeshCredentials
+from meshllm.proxy import Forwarder, serve_tunnel
+from meshllm.proxy_mesh import NodeProxyMesh
 from meshllm.resources import host_resources
+from meshllm.serving.manager import ServingManager
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +45,15 @@ class Node:
         )
         self.credentials, self.seeds = self._mesh_credentials()
         self.admin_token = "" if config.client else load_admin_token(config.state_dir)
+        self.stopped = asyncio.Event()
         self.gossip: Gossip | None = None
+        self.serving: ServingManager | None = None
+        self.proxy_mesh: NodeProxyMesh | None = None
+        self.request_exit = self.stopped.set  # replaced by run() with its signal-aware stop
         self.transport: QuicTransport | None = None
         self.quic_addr: tuple[str, int] | None = None
         self.http_port: int | None = None
         self.token = ""
-        self.stopped = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task[object]] = set()
         self.started_at = time.time()
@@ -78,6 +85,11 @@ class Node:
         )
         self.transport = QuicTransport(self.identity, self.credentials, self.gossip)
         self.transport.incarnation = lambda: state.me.incarnation
+        self.gossip.add_handler(FrameType.DROP, self._on_drop_frame)
+        if not cfg.client:
+            self.serving = ServingManager(cfg, self.gossip, self.identity, self.credentials.secret)
+            self.serving.on_dropped = lambda model: self._exit_soon()
+        self.proxy_mesh = NodeProxyMesh(self.gossip, self.serving, Forwarder())
         try:
             host, port = split_addr(cfg.bind)
         except ValueError as exc:
@@ -90,6 +102,8 @@ class Node:
         await self._start_http()
         state.me = state.me.bump(addrs=addrs, http_port=self.http_port)
         self.gossip.start(self.transport, self.seeds)
+        if self.serving is not None:
+            await self.serving.start(self.quic_addr)
         self._spawn(self._refresh_resources())
 
     async def stop(self) -> None:
@@ -98,6 +112,10 @@ class Node:
             await self.gossip.leave()
         for task in list(self._tasks):
             task.cancel()
+        if self.serving is not None:
+            await self.serving.stop()
+        if self.proxy_mesh is not None:
+            await self.proxy_mesh.forwarder.close()
         if self.transport is not None:
             await self.transport.close()
         if self._runner is not None:
@@ -155,8 +173,48 @@ class Node:
     def _on_mesh_events(self, events: list[StateEvent]) -> None:
         """Membership changed: the hook where serving re-runs elections."""
 
-    def _on_stream(self, link: Link, stream: QuicFrameStream, head: dict) -> None:
-        stream.reset()  # no request streams are served yet
+    def _on_stream(self, link: Link, stream: QuicFrameStream, head: Frame) -> None:
+        kind = head.get("t")
+        if kind == FrameType.TUNNEL and self.proxy_mesh is not None:
+            self._spawn(self._serve_tunnel(stream, head))
+        elif kind == FrameType.FILE and self.serving is not None:
+            self._spawn(self.serving.handle_file_request(link, stream, head))
+        else:
+            stream.reset()
+
+    async def _serve_tunnel(self, stream: QuicFrameStream, head: Frame) -> None:
+        mesh = self.proxy_mesh
+        assert mesh is not None
+        mesh.backend_started()
+        try:
+            await serve_tunnel(stream, head, mesh.forwarder, mesh.local_base_url)
+        finally:
+            mesh.backend_finished()
+
+    # drop
+
+    async def drop(self, model: str) -> list[str]:
+        """Stop ``model`` where it is served: here if this node serves it (then exit),
+        else on every peer serving it.  Returns the node ids told to drop it."""
+        if self.serving is not None and model in self.serving.llama:
+            await self.serving.drop(model)
+            return [self.identity.node_id]
+        assert self.gossip is not None
+        nodes = sorted(n for n, p in self.state.peers.items() if model in p.serving)
+        for node_id in nodes:
+            if (link := self.gossip.link(node_id)) is not None:
+                link.send(make_frame(FrameType.DROP, model=model))
+        return nodes
+
+    def _on_drop_frame(self, link: Link, frame: Frame) -> None:
+        model = frame.get("model")
+        if isinstance(model, str) and self.serving is not None and model in self.serving.llama:
+            log.warning("peer %s asks this node to drop %s", link.node_id, model)
+            self._spawn(self.serving.drop(model))
+
+    def _exit_soon(self) -> None:
+        # Let the HTTP answer and the new announcement go out before leaving.
+        asyncio.get_running_loop().call_later(0.3, self.request_exit)
 
     async def _refresh_resources(self) -> None:
         while True:
