@@ -16,7 +16,7 @@ from aiohttp import web
 
 from meshllm import __version__
 from meshllm.config import Config
-from meshllm.errors import ConfigError
+from meshllm.errors import ConfigError, ServingError
 from meshllm.gossip.announcement import PeerAnnouncement, Role
 from meshllm.gossip.frames import Frame, FrameType, make_frame
 from meshllm.gossip.service import Gossip, GossipSettings
@@ -94,7 +94,7 @@ class Node:
             host, port = split_addr(cfg.bind)
         except ValueError as exc:
             raise ConfigError(f"--bind: {exc}") from None
-        self.quic_addr = await self.transport.start(host, port)
+        self.quic_addr = await self._bind(host, port)
         addrs = cfg.advertise or advertised_addrs(self.quic_addr)
         self.token = JoinToken(
             self.credentials.mesh_id, self.credentials.secret, addrs, self.identity.node_id
@@ -103,8 +103,25 @@ class Node:
         state.me = state.me.bump(addrs=addrs, http_port=self.http_port)
         self.gossip.start(self.transport, self.seeds)
         if self.serving is not None:
-            await self.serving.start(self.quic_addr)
+            await self.serving.start()
         self._spawn(self._refresh_resources())
+
+    async def _bind(self, host: str, port: int) -> tuple[str, int]:
+        """Bind QUIC (UDP) and the model-file port (TCP), which share one port number."""
+        assert self.transport is not None
+        for attempt in range(20):
+            addr = await self.transport.start(host, port)
+            if self.serving is None:
+                return addr
+            try:
+                await self.serving.open_file_port(addr)
+                return addr
+            except ServingError:
+                # An OS-picked UDP port may be taken on TCP: pick another pair.
+                await self.transport.close()
+                if port != 0 or attempt == 19:
+                    raise
+        raise AssertionError("unreachable")
 
     async def stop(self) -> None:
         """Leave the mesh cleanly and release every port and task."""

@@ -23,7 +23,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from meshllm.errors import FrameError, TransferError
 from meshllm.gossip.frames import Frame, FrameDecoder, FrameType, encode_frame, make_frame
@@ -93,8 +93,13 @@ async def fetch_file(
         raise TransferError(f"cannot reach the file server at {host}:{port}: {exc}") from exc
     try:
         _check_pin(transport, pinned_cert_sha256)
-        async with asyncio.timeout(connect_timeout):
-            await _handshake(receiver, transport, grant, offset, mesh_secret, pinned_cert_sha256)
+        try:
+            async with asyncio.timeout(connect_timeout):
+                await _handshake(
+                    receiver, transport, grant, offset, mesh_secret, pinned_cert_sha256
+                )
+        except TimeoutError:
+            raise TransferError(f"no answer from the file server at {host}:{port}") from None
         await _receive(receiver, part, offset, hasher, grant.size, progress, stall_timeout)
     except BaseException:
         transport.abort()
@@ -127,7 +132,7 @@ def _resume_state(part: Path, size: int) -> tuple[int, Any]:
         while left and (n := f.readinto(buffer[: min(CHUNK_SIZE, left)])):
             hasher.update(buffer[:n])
             left -= n
-    return have, hasher
+    return have - left, hasher
 
 
 def _check_pin(transport: asyncio.BaseTransport, pinned: bytes) -> None:
@@ -258,9 +263,8 @@ class _Receiver(asyncio.BufferedProtocol):
         self._scratch = memoryview(bytearray(MAX_HEADER_FRAME))  # for bytes nobody asked for
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
-        transport.pause_reading()  # nothing is read before the pin is checked and asked for
+        self._transport = cast(asyncio.Transport, transport)
+        self._transport.pause_reading()  # nothing is read before the pin is checked and asked for
 
     async def read_exactly(self, n: int) -> bytes:
         """The next ``n`` bytes of the stream."""

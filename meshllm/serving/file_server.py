@@ -43,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 HANDSHAKE_TIMEOUT = 10.0  # TLS handshake and the request frame
 CLOSE_TIMEOUT = 30.0  # after the last byte, how long the client may take to hang up
+SEND_STALL_TIMEOUT = 60.0  # a client that reads nothing for this long loses its connection
 MAX_CLIENTS = 32  # concurrent connections; more are closed at once
 WRITE_HIGH_WATER = 4 * CHUNK_SIZE  # keep a few chunks in flight per connection
 
@@ -189,6 +190,9 @@ class FileServer:
         task = asyncio.current_task()
         assert task is not None
         peer = writer.get_extra_info("peername")
+        if self._server is None:  # its TLS handshake ended after stop()
+            writer.transport.abort()
+            return
         if len(self._connections) >= MAX_CLIENTS:
             logger.warning("file server busy: closing connection from %s", peer)
             writer.transport.abort()
@@ -237,6 +241,7 @@ class FileServer:
         async with asyncio.timeout(CLOSE_TIMEOUT):
             while await reader.read(MAX_HEADER_FRAME):
                 pass
+        logger.info("sent %s to %s", grant.name, peer)
 
     def _check_request(self, request: Frame, server_nonce: bytes) -> tuple[_Issued, int]:
         token, offset = request.get("token"), request.get("offset")
@@ -308,7 +313,8 @@ async def _send_range(writer: asyncio.StreamWriter, path: Path, offset: int, siz
                     None, os.pread, fd, min(CHUNK_SIZE, remaining), position
                 )
             writer.write(chunk)
-            await writer.drain()
+            async with asyncio.timeout(SEND_STALL_TIMEOUT):
+                await writer.drain()
     finally:
         if pending is not None:  # a read still runs on the fd: let it end before closing
             with contextlib.suppress(BaseException):

@@ -296,6 +296,7 @@ class LlamaServer:
         ready_at = time.monotonic()
         self._set_state(ModelState.READY)
         await self._watch(proc)
+        self._set_state(ModelState.FAILED)  # before the (maybe slow) SIGTERM grace
         await self._terminate()  # reaps it; kills it if it is stuck
         return time.monotonic() - ready_at
 
@@ -313,7 +314,7 @@ class LlamaServer:
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=logf,
                     stderr=asyncio.subprocess.STDOUT,
-                    process_group=0,
+                    start_new_session=True,  # its own group; uvloop lacks process_group
                     preexec_fn=functools.partial(_die_with_parent, os.getpid()),
                 )
             except OSError as exc:

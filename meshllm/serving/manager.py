@@ -61,8 +61,16 @@ class ServingManager:
 
     # lifecycle
 
-    async def start(self, quic_addr: tuple[str, int]) -> None:
-        """Scan models, open the file port, and start serving what this node should."""
+    async def open_file_port(self, quic_addr: tuple[str, int]) -> None:
+        """Listen for model copies on TCP at the QUIC port's number.  Raises ServingError."""
+        if self.file_server is None:
+            self.file_server = FileServer(
+                self._resolve_file, self.identity.cert_pem, self.identity.key_pem, self.mesh_secret
+            )
+        await self.file_server.start(quic_addr[0], quic_addr[1])
+
+    async def start(self) -> None:
+        """Scan models and start serving what this node should."""
         cfg = self.config
         self.models = await asyncio.to_thread(scan_models, cfg.models_dir)
         resources = host_resources()
@@ -71,10 +79,6 @@ class ServingManager:
             vram_bytes=model_capacity_bytes(resources),
             resources=resources,
         )
-        self.file_server = FileServer(
-            self._resolve_file, self.identity.cert_pem, self.identity.key_pem, self.mesh_secret
-        )
-        await self.file_server.start(quic_addr[0], quic_addr[1])
         for url in cfg.endpoints:
             endpoint = ExternalEndpoint(url, on_change=lambda _: self._publish_serving())
             self.endpoints.append(endpoint)
@@ -188,8 +192,11 @@ class ServingManager:
         )
         self.llama[model.name] = server
         self._set_state(model.name, ModelState.STARTING)
-        self.gossip.publish(role=Role.HOST)
-        await server.start()
+        try:
+            await server.start()
+        except ServingError as exc:
+            log.error("%s", exc)
+            self._set_state(model.name, ModelState.FAILED)
 
     async def _llama_binary(self) -> Path:
         try:
@@ -236,6 +243,8 @@ class ServingManager:
                 return True
             except (PeerError, TransferError, ServingError, OSError) as exc:
                 log.warning("fetching %s from %s failed: %s", model, node_id, exc)
+            except Exception:  # a bug in one copy must not end the node's search for a model
+                log.exception("fetching %s from %s failed", model, node_id)
             finally:
                 self._states.pop(model, None)
         self._publish_serving()

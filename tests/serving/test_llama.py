@@ -8,6 +8,8 @@ llama-server on the default model (skipped when llama-server is not built).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import json
 import os
 import signal
@@ -343,6 +345,7 @@ async def test_supervisor_kills_server_that_stops_answering(
         await server.wait_ready(60)
         first = procs.track(server.pid)
         sick.touch()
+        await until(lambda: server.state != ModelState.READY)
         await until(lambda: not alive(first))
         sick.unlink()
         await server.wait_ready(60)
@@ -406,44 +409,74 @@ async def test_start_fails_without_binary(fake_model: ModelFile, tmp_path: Path)
     await server.stop()
 
 
+class Daemons:
+    """Node-like Python processes that supervise llama-server, as a node does.
+
+    The test process becomes a child subreaper (prctl(2)) while they run, so the
+    llama-server orphaned by a killed daemon is reparented here and reaped, not
+    left a zombie under a PID 1 that may never reap it.
+    """
+
+    def __init__(self) -> None:
+        self.started: list[subprocess.Popen[str]] = []
+        self.orphans: list[psutil.Process] = []
+        _prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+    def start(self, binary: Path, model: ModelFile, log_dir: Path) -> tuple[int, int]:
+        """Start one; returns (daemon pid, llama-server pid) once it is ready."""
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        argv = [sys.executable, "-c", DAEMON, str(model.path), str(binary), str(log_dir)]
+        daemon = subprocess.Popen([*argv, model.name], stdout=subprocess.PIPE, env=env, text=True)
+        self.started.append(daemon)
+        with daemon.stdout:
+            line = daemon.stdout.readline()  # once ready (the daemon's own limit: 600 s)
+        child = json.loads(line)["pid"]
+        self.orphans.append(psutil.Process(child))
+        return daemon.pid, child
+
+    async def kill9(self, daemon_pid: int) -> None:
+        """kill -9 a daemon and reap it."""
+        (daemon,) = [d for d in self.started if d.pid == daemon_pid]
+        daemon.send_signal(signal.SIGKILL)
+        await asyncio.to_thread(daemon.wait)
+
+    def cleanup(self) -> None:
+        for daemon in self.started:
+            if daemon.poll() is None:
+                daemon.kill()
+            daemon.wait()
+        for orphan in self.orphans:
+            if alive(orphan):  # same process (psutil checks the start time), still running
+                orphan.kill()
+            with contextlib.suppress(ChildProcessError):  # reparented here: reap it
+                os.waitpid(orphan.pid, 0)
+        _prctl(PR_SET_CHILD_SUBREAPER, 0)
+
+
+PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
+
+
+def _prctl(option: int, value: int) -> None:
+    ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0)
+
+
 @pytest.fixture
-def daemons() -> Iterator[list[subprocess.Popen[str]]]:
-    """Node-like Python processes a test started; killed and reaped at teardown."""
-    started: list[subprocess.Popen[str]] = []
+def daemons() -> Iterator[Daemons]:
+    started = Daemons()
     yield started
-    for daemon in started:
-        if daemon.poll() is None:
-            daemon.kill()
-        daemon.wait()
-
-
-def start_daemon(
-    binary: Path, model: ModelFile, log_dir: Path, daemons: list[subprocess.Popen[str]]
-) -> tuple[subprocess.Popen[str], int]:
-    """A Python process that supervises llama-server, as a node does; and its child's pid."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    argv = [sys.executable, "-c", DAEMON, str(model.path), str(binary), str(log_dir), model.name]
-    daemon = subprocess.Popen(argv, stdout=subprocess.PIPE, env=env, text=True)
-    daemons.append(daemon)
-    with daemon.stdout:
-        line = daemon.stdout.readline()  # once ready (the daemon's own limit: 600 s)
-    return daemon, json.loads(line)["pid"]
-
-
-async def kill9_daemon_then_child_is_gone(
-    daemon: subprocess.Popen[str], child: psutil.Process
-) -> None:
-    assert alive(child)
-    daemon.send_signal(signal.SIGKILL)
-    await asyncio.to_thread(daemon.wait)
-    await until(lambda: not alive(child))
+    started.cleanup()
 
 
 async def test_killed_daemon_takes_fake_server_along(
-    fake_binary: Path, fake_model: ModelFile, tmp_path: Path, procs: Procs, daemons: list
+    fake_binary: Path, fake_model: ModelFile, tmp_path: Path, procs: Procs, daemons: Daemons
 ) -> None:
-    daemon, pid = await asyncio.to_thread(start_daemon, fake_binary, fake_model, tmp_path, daemons)
-    await kill9_daemon_then_child_is_gone(daemon, procs.track(pid))
+    daemon, pid = await asyncio.to_thread(daemons.start, fake_binary, fake_model, tmp_path)
+    child = procs.track(pid)
+    assert alive(child)
+
+    await daemons.kill9(daemon)
+
+    await until(lambda: not alive(child))
 
 
 # -- end to end: the real llama-server on the default model -------------------------
@@ -521,11 +554,12 @@ async def test_real_llama_server_dies_with_killed_daemon(
     default_model: ModelFile,
     tmp_path: Path,
     procs: Procs,
-    daemons: list,
+    daemons: Daemons,
 ) -> None:
-    daemon, pid = await asyncio.to_thread(
-        start_daemon, llama_server_bin, default_model, tmp_path, daemons
-    )
+    daemon, pid = await asyncio.to_thread(daemons.start, llama_server_bin, default_model, tmp_path)
     child = procs.track(pid)
-    assert child.name().startswith("llama-server")
-    await kill9_daemon_then_child_is_gone(daemon, child)
+    assert alive(child) and child.name().startswith("llama-server")
+
+    await daemons.kill9(daemon)
+
+    await until(lambda: not alive(child))

