@@ -4,10 +4,26 @@
 module and is imported on its own.
 """
 
-from meshllm.serving.catalog import ModelFile, read_model, resolve_model, scan_models
+from typing import Any
+
 from meshllm.serving.external import ExternalEndpoint
 from meshllm.serving.llama import LlamaOptions, LlamaServer, llama_argv
 from meshllm.serving.locate import find_llama_server
+from meshllm.serving.model_file import ModelFile
+from meshllm.serving.scan import scan_catalog
+
+_CATALOG = ("read_model", "resolve_model", "scan_models")
+
+
+def __getattr__(name: str) -> Any:
+    # The catalog imports gguf (and numpy): load it only where it is used, so the
+    # daemon, which scans through meshllm.serving.scan, never does.
+    if name in _CATALOG:
+        from meshllm.serving import catalog
+
+        return getattr(catalog, name)
+    raise AttributeError(name)
+
 
 __all__ = [
     "ExternalEndpoint",
@@ -18,5 +34,6 @@ __all__ = [
     "llama_argv",
     "read_model",
     "resolve_model",
+    "scan_catalog",
     "scan_models",
 ]

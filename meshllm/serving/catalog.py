@@ -22,6 +22,7 @@ from typing import Any
 import gguf
 
 from meshllm.errors import ServingError
+from meshllm.serving.model_file import ModelFile
 
 log = logging.getLogger(__name__)
 
@@ -45,19 +46,6 @@ _SCALARS: dict[gguf.GGUFValueType, str] = {
     gguf.GGUFValueType.INT64: "q",
     gguf.GGUFValueType.FLOAT64: "d",
 }
-
-
-@dataclass(frozen=True, slots=True)
-class ModelFile:
-    """A GGUF model on disk."""
-
-    name: str  # the file stem (split models: without "-00001-of-0000N")
-    path: Path  # what llama-server is given with -m (first shard of a split model)
-    size_bytes: int  # all shards together
-    architecture: str  # general.architecture, e.g. "gemma3"
-    parameter_count: int | None = None  # sum of tensor elements; None if unknown
-    file_type: str | None = None  # e.g. "Q4_K_M", from general.file_type
-    context_length: int | None = None  # {arch}.context_length (training context)
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,3 +273,26 @@ def resolve_model(spec: str, models_dir: Path) -> ModelFile | None:
         except ServingError as exc:
             log.debug("skipping %s: %s", direct.name, exc)
     return scan_models(models_dir).get(spec)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m meshllm.serving.catalog DIR [SPEC...]``: JSON of the scan and of each
+    ``--model`` spec resolved; what :mod:`meshllm.serving.scan` runs in a child process."""
+    import json
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    models_dir, specs = Path(args[0]), args[1:]
+    result = {
+        "models": [m.to_wire() for m in scan_models(models_dir).values()],
+        "resolved": {
+            spec: (m.to_wire() if (m := resolve_model(spec, models_dir)) else None)
+            for spec in specs
+        },
+    }
+    json.dump(result, sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

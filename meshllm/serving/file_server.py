@@ -45,6 +45,7 @@ HANDSHAKE_TIMEOUT = 10.0  # TLS handshake and the request frame
 CLOSE_TIMEOUT = 30.0  # after the last byte, how long the client may take to hang up
 SEND_STALL_TIMEOUT = 60.0  # a client that reads nothing for this long loses its connection
 MAX_CLIENTS = 32  # concurrent connections; more are closed at once
+MAX_GRANTS = 256  # outstanding grants; the oldest go first
 WRITE_HIGH_WATER = 4 * CHUNK_SIZE  # keep a few chunks in flight per connection
 
 
@@ -156,6 +157,8 @@ class FileServer:
             now = self._clock()
             for token in [t for t, i in self._grants.items() if i.grant.expires < now]:
                 del self._grants[token]
+            while len(self._grants) >= MAX_GRANTS:  # a peer asking in a loop: drop the oldest
+                del self._grants[next(iter(self._grants))]
             self._grants[grant.token] = _Issued(grant, path, st.st_mtime_ns)
         return grant
 

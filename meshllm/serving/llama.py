@@ -32,7 +32,7 @@ import psutil
 
 from meshllm.errors import ServingError
 from meshllm.gossip.announcement import ModelState
-from meshllm.serving.catalog import ModelFile
+from meshllm.serving.model_file import ModelFile
 
 log = logging.getLogger(__name__)
 

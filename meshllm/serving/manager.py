@@ -26,13 +26,14 @@ from meshllm.gossip.stream import FrameStream
 from meshllm.gossip.transport import Link, split_addr
 from meshllm.identity import Identity
 from meshllm.resources import host_resources, model_capacity_bytes
-from meshllm.serving.catalog import ModelFile, resolve_model, scan_models
 from meshllm.serving.external import ExternalEndpoint
 from meshllm.serving.file_client import fetch_file
 from meshllm.serving.file_server import FileServer
 from meshllm.serving.install import DEFAULT_MODEL
 from meshllm.serving.llama import LlamaServer
 from meshllm.serving.locate import find_llama_server
+from meshllm.serving.model_file import ModelFile
+from meshllm.serving.scan import scan_catalog
 from meshllm.serving.transfer import Grant
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ class ServingManager:
         self.file_server: FileServer | None = None
         self.on_dropped: Callable[[str], None] = lambda model: None
         self._states: dict[str, ModelState] = {}
+        self._resolved: dict[str, ModelFile | None] = {}
         self._tasks: set[asyncio.Task[object]] = set()
 
     # lifecycle
@@ -72,7 +74,7 @@ class ServingManager:
     async def start(self) -> None:
         """Scan models and start serving what this node should."""
         cfg = self.config
-        self.models = await asyncio.to_thread(scan_models, cfg.models_dir)
+        self.models, self._resolved = await scan_catalog(cfg.models_dir, cfg.models)
         resources = host_resources()
         self.gossip.publish(
             available_models={m.name: m.size_bytes for m in self.models.values()},
@@ -135,7 +137,7 @@ class ServingManager:
         cfg = self.config
         local = {name: m.size_bytes for name, m in self.models.items()}
         for spec in cfg.models:  # a path outside the models dir counts as local too
-            if (found := resolve_model(spec, cfg.models_dir)) is not None:
+            if (found := self._resolved.get(spec)) is not None:
                 self.models.setdefault(found.name, found)
                 local[found.name] = found.size_bytes
         names = [Path(spec).stem if spec.endswith(".gguf") else spec for spec in cfg.models]
@@ -221,7 +223,8 @@ class ServingManager:
             self.gossip.publish(serving=serving, role=role)
 
     async def _add_local_model(self, path: Path) -> None:
-        found = await asyncio.to_thread(resolve_model, str(path), self.config.models_dir)
+        _, resolved = await scan_catalog(self.config.models_dir, [str(path)])
+        found = resolved.get(str(path))
         if found is None:
             raise ServingError(f"{path} is not a usable GGUF model")
         self.models[found.name] = found

@@ -1,0 +1,28 @@
+"""ModelFile: a GGUF model on disk, as the catalog describes it."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class ModelFile:
+    """A GGUF model on disk."""
+
+    name: str  # the file stem (split models: without "-00001-of-0000N")
+    path: Path  # what llama-server is given with -m (first shard of a split model)
+    size_bytes: int  # all shards together
+    architecture: str  # general.architecture, e.g. "gemma3"
+    parameter_count: int | None = None  # sum of tensor elements; None if unknown
+    file_type: str | None = None  # e.g. "Q4_K_M", from general.file_type
+    context_length: int | None = None  # {arch}.context_length (training context)
+
+    def to_wire(self) -> dict[str, Any]:
+        """Plain dict for JSON."""
+        return {**asdict(self), "path": str(self.path)}
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> ModelFile:
+        return cls(**{**data, "path": Path(data["path"])})
