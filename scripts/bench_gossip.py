@@ -50,9 +50,13 @@ def main() -> None:
         print(f"probe interval / timeout     {args.probe_interval:g} s / {args.probe_timeout:g} s")
         print(f"converged after last join    {converge * 1000:.0f} ms")
 
-        rss = [psutil.Process(n.pid).memory_info().rss / 2**20 for n in cluster.nodes]
+        mem = [psutil.Process(n.pid).memory_full_info() for n in cluster.nodes]
+        rss = [m.rss / 2**20 for m in mem]
+        uss = [m.uss / 2**20 for m in mem]  # without the shared libraries' pages
         print(f"daemon RSS                   median {statistics.median(rss):.1f} MiB, "
               f"max {max(rss):.1f} MiB")  # fmt: skip
+        print(f"daemon USS (own pages)       median {statistics.median(uss):.1f} MiB, "
+              f"max {max(uss):.1f} MiB")  # fmt: skip
 
         victim = rest[len(rest) // 2]
         victim.kill()

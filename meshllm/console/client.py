@@ -1,0 +1,336 @@
+"""The console's only link to the network: an async client of the local node's HTTP API.
+
+It speaks the routes of DESIGN.md §4 (`/api/status`, `/api/drop`, `/v1/chat/completions`,
+`/health`) and turns their JSON into the small frozen dataclasses the widgets render.
+aiohttp errors are translated here, at the edge, into `NodeUnreachable` (nothing answers)
+and `NodeAPIError` (the node answered with an error), both `MeshError`s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from meshllm.errors import MeshError
+
+ADMIN_TOKEN_FILE = "admin_token"
+
+
+class NodeUnreachable(MeshError):
+    """Nothing answers on the node's port (connection refused, timeout, reset)."""
+
+
+class NodeAPIError(MeshError):
+    """The node answered, but with an error (OpenAI-shaped body) or a malformed one."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Gpu:
+    """One GPU of a node."""
+
+    index: int
+    name: str
+    vram_total: int
+    vram_used: int
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What a node reported about its machine; absent (None) when the node did not say."""
+
+    cpu_count: int
+    cpu_percent: float
+    ram_total: int
+    ram_used: int
+    gpus: tuple[Gpu, ...]
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """One node of the mesh as the local node sees it (itself included, `is_self`)."""
+
+    node_id: str
+    role: str
+    serving: Mapping[str, str]
+    addrs: tuple[str, ...]
+    version: str
+    load: int
+    vram_bytes: int
+    resources: Resources | None
+    rtt_ms: float | None
+    last_seen_s: float | None
+    is_self: bool = False
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    """One model of the mesh catalog."""
+
+    model: str
+    warm: bool
+    nodes: tuple[str, ...]
+    size_bytes: int | None
+
+
+@dataclass(frozen=True)
+class MeshStatus:
+    """A parsed `/api/status`: this node first in `nodes`, then the live peers."""
+
+    node_id: str
+    role: str
+    token: str
+    http_port: int | None
+    version: str
+    nodes: tuple[NodeInfo, ...]
+    catalog: tuple[CatalogEntry, ...]
+
+    @property
+    def me(self) -> NodeInfo:
+        """This node."""
+        return self.nodes[0]
+
+    def serving_nodes(self, model: str) -> list[NodeInfo]:
+        """The nodes that serve `model`, in any state."""
+        return [n for n in self.nodes if model in n.serving]
+
+
+def _int(value: Any, default: int = 0) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def _opt_float(value: Any) -> float | None:
+    try:
+        return None if value is None else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def parse_resources(raw: Any) -> Resources | None:
+    """Resources from the API; `{}`, null or a malformed value mean unknown."""
+    if not isinstance(raw, Mapping) or not raw:
+        return None
+    gpus = tuple(
+        Gpu(
+            index=_int(g.get("index")),
+            name=str(g.get("name", "")),
+            vram_total=_int(g.get("vram_total")),
+            vram_used=_int(g.get("vram_used")),
+        )
+        for g in raw.get("gpus") or ()
+        if isinstance(g, Mapping)
+    )
+    return Resources(
+        cpu_count=_int(raw.get("cpu_count")),
+        cpu_percent=_opt_float(raw.get("cpu_percent")) or 0.0,
+        ram_total=_int(raw.get("ram_total")),
+        ram_used=_int(raw.get("ram_used")),
+        gpus=gpus,
+    )
+
+
+def _parse_node(raw: Mapping[str, Any], *, is_self: bool) -> NodeInfo:
+    serving = raw.get("serving") or {}
+    return NodeInfo(
+        node_id=str(raw.get("node_id", "?")),
+        role=str(raw.get("role", "?")),
+        serving={str(k): str(v) for k, v in serving.items()}
+        if isinstance(serving, Mapping)
+        else {},
+        addrs=tuple(str(a) for a in raw.get("addrs") or ()),
+        version=str(raw.get("version", "")),
+        load=_int(raw.get("load")),
+        vram_bytes=_int(raw.get("vram_bytes")),
+        resources=parse_resources(raw.get("resources")),
+        rtt_ms=None if is_self else _opt_float(raw.get("rtt_ms")),
+        last_seen_s=None if is_self else _opt_float(raw.get("last_seen_s")),
+        is_self=is_self,
+    )
+
+
+def parse_status(raw: Any) -> MeshStatus:
+    """Parse a `/api/status` body; missing fields get neutral defaults."""
+    if not isinstance(raw, Mapping) or "node_id" not in raw:
+        raise NodeAPIError("/api/status answered something that is not a node status")
+    me = _parse_node(raw, is_self=True)
+    peers = sorted(
+        (_parse_node(p, is_self=False) for p in raw.get("peers") or () if isinstance(p, Mapping)),
+        key=lambda n: n.node_id,
+    )
+    catalog = tuple(
+        CatalogEntry(
+            model=str(c.get("model", "?")),
+            warm=bool(c.get("warm")),
+            nodes=tuple(str(n) for n in c.get("nodes") or ()),
+            size_bytes=None if c.get("size_bytes") is None else _int(c.get("size_bytes")),
+        )
+        for c in raw.get("catalog") or ()
+        if isinstance(c, Mapping)
+    )
+    http_port = raw.get("http_port")
+    return MeshStatus(
+        node_id=me.node_id,
+        role=me.role,
+        token=str(raw.get("token", "")),
+        http_port=None if http_port is None else _int(http_port),
+        version=me.version,
+        nodes=(me, *peers),
+        catalog=catalog,
+    )
+
+
+def _error_message(body: Any, status: int) -> str:
+    """The message of an OpenAI-shaped error body, or a generic one."""
+    if isinstance(body, Mapping):
+        err = body.get("error")
+        if isinstance(err, Mapping) and err.get("message"):
+            return str(err["message"])
+        if isinstance(err, str):
+            return err
+    return f"HTTP {status}"
+
+
+@contextlib.contextmanager
+def map_exceptions(url: str) -> Iterator[None]:
+    """Translate aiohttp and timeout errors into `NodeUnreachable` / `NodeAPIError`."""
+    try:
+        yield
+    except aiohttp.ClientConnectorError as exc:
+        reason = "connection refused" if isinstance(exc.os_error, ConnectionRefusedError) else exc
+        raise NodeUnreachable(f"no node answers on {url}: {reason}") from exc
+    except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+        raise NodeUnreachable(f"the node on {url} dropped the connection: {exc}") from exc
+    except TimeoutError as exc:
+        raise NodeUnreachable(f"the node on {url} did not answer in time") from exc
+    except aiohttp.ContentTypeError as exc:
+        raise NodeAPIError(f"the node on {url} answered with no JSON", exc.status) from exc
+    except (aiohttp.ClientError, json.JSONDecodeError) as exc:
+        raise NodeAPIError(f"bad answer from the node on {url}: {exc}") from exc
+
+
+class NodeClient:
+    """Async client of one local node's HTTP API (127.0.0.1:`port` by default).
+
+    The aiohttp session is created on first use, inside the running event loop, and
+    closed by `close()`.
+    """
+
+    def __init__(
+        self,
+        port: int,
+        state_dir: Path,
+        *,
+        host: str = "127.0.0.1",
+        timeout: float = 3.0,
+    ) -> None:
+        self.port = port
+        self.host = host
+        self.state_dir = Path(state_dir).expanduser()
+        self.base_url = f"http://{host}:{port}"
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def address(self) -> str:
+        """host:port of the node, for messages."""
+        return f"{self.host}:{self.port}"
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(base_url=self.base_url)
+        return self._session
+
+    async def close(self) -> None:
+        """Close the HTTP session."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _json(self, resp: aiohttp.ClientResponse) -> Any:
+        body = await resp.json(content_type=None)
+        if resp.status >= 400:
+            raise NodeAPIError(_error_message(body, resp.status), resp.status)
+        return body
+
+    async def health(self) -> bool:
+        """True when `/health` answers 200."""
+        with map_exceptions(self.address):
+            async with self._http().get("/health", timeout=self._timeout) as resp:
+                return resp.status == 200
+
+    async def status(self) -> MeshStatus:
+        """`GET /api/status`, parsed."""
+        with map_exceptions(self.address):
+            async with self._http().get("/api/status", timeout=self._timeout) as resp:
+                return parse_status(await self._json(resp))
+
+    def admin_token(self) -> str:
+        """The admin token, read from `<state_dir>/admin_token` at each use."""
+        path = self.state_dir / ADMIN_TOKEN_FILE
+        try:
+            return path.read_text().strip()
+        except OSError as exc:
+            raise NodeAPIError(f"cannot read the admin token {path}: {exc.strerror}") from exc
+
+    async def drop(self, model: str) -> list[str]:
+        """`POST /api/drop`: ask the nodes serving `model` to stop; returns their ids."""
+        headers = {"Authorization": f"Bearer {self.admin_token()}"}
+        with map_exceptions(self.address):
+            async with self._http().post(
+                "/api/drop", json={"model": model}, headers=headers, timeout=self._timeout
+            ) as resp:
+                body = await self._json(resp)
+        nodes = body.get("nodes") if isinstance(body, Mapping) else None
+        return [str(n) for n in nodes or ()]
+
+    async def chat_stream(
+        self, model: str, messages: Sequence[Mapping[str, str]]
+    ) -> AsyncIterator[str]:
+        """Stream a chat completion through the proxy; yields content deltas as they come."""
+        # No total timeout: a long answer is fine as long as bytes keep coming.
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=120)
+        payload = {"model": model, "messages": list(messages), "stream": True}
+        with map_exceptions(self.address):
+            async with self._http().post(
+                "/v1/chat/completions", json=payload, timeout=timeout
+            ) as resp:
+                if resp.status >= 400:
+                    await self._json(resp)  # raises NodeAPIError with the node's message
+                async for raw_line in resp.content:
+                    delta = _sse_delta(raw_line)
+                    if delta is _DONE:
+                        return
+                    if delta:
+                        yield delta
+
+
+_DONE = object()
+
+
+def _sse_delta(raw_line: bytes) -> Any:
+    """The content delta of one SSE line, `_DONE` at the end, None for anything else."""
+    line = raw_line.decode("utf-8", "replace").strip()
+    if not line.startswith("data:"):
+        return None
+    data = line[5:].strip()
+    if data == "[DONE]":
+        return _DONE
+    chunk = json.loads(data)
+    if isinstance(chunk, Mapping) and "error" in chunk:
+        raise NodeAPIError(_error_message(chunk, 502))
+    try:
+        return chunk["choices"][0]["delta"].get("content")
+    except (KeyError, IndexError, TypeError, AttributeError):
+        return None

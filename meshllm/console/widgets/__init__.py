@@ -1,0 +1,23 @@
+"""The console's widgets, one a file; none of them touches the network."""
+
+from meshllm.console.widgets.chat_message import ChatMessage
+from meshllm.console.widgets.chat_pane import ChatPane
+from meshllm.console.widgets.confirm_drop import ConfirmDrop
+from meshllm.console.widgets.fleet_summary import FleetSummary
+from meshllm.console.widgets.header_bar import HeaderBar
+from meshllm.console.widgets.live_table import LiveTable
+from meshllm.console.widgets.models_table import ModelsTable
+from meshllm.console.widgets.node_down_banner import NodeDownBanner
+from meshllm.console.widgets.nodes_table import NodesTable
+
+__all__ = [
+    "ChatMessage",
+    "ChatPane",
+    "ConfirmDrop",
+    "FleetSummary",
+    "HeaderBar",
+    "LiveTable",
+    "ModelsTable",
+    "NodeDownBanner",
+    "NodesTable",
+]

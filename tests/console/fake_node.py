@@ -1,0 +1,240 @@
+"""A fake meshllm node HTTP API for the console tests: an aiohttp app over mutable status.
+
+Tests change `FakeNode.status` (or use `add_peer` / `remove_peer`) and watch the console
+follow. Requests to `/api/drop` and `/v1/chat/completions` are recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from aiohttp import web
+
+ADMIN_TOKEN = "admin-secret-0123"
+GIB = 1024**3
+ANSWER_CHUNKS = ["Hello", " from", " the", " fake", " mesh", "!"]
+ANSWER = "".join(ANSWER_CHUNKS)
+
+
+def resources(cpu: float, ram_used: float, ram_total: float, gpus: list[Any]) -> dict[str, Any]:
+    """A resources block: ram in GiB, gpus as (name, used GiB, total GiB)."""
+    return {
+        "cpu_count": 8,
+        "cpu_percent": cpu,
+        "ram_total": int(ram_total * GIB),
+        "ram_used": int(ram_used * GIB),
+        "gpus": [
+            {"index": i, "name": name, "vram_total": int(total * GIB), "vram_used": int(used * GIB)}
+            for i, (name, used, total) in enumerate(gpus)
+        ],
+    }
+
+
+def peer(
+    node_id: str,
+    port: int,
+    *,
+    role: str = "worker",
+    serving: dict[str, str] | None = None,
+    res: dict[str, Any] | None = None,
+    vram_gib: float = 0,
+    rtt_ms: float | None = 1.5,
+) -> dict[str, Any]:
+    """One live peer as /api/status lists it."""
+    return {
+        "node_id": node_id,
+        "addrs": [f"127.0.0.1:{port}"],
+        "role": role,
+        "serving": serving or {},
+        "available_models": {},
+        "requested_models": [],
+        "vram_bytes": int(vram_gib * GIB),
+        "resources": res if res is not None else {},
+        "load": 0,
+        "version": "0.1.0",
+        "incarnation": 1,
+        "seq": 3,
+        "rtt_ms": rtt_ms,
+        "last_seen_s": 0.4,
+    }
+
+
+GEMMA = "gemma-3-270m-q4_k_m"
+QWEN = "qwen2.5-0.5b-instruct-q4_k_m"
+LLAMA = "llama-3.2-1b-instruct-q4_k_m"
+
+
+def sample_status() -> dict[str, Any]:
+    """A fixed five-node mesh: a host, three workers (one of unknown resources), a client."""
+    return {
+        "node_id": "a1b2c3d4e5f60718",
+        "role": "host",
+        "serving": {GEMMA: "ready"},
+        "token": "mesh1-ZmFrZS10b2tlbi1mb3ItdGVzdHM",
+        "addrs": ["127.0.0.1:9338"],
+        "http_port": 9337,
+        "version": "0.1.0",
+        "load": 0,
+        "vram_bytes": 24 * GIB,
+        "resources": resources(23.0, 11.5, 31.3, [("RTX 4090", 9.1, 24.0)]),
+        "peers": [
+            peer(
+                "b7e4f1029c3d5a66",
+                9340,
+                serving={GEMMA: "ready"},
+                res=resources(61.0, 5.2, 15.6, []),
+            ),
+            peer(
+                "c93d0a7be1f24c58",
+                9342,
+                serving={GEMMA: "ready", QWEN: "starting"},
+                res=resources(88.0, 27.0, 31.3, [("A10", 20.5, 24.0)]),
+                vram_gib=24,
+                rtt_ms=12.4,
+            ),
+            peer("d0f15e6a7b8c9d21", 9344, serving={QWEN: "fetching"}, res=None),
+            peer("e55aa01234bcdef9", 9346, role="client", res=resources(4.0, 2.0, 7.7, [])),
+        ],
+        "catalog": [
+            {
+                "model": GEMMA,
+                "warm": True,
+                "nodes": ["a1b2c3d4e5f60718", "b7e4f1029c3d5a66", "c93d0a7be1f24c58"],
+                "size_bytes": 253_000_000,
+            },
+            {
+                "model": QWEN,
+                "warm": True,
+                "nodes": ["c93d0a7be1f24c58"],
+                "size_bytes": 491_000_000,
+            },
+            {"model": LLAMA, "warm": False, "nodes": [], "size_bytes": None},
+        ],
+    }
+
+
+class FakeNode:
+    """The node API of DESIGN §4 over `status`, which tests may change at any time."""
+
+    def __init__(self, status: dict[str, Any] | None = None, admin_token: str = ADMIN_TOKEN):
+        self.status = status if status is not None else sample_status()
+        self.admin_token = admin_token
+        self.drops: list[dict[str, Any]] = []
+        """Each /api/drop request: {"body", "authorization"}."""
+        self.chats: list[dict[str, Any]] = []
+        self.chunk_delay = 0.02
+        self.port: int | None = None
+        self._runner: web.AppRunner | None = None
+        app = web.Application()
+        app.router.add_get("/health", self._health)
+        app.router.add_get("/api/status", self._status)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/api/drop", self._drop)
+        self.app = app
+
+    # Mutations for tests.
+
+    def add_peer(self, entry: dict[str, Any]) -> None:
+        """A peer joins."""
+        self.status["peers"].append(entry)
+
+    def remove_peer(self, node_id: str) -> None:
+        """A peer dies: it simply disappears from /api/status."""
+        self.status["peers"] = [p for p in self.status["peers"] if p["node_id"] != node_id]
+
+    # Serving.
+
+    async def start(self, port: int = 0) -> int:
+        """Serve on 127.0.0.1:`port` (0: a free one); returns the port."""
+        self._runner = web.AppRunner(self.app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", port)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+        return self.port
+
+    async def stop(self) -> None:
+        """Stop serving."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # Handlers.
+
+    @staticmethod
+    def _error(status: int, message: str, code: str) -> web.Response:
+        body = {"error": {"message": message, "type": "invalid_request_error", "code": code}}
+        return web.json_response(body, status=status)
+
+    async def _health(self, _: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    async def _status(self, _: web.Request) -> web.Response:
+        return web.json_response(copy.deepcopy(self.status))
+
+    async def _models(self, _: web.Request) -> web.Response:
+        data = [
+            {
+                "id": c["model"],
+                "object": "model",
+                "meshllm": {"warm": c["warm"], "nodes": c["nodes"]},
+            }
+            for c in self.status["catalog"]
+        ]
+        return web.json_response({"object": "list", "data": data})
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self.chats.append(body)
+        warm = {c["model"] for c in self.status["catalog"] if c["warm"]}
+        if body.get("model") not in warm:
+            return self._error(503, f"no node serves {body.get('model')}", "no_target")
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for i, piece in enumerate(ANSWER_CHUNKS):
+            delta = {"role": "assistant", "content": piece} if i == 0 else {"content": piece}
+            chunk = {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta}]}
+            await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            await asyncio.sleep(self.chunk_delay)
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+    async def _drop(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        auth = request.headers.get("Authorization")
+        self.drops.append({"body": body, "authorization": auth})
+        if auth != f"Bearer {self.admin_token}":
+            return self._error(401, "bad admin token", "unauthorized")
+        model = body.get("model")
+        entry = next((c for c in self.status["catalog"] if c["model"] == model), None)
+        if entry is None or not entry["warm"]:
+            return self._error(404, f"no node serves {model}", "model_not_found")
+        nodes = list(entry["nodes"])
+        entry["warm"], entry["nodes"] = False, []
+        for node in [self.status, *self.status["peers"]]:
+            node["serving"].pop(model, None)
+        return web.json_response({"dropped": model, "nodes": nodes})
+
+
+@contextmanager
+def serve_in_thread(node: FakeNode) -> Iterator[int]:
+    """Serve `node` from its own event loop in a thread (for sync tests); yields the port."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        port = asyncio.run_coroutine_threadsafe(node.start(), loop).result(timeout=10)
+        yield port
+    finally:
+        asyncio.run_coroutine_threadsafe(node.stop(), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        loop.close()

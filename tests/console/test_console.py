@@ -1,0 +1,348 @@
+"""Behaviour of the console, driven headless with Pilot against the fake node API."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+from textual.pilot import Pilot
+from textual.widgets import Input, Select, Static
+
+from meshllm.console import MeshConsole, NodeAPIError, NodeClient, NodeUnreachable
+from meshllm.console.client import parse_status
+from meshllm.console.widgets import (
+    ChatMessage,
+    ConfirmDrop,
+    ModelsTable,
+    NodeDownBanner,
+    NodesTable,
+)
+
+from .fake_node import (
+    ADMIN_TOKEN,
+    ANSWER,
+    GEMMA,
+    LLAMA,
+    QWEN,
+    FakeNode,
+    peer,
+    resources,
+    sample_status,
+)
+
+TIMEOUT = 15.0
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    """A state dir holding the admin token, as the node writes it."""
+    (tmp_path / "admin_token").write_text(ADMIN_TOKEN + "\n")
+    return tmp_path
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeNode]:
+    """The fake node, served on a free port."""
+    node = FakeNode()
+    await node.start()
+    yield node
+    await node.stop()
+
+
+def free_port() -> int:
+    """A port nothing listens on (for the node-not-running case)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def wait_for(pilot: Pilot, condition: Callable[[], bool], what: str) -> None:
+    """Let the app run until `condition` holds; fail after a generous timeout."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + TIMEOUT
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await pilot.pause(0.05)
+
+
+def row_texts(table: ModelsTable | NodesTable) -> list[str]:
+    """The plain text of each row."""
+    return [
+        " ".join(str(getattr(c, "plain", c)) for c in table.get_row_at(i))
+        for i in range(table.row_count)
+    ]
+
+
+def app_for(port: int, state_dir: Path) -> MeshConsole:
+    """The console, polling fast, without animations (Pilot waits them out)."""
+    app = MeshConsole(port=port, state_dir=state_dir, poll_interval=0.2)
+    app.animation_level = "none"
+    return app
+
+
+async def test_console_tables_show_status(fake: FakeNode, state_dir: Path) -> None:
+    app = app_for(fake.port, state_dir)
+    async with app.run_test(size=(80, 24)) as pilot:
+        models = app.query_one(ModelsTable)
+        await wait_for(pilot, lambda: models.row_count == 3, "the models")
+        rows = row_texts(models)
+        assert rows[0].startswith(GEMMA) and "warm" in rows[0] and "3 ready" in rows[0]
+        assert "warm" in rows[1] and "starting" in rows[1]
+        assert rows[2].startswith(LLAMA) and "cold" in rows[2]
+
+        await pilot.press("2")
+        nodes = app.query_one(NodesTable)
+        assert nodes.has_focus
+        rows = row_texts(nodes)
+        assert len(rows) == 5
+        assert rows[0].startswith("▶a1b2c3d") and "host" in rows[0] and "self" in rows[0]
+        assert all(not r.startswith("▶") for r in rows[1:])
+        assert "127.0.0.1:9342" in rows[2] and "12ms" in rows[2] and "88%" in rows[2]
+        # The peer that reported no resources shows dashes, not numbers.
+        unknown = next(r for r in rows if r.lstrip().startswith("d0f15e6"))
+        assert unknown.count("—") == 3 and "%" not in unknown
+        assert "client" in rows[4]
+
+
+async def test_console_fleet_line(fake: FakeNode, state_dir: Path) -> None:
+    app = app_for(fake.port, state_dir)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.status is not None, "a status")
+        fleet = app.query_one("#fleet", Static).content.plain
+        assert f"3 nodes serve {GEMMA}, 1 serves {QWEN}" in fleet
+        assert "VRAM 48 GiB" in fleet and "RAM 45.7/85.9 GiB (1 unknown)" in fleet
+
+
+async def test_console_follows_peers_joining_and_leaving(fake: FakeNode, state_dir: Path) -> None:
+    app = app_for(fake.port, state_dir)
+    async with app.run_test(size=(80, 24)) as pilot:
+        nodes = app.query_one(NodesTable)
+        await wait_for(pilot, lambda: nodes.row_count == 5, "five nodes")
+
+        fake.add_peer(peer("f00dfeed00000001", 9350, serving={GEMMA: "starting"}))
+        await wait_for(pilot, lambda: nodes.row_count == 6, "the new peer")
+        assert any("f00dfee" in r and "9350" in r for r in row_texts(nodes))
+
+        fake.remove_peer("c93d0a7be1f24c58")
+        await wait_for(pilot, lambda: nodes.row_count == 5, "the dead peer to go")
+        assert not any("c93d0a7" in r for r in row_texts(nodes))
+
+
+async def test_console_never_shows_stale_figures(fake: FakeNode, state_dir: Path) -> None:
+    app = app_for(fake.port, state_dir)
+    async with app.run_test(size=(80, 24)) as pilot:
+        nodes = app.query_one(NodesTable)
+
+        def row_of(prefix: str) -> str:
+            return next((r for r in row_texts(nodes) if prefix in r), "")
+
+        await wait_for(pilot, lambda: "61%" in row_of("b7e4f10"), "the peer's CPU")
+        fake.status["peers"][0]["resources"] = {}
+        await wait_for(pilot, lambda: "%" not in row_of("b7e4f10"), "the figures to go")
+        assert row_of("b7e4f10").count("—") == 3
+        fake.status["peers"][0]["resources"] = resources(7.0, 2.0, 4.0, [])
+        await wait_for(pilot, lambda: "7%" in row_of("b7e4f10"), "the new figures")
+        assert "50%" in row_of("b7e4f10") and "61%" not in row_of("b7e4f10")
+
+
+async def test_console_chat_streams_answer(fake: FakeNode, state_dir: Path) -> None:
+    app = app_for(fake.port, state_dir)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.status is not None, "a status")
+        await pilot.press("3")
+        prompt = app.query_one("#chat-input", Input)
+        assert prompt.has_focus
+        await wait_for(pilot, lambda: app.query_one("#chat-model", Select).value == GEMMA, "pick")
+        await pilot.press(*"hi there", "enter")
+
+        def answer() -> str:
+            msgs = [m for m in app.query(ChatMessage) if m.role == "assistant"]
+            return msgs[-1].text if msgs else ""
+
+        await wait_for(pilot, lambda: answer() == ANSWER, "the streamed answer")
+        await wait_for(pilot, lambda: not app.query_one("ChatPane").busy, "the end")
+        sent = fake.chats[-1]
+        assert sent["model"] == GEMMA and sent["stream"] is True
+        assert sent["messages"] == [{"role": "user", "content": "hi there"}]
+
+        # The second turn carries the conversation.
+        await pilot.press(*"more", "enter")
+        await wait_for(pilot, lambda: len(fake.chats) == 2, "the second request")
+        assert [m["role"] for m in fake.chats[1]["messages"]] == ["user", "assistant", "user"]
+        assert fake.chats[1]["messages"][1]["content"] == ANSWER
+
+
+async def test_console_chat_shows_error_of_cold_model(fake: FakeNode, state_dir: Path) -> None:
+    app = app_for(fake.port, state_dir)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.status is not None, "a status")
+        await pilot.press("3")
+        app.query_one("#chat-model", Select).value = LLAMA
+        await pilot.press(*"hello", "enter")
+
+        def failed() -> bool:
+            return any("error" in m.classes for m in app.query(ChatMessage))
+
+        await wait_for(pilot, failed, "the error")
+        assert any(f"no node serves {LLAMA}" in m.text for m in app.query(ChatMessage))
+
+
+async def test_console_chat_model_highlights_serving_nodes(fake: FakeNode, state_dir: Path) -> None:
+    app = app_for(fake.port, state_dir)
+    async with app.run_test(size=(80, 24)) as pilot:
+        nodes = app.query_one(NodesTable)
+        gemma_nodes = {"a1b2c3d4e5f60718", "b7e4f1029c3d5a66", "c93d0a7be1f24c58"}
+        await wait_for(pilot, lambda: nodes.highlighted_nodes == gemma_nodes, "gemma nodes")
+        app.query_one("#chat-model", Select).value = QWEN
+        await wait_for(pilot, lambda: nodes.highlight_model == QWEN, "qwen picked")
+        assert nodes.highlighted_nodes == {"c93d0a7be1f24c58", "d0f15e6a7b8c9d21"}
+
+
+async def test_console_enter_on_model_opens_chat(fake: FakeNode, state_dir: Path) -> None:
+    app = app_for(fake.port, state_dir)
+    async with app.run_test(size=(80, 24)) as pilot:
+        models = app.query_one(ModelsTable)
+        await wait_for(pilot, lambda: models.row_count == 3, "the models")
+        await pilot.press("down", "enter")
+        assert app.query_one("#tabs").active == "chat"
+        assert app.query_one("#chat-model", Select).value == QWEN
+
+
+async def test_console_drop_confirmed_sends_bearer_token(fake: FakeNode, state_dir: Path) -> None:
+    app = app_for(fake.port, state_dir)
+    async with app.run_test(size=(80, 24)) as pilot:
+        models = app.query_one(ModelsTable)
+        await wait_for(pilot, lambda: models.row_count == 3, "the models")
+        await pilot.press("d")
+        assert isinstance(app.screen, ConfirmDrop) and app.screen.model == GEMMA
+        await pilot.press("y")
+        await wait_for(pilot, lambda: len(fake.drops) == 1, "the drop request")
+        assert fake.drops[0] == {
+            "body": {"model": GEMMA},
+            "authorization": f"Bearer {ADMIN_TOKEN}",
+        }
+        # The console follows: gemma is now cold.
+        await wait_for(pilot, lambda: "cold" in row_texts(models)[-1], "gemma cold")
+        assert not isinstance(app.screen, ConfirmDrop)
+
+
+async def test_console_drop_cancelled_sends_nothing(fake: FakeNode, state_dir: Path) -> None:
+    app = app_for(fake.port, state_dir)
+    async with app.run_test(size=(80, 24)) as pilot:
+        models = app.query_one(ModelsTable)
+        await wait_for(pilot, lambda: models.row_count == 3, "the models")
+        for cancel in ("n", "escape"):
+            await pilot.press("d")
+            assert isinstance(app.screen, ConfirmDrop)
+            await pilot.press(cancel)
+            assert not isinstance(app.screen, ConfirmDrop)
+        # Clicking Cancel (the focused button) cancels too.
+        await pilot.press("d", "enter")
+        assert not isinstance(app.screen, ConfirmDrop)
+        await pilot.pause(0.5)
+        assert fake.drops == []
+
+
+async def test_console_drop_from_nodes_tab_targets_the_nodes_model(
+    fake: FakeNode, state_dir: Path
+) -> None:
+    app = app_for(fake.port, state_dir)
+    async with app.run_test(size=(80, 24)) as pilot:
+        nodes = app.query_one(NodesTable)
+        await wait_for(pilot, lambda: nodes.row_count == 5, "the nodes")
+        await pilot.press("2", "down", "down", "down", "d")
+        assert isinstance(app.screen, ConfirmDrop) and app.screen.model == QWEN
+
+
+async def test_console_shows_node_not_running_and_recovers(state_dir: Path) -> None:
+    port = free_port()
+    app = app_for(port, state_dir)
+    async with app.run_test(size=(80, 24)) as pilot:
+        banner = app.query_one(NodeDownBanner)
+        await wait_for(pilot, lambda: banner.display, "the banner")
+        assert "connection refused" in banner.reason
+        assert "not running" in banner.content.plain
+        assert app.query_one(ModelsTable).row_count == 0
+
+        node = FakeNode()
+        await node.start(port)
+        try:
+            await wait_for(pilot, lambda: not banner.display, "the banner to go")
+            await wait_for(pilot, lambda: app.query_one(NodesTable).row_count == 5, "nodes")
+            await node.stop()
+            await wait_for(pilot, lambda: banner.display, "the banner again")
+            assert app.query_one(NodesTable).row_count == 0
+        finally:
+            await node.stop()
+
+
+async def test_console_token_key_copies_join_token(fake: FakeNode, state_dir: Path) -> None:
+    app = app_for(fake.port, state_dir)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.status is not None, "a status")
+        await pilot.press("t")
+        assert app.clipboard == fake.status["token"]
+
+
+async def test_console_drop_with_wrong_token_sends_it_and_survives(
+    fake: FakeNode, state_dir: Path
+) -> None:
+    (state_dir / "admin_token").write_text("not-the-token")
+    app = app_for(fake.port, state_dir)
+    async with app.run_test(size=(80, 24)) as pilot:
+        models = app.query_one(ModelsTable)
+        await wait_for(pilot, lambda: models.row_count == 3, "the models")
+        await pilot.press("d", "y")
+        await wait_for(pilot, lambda: len(fake.drops) == 1, "the drop request")
+        assert fake.drops[0]["authorization"] == "Bearer not-the-token"
+        await pilot.pause(0.5)
+        assert "warm" in row_texts(models)[0] and app.down_reason is None
+
+
+async def test_client_parses_status_and_maps_errors(fake: FakeNode, state_dir: Path) -> None:
+    client = NodeClient(fake.port, state_dir)
+    try:
+        assert await client.health()
+        status = await client.status()
+        assert status.node_id == "a1b2c3d4e5f60718" and status.me.is_self
+        assert [n.node_id[:4] for n in status.nodes] == ["a1b2", "b7e4", "c93d", "d0f1", "e55a"]
+        assert status.nodes[3].resources is None
+        assert status.nodes[2].resources is not None
+        assert status.nodes[2].resources.gpus[0].name == "A10"
+        chunks = [c async for c in client.chat_stream(GEMMA, [{"role": "user", "content": "x"}])]
+        assert len(chunks) > 1 and "".join(chunks) == ANSWER
+        with pytest.raises(NodeAPIError, match="no node serves"):
+            await client.drop(LLAMA)
+        (state_dir / "admin_token").write_text("wrong")
+        with pytest.raises(NodeAPIError, match="bad admin token") as err:
+            await client.drop(GEMMA)
+        assert err.value.status == 401
+        (state_dir / "admin_token").unlink()
+        with pytest.raises(NodeAPIError, match="admin token"):
+            await client.drop(GEMMA)
+    finally:
+        await client.close()
+
+    down = NodeClient(free_port(), state_dir)
+    try:
+        with pytest.raises(NodeUnreachable, match="connection refused"):
+            await down.status()
+    finally:
+        await down.close()
+
+
+def test_parse_status_tolerates_missing_fields() -> None:
+    raw = sample_status()
+    raw["peers"][0].pop("resources")
+    raw["peers"][1]["rtt_ms"] = None
+    del raw["catalog"][0]["size_bytes"]
+    status = parse_status(raw)
+    assert status.nodes[1].resources is None
+    assert status.nodes[2].rtt_ms is None
+    assert status.catalog[0].size_bytes is None
+    with pytest.raises(NodeAPIError):
+        parse_status({"hello": "world"})

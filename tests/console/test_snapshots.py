@@ -1,0 +1,147 @@
+"""Layout of the console at 80x24, with snap_compare, over the fixed fake mesh.
+
+The fake node runs in a thread (snap_compare runs the app in its own event loop).
+Nothing on screen moves by itself: the data is fixed, the header has no clock, and
+the prompt's cursor blink is off. Update the baselines with `--snapshot-update`,
+which also rewrites docs/console.txt, the text capture for the README.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+from textual.pilot import Pilot
+from textual.widgets import Input
+
+from meshllm.console import MeshConsole
+
+from .fake_node import ADMIN_TOKEN, FakeNode, serve_in_thread
+
+DOCS_CAPTURE = Path(__file__).resolve().parents[2] / "docs" / "console.txt"
+SIZE = (80, 24)
+# A port where nothing listens on any sane machine (discard), for the node-down screen:
+# a fixed number keeps the banner text, and so the snapshot, the same on every run.
+CLOSED_PORT = 9
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    (tmp_path / "admin_token").write_text(ADMIN_TOKEN)
+    return tmp_path
+
+
+@pytest.fixture
+def port() -> Iterator[int]:
+    """The fake node, served from a thread."""
+    with serve_in_thread(FakeNode()) as p:
+        yield p
+
+
+async def settle(pilot: Pilot, condition: Callable[[], bool], timeout: float = 15.0) -> None:
+    """Run until `condition` holds, then let the screen settle."""
+    app = pilot.app
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError("the console never got there")
+        await pilot.pause(0.05)
+    app.query_one("#chat-input", Input).cursor_blink = False
+    await pilot.pause(0.3)
+    await pilot.wait_for_scheduled_animations()
+
+
+def console(port: int, state_dir: Path) -> MeshConsole:
+    """The app with animations off (the tab underline would slide into the shot)."""
+    app = MeshConsole(port, state_dir)
+    app.animation_level = "none"
+    return app
+
+
+def loaded(app: MeshConsole) -> Callable[[], bool]:
+    return lambda: app.status is not None and app.query_one("#nodes-table").row_count == 5
+
+
+def test_snapshot_models_tab(snap_compare, port: int, state_dir: Path) -> None:
+    """The main screen: fleet lines and the Models tab."""
+    app = console(port, state_dir)
+    assert snap_compare(app, terminal_size=SIZE, run_before=lambda p: settle(p, loaded(app)))
+
+
+def test_snapshot_nodes_tab(snap_compare, port: int, state_dir: Path) -> None:
+    """The Nodes tab: this node marked, meters, unknown figures as dashes, gemma highlighted."""
+    app = console(port, state_dir)
+
+    async def run_before(pilot: Pilot) -> None:
+        await settle(pilot, loaded(app))
+        await pilot.press("2")
+        await settle(pilot, lambda: app.query_one("#tabs").active == "nodes")
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+def test_snapshot_chat_answer(snap_compare, port: int, state_dir: Path) -> None:
+    """The Chat tab after a streamed answer."""
+    app = console(port, state_dir)
+
+    async def run_before(pilot: Pilot) -> None:
+        await settle(pilot, loaded(app))
+        await pilot.press("3", *"hello mesh", "enter")
+        pane = app.query_one("ChatPane")
+        await settle(pilot, lambda: not pane.busy and len(pane.history) == 2)
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+def test_snapshot_drop_confirmation(snap_compare, port: int, state_dir: Path) -> None:
+    """The drop dialog over the Models tab."""
+    app = console(port, state_dir)
+
+    async def run_before(pilot: Pilot) -> None:
+        await settle(pilot, loaded(app))
+        await pilot.press("d")
+        await settle(pilot, lambda: app.screen is not app.screen_stack[0])
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+def test_snapshot_node_not_running(snap_compare, state_dir: Path) -> None:
+    """The banner when nothing answers on the port."""
+    app = console(CLOSED_PORT, state_dir)
+    assert snap_compare(
+        app, terminal_size=SIZE, run_before=lambda p: settle(p, lambda: app.down_reason is not None)
+    )
+
+
+def screen_text(app: MeshConsole) -> str:
+    """The screen as plain text (what export_screenshot draws, without the SVG)."""
+    width, height = app.size
+    console = Console(width=width, height=height, file=io.StringIO(), record=True)
+    # Same render as App.export_screenshot, exported as text instead of SVG.
+    console.print(
+        app.screen._compositor.render_update(full=True, screen_stack=app._background_screens)
+    )
+    return "\n".join(line.rstrip() for line in console.export_text().splitlines()) + "\n"
+
+
+def test_docs_capture_is_current(
+    request: pytest.FixtureRequest, port: int, state_dir: Path
+) -> None:
+    """docs/console.txt is the main screen, as text (rewritten by --snapshot-update)."""
+
+    async def capture() -> str:
+        app = console(port, state_dir)
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot, loaded(app))
+            return screen_text(app)
+
+    text = asyncio.run(capture())
+    if request.config.getoption("--snapshot-update"):
+        DOCS_CAPTURE.parent.mkdir(exist_ok=True)
+        DOCS_CAPTURE.write_text(text)
+    assert DOCS_CAPTURE.read_text() == text
