@@ -159,6 +159,8 @@ class Cluster:
         if join and self.nodes and "--join" not in extra:
             extra += ["--join", self.nodes[0].token]
         name = name or f"node{len(self.nodes)}"
+        if "--models-dir" not in extra:  # never the user's ~/.models
+            extra += ["--models-dir", str(self.root / name / "models")]
         node = NodeProcess(self.root / name, [*self.base_args, *extra])
         self.nodes.append(node)
         return node.start(wait=wait)

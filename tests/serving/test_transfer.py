@@ -22,6 +22,7 @@ from cryptography.x509.oid import NameOID
 
 from meshllm.errors import FrameError, TransferError
 from meshllm.gossip.frames import FrameType, encode_frame, make_frame
+from meshllm.serving import file_server
 from meshllm.serving.file_client import fetch_file
 from meshllm.serving.file_server import FileServer
 from meshllm.serving.transfer import Grant, cert_sha256, client_ssl_context, server_ssl_context
@@ -535,3 +536,14 @@ async def test_silent_server_times_out(cert: tuple[bytes, bytes], tmp_path: Path
     finally:
         silent_server.close()
         await silent_server.wait_closed()
+
+
+async def test_oldest_grants_dropped_past_the_cap(
+    server: FileServer, src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(file_server, "MAX_GRANTS", 2)
+    first, second, third = (server.issue_grant("m") for _ in range(3))
+    assert first and second and third
+    with pytest.raises(TransferError, match="unknown"):
+        await fetch(server, first, tmp_path / "dest")
+    assert sha(await fetch(server, third, tmp_path / "dest")) == third.sha256
