@@ -75,7 +75,7 @@ class Gossip:
         }
         self._dialling: dict[str, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._load_dirty = False
+        self._load = 0
         self._stopping = False
         self._rng = random.Random()
         self._loop = asyncio.get_running_loop()
@@ -114,9 +114,7 @@ class Gossip:
 
     def set_load(self, load: int) -> None:
         """Record requests in flight; published at most every ``load_publish_interval``."""
-        if load != self.state.me.load:
-            self.state.me = self.state.me.bump(load=load)
-            self._load_dirty = True
+        self._load = load  # per request: keep it cheap, the ticker publishes it
 
     def link(self, node_id: str) -> Link | None:
         """The live link to ``node_id``, if any."""
@@ -252,6 +250,9 @@ class Gossip:
                 self._dial_peer(event.peer.node_id)
             elif isinstance(event, PeerRemoved):
                 self.probes.untrack(event.peer.node_id)
+                # Close at once: requests in flight to it fail over now, not at idle timeout.
+                if (link := self.link(event.peer.node_id)) is not None:
+                    link.close(reason=f"peer {event.reason}")
                 log.info("peer %s %s", event.peer.node_id, event.reason)
             elif isinstance(event, SelfRefuted):
                 log.warning("refuting a false report of this node's death")
@@ -284,10 +285,9 @@ class Gossip:
             for node_id in self.probes.expired(now):
                 log.info("peer %s missed its probe", node_id)
                 self._declare_dead(node_id)
-            if self._load_dirty and now >= next_load:
-                self._load_dirty = False
+            if self._load != self.state.me.load and now >= next_load:
                 next_load = now + self.settings.load_publish_interval
-                self._broadcast(self._announce([self.state.me]))
+                self.publish(load=self._load)
             if now >= next_gossip:
                 next_gossip = now + self.settings.gossip_interval
                 self.state.expire(now)
