@@ -109,7 +109,8 @@ async def test_console_follows_a_real_mesh(
             await pilot.press("d")
             assert isinstance(app.screen, ConfirmDrop) and app.screen.model == GEMMA
             await pilot.press("y")
-            await until(pilot, lambda: any(GEMMA in r and "cold" in r for r in rows(models)),
-                        "the default model, cold")  # fmt: skip
+            # Cold, or gone from the catalog once B (its only copy) has left.
+            await until(pilot, lambda: not any(GEMMA in r and "warm" in r for r in rows(models)),
+                        "the default model, no longer warm")  # fmt: skip
             await asyncio.to_thread(wait_for, lambda: not b.alive(), 60, 0.1, "B to exit")
             await until(pilot, lambda: nodes.row_count == 1, "B gone")
