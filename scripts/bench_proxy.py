@@ -44,7 +44,7 @@ from typing import Any
 import aiohttp
 import psutil
 
-from meshllm.testing.cluster import NodeProcess, wait_for
+from meshllm.testing.cluster import BackendProcess, NodeProcess, wait_for
 
 MODEL = "bench-model"
 MASTER_KEY = "sk-meshllm-bench"
@@ -99,20 +99,12 @@ def free_port() -> int:
 
 
 def start_backend(procs: Procs, tmp: Path) -> str:
-    log = tmp / "backend.log"
-    argv = [sys.executable, "-m", "meshllm.testing.fake_backend", "--port", "0",
-            "--model", MODEL, "--chunks", str(STREAM_CHUNKS)]  # fmt: skip
-    proc = procs.spawn(argv, log)
-
-    def listening() -> str | None:
-        if proc.poll() is not None:
-            raise RuntimeError(f"fake backend exited:\n{log.read_text()}")
-        lines = log.read_text().splitlines()
-        if "ready" not in lines:
-            return None
-        return next(line.split()[1] for line in lines if line.startswith("listening "))
-
-    return wait_for(listening, 30, what="the fake backend")
+    backend = BackendProcess(tmp / "backend.log", [MODEL], ["--chunks", str(STREAM_CHUNKS)])
+    backend.start(wait=False)
+    assert backend.proc is not None
+    procs.popens.append(backend.proc)
+    backend.wait_ready(30)
+    return backend.url
 
 
 def start_mesh(procs: Procs, tmp: Path, backend_url: str) -> tuple[NodeProcess, NodeProcess]:

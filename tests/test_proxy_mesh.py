@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +19,7 @@ import aiohttp
 import openai
 import pytest
 
-from meshllm.testing.cluster import Cluster, NodeProcess, wait_for
+from meshllm.testing.cluster import BackendProcess, Cluster, NodeProcess, wait_for
 
 WARM = 30.0  # generous: a busy 2-core box; these are behaviour tests, timings live in the bench
 READY = 30.0
@@ -32,47 +29,12 @@ HTTP_TIMEOUT = aiohttp.ClientTimeout(total=60)
 # --- fake backends as processes ------------------------------------------------------------
 
 
-@dataclass
-class BackendProcess:
-    """``python -m meshllm.testing.fake_backend`` serving one model."""
-
-    model: str
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-    url: str = ""
-
-    def wait_ready(self, timeout: float = READY) -> None:
-        def listening() -> str | None:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"fake backend exited:\n{self.log_path.read_text()}")
-            lines = self.log_path.read_text().splitlines()
-            if "ready" not in lines:
-                return None
-            return next(line.split()[1] for line in lines if line.startswith("listening "))
-
-        self.url = wait_for(listening, timeout, what=f"fake backend for {self.model}")
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)
-
-
 StartBackend = Callable[[str], BackendProcess]
 
 
 def spawn_backend(model: str, log_path: Path) -> BackendProcess:
     """Launch a fake backend process for ``model`` (call ``wait_ready`` before use)."""
-    argv = [sys.executable, "-m", "meshllm.testing.fake_backend", "--port", "0", "--model", model]
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            argv,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-    return BackendProcess(model, proc, log_path)
+    return BackendProcess(log_path, [model]).start(wait=False)
 
 
 @pytest.fixture

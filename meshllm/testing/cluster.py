@@ -141,6 +141,60 @@ class NodeProcess:
     stop = terminate
 
 
+class BackendProcess:
+    """``python -m meshllm.testing.fake_backend`` as a process, on a port the OS picks."""
+
+    def __init__(self, log_path: Path, models: Iterable[str], args: Iterable[str] = ()) -> None:
+        self.log_path = log_path
+        self.models = list(models)
+        self.args = list(args)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = ""
+
+    @property
+    def model(self) -> str:
+        return self.models[0]
+
+    def start(self, wait: bool = True, timeout: float = READY_TIMEOUT) -> BackendProcess:
+        """Launch it; with ``wait``, return once it listens (``url`` set)."""
+        argv = [sys.executable, "-m", "meshllm.testing.fake_backend", "--port", "0"]
+        for model in self.models:
+            argv += ["--model", model]
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [*argv, *self.args],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                start_new_session=True,  # its own group: a signal to the test spares it
+            )
+        if wait:
+            self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
+        """Wait for ``ready`` and read the URL it printed."""
+
+        def listening() -> str | None:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"fake backend exited:\n{self.log_path.read_text()}")
+            lines = self.log_path.read_text().splitlines()
+            if "ready" not in lines:
+                return None
+            return next(line.split()[1] for line in lines if line.startswith("listening "))
+
+        self.url = wait_for(listening, timeout, what=f"fake backend for {self.models}")
+
+    def kill(self) -> None:
+        """End it by pid."""
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.proc.wait(10)
+
+
 class Cluster:
     """Several nodes of one mesh; ends them all on exit."""
 

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,7 +15,7 @@ from textual.widgets import Select
 from meshllm.console import MeshConsole
 from meshllm.console.widgets import ChatMessage, ConfirmDrop, ModelsTable, NodesTable
 from meshllm.serving import ModelFile
-from meshllm.testing.cluster import Cluster, wait_for
+from meshllm.testing.cluster import BackendProcess, Cluster, wait_for
 
 GEMMA = "gemma-3-270m-q4_k_m"
 FAKE = "fake-a"
@@ -42,21 +39,10 @@ def rows(table: ModelsTable | NodesTable) -> list[str]:
 
 
 @pytest.fixture
-def backend():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "meshllm.testing.fake_backend", "--port", str(port),
-         "--model", FAKE, "--chunks", "6"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    assert proc.stdout is not None
-    while b"ready" not in proc.stdout.readline():
-        assert proc.poll() is None, "fake backend died"
-    yield f"http://127.0.0.1:{port}"
-    proc.kill()
-    proc.wait()
+def backend(tmp_path: Path):
+    fake = BackendProcess(tmp_path / "backend.log", [FAKE], ["--chunks", "6"]).start()
+    yield fake.url
+    fake.kill()
 
 
 async def test_console_follows_a_real_mesh(
