@@ -45,20 +45,3 @@ class Config:
     """Seconds between anti-entropy digests (changes are pushed at once anyway)."""
     auto_install: bool = True
     """Build llama-server / install the default model when they are missing."""
-
-    @classmethod
-    def local(cls, state_dir: Path, **overrides: object) -> Config:
-        """A node for tests and benchmarks on one machine: loopback only, OS-picked
-        ports, and probe timings short enough to see failures in about a second."""
-        values: dict[str, object] = {
-            "port": 0,
-            "bind": "127.0.0.1:0",
-            "state_dir": state_dir,
-            "models_dir": state_dir / "models",
-            "probe_interval": 1.0,
-            "probe_timeout": 1.0,
-            "gossip_interval": 1.0,
-            "auto_install": False,
-        }
-        values.update(overrides)
-        return cls(**values)  # type: ignore[arg-type]
