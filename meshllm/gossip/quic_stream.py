@@ -1,0 +1,119 @@
+"""QuicFrameStream: a :class:`~meshllm.gossip.stream.FrameStream` over one QUIC stream.
+
+The connection in :mod:`meshllm.gossip.transport` feeds it received bytes and
+ack progress; the stream decodes frames and applies the backpressure aioquic
+does not (its writes buffer without bound, DESIGN.md §9).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from typing import TYPE_CHECKING
+
+from meshllm.errors import PeerError
+from meshllm.gossip.frames import Frame, FrameDecoder, encode_frame
+
+if TYPE_CHECKING:
+    from meshllm.gossip.transport import _Connection
+
+ERROR_STREAM_CANCELLED = 0x104  # a request stream abandoned by its reader
+SEND_HIGH_WATER = 1 << 20  # unacknowledged bytes per stream before send() waits
+
+
+class QuicFrameStream:
+    """A :class:`~meshllm.gossip.stream.FrameStream` over one QUIC bidirectional stream."""
+
+    def __init__(self, conn: _Connection, stream_id: int, max_frame_size: int) -> None:
+        self._conn = conn
+        self.stream_id = stream_id
+        self._decoder = FrameDecoder(max_frame_size)
+        self._frames: deque[Frame] = deque()
+        self._ended = False  # the peer ended its side
+        self._sent_end = False
+        self._error: PeerError | None = None
+        self._readable = asyncio.Event()
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self.awaiting_head = False  # a peer-opened stream whose head frame is not yet whole
+
+    @property
+    def peer_id(self) -> str:
+        return self._conn.peer_id or "?"
+
+    async def send(self, frame: Frame) -> None:
+        if self._error:
+            raise self._error
+        if self._sent_end:
+            raise PeerError("stream already ended")
+        try:
+            self._conn.quic.send_stream_data(self.stream_id, encode_frame(frame))
+        except (AssertionError, ValueError) as exc:  # aioquic asserts on a reset stream
+            self._fail(PeerError(f"stream closed: {exc}"))
+            raise self._error from None
+        self._conn.transmit_soon()
+        if self._unacked() > SEND_HIGH_WATER:
+            # aioquic buffers writes without bound (DESIGN.md §9): wait for acks.
+            self._writable.clear()
+            await self._writable.wait()
+            if self._error:
+                raise self._error
+
+    async def recv(self) -> Frame | None:
+        while not self._frames:
+            if self._error:
+                raise self._error
+            if self._ended:
+                return None
+            self._readable.clear()
+            await self._readable.wait()
+        return self._frames.popleft()
+
+    async def end(self) -> None:
+        if self._error or self._sent_end:
+            return
+        self._sent_end = True
+        with contextlib.suppress(AssertionError, ValueError):
+            self._conn.quic.send_stream_data(self.stream_id, b"", end_stream=True)
+            self._conn.transmit_soon()
+        if self._ended:  # both sides done: nothing more will arrive or leave
+            self._conn.forget_stream(self.stream_id)
+
+    def reset(self) -> None:
+        if self._error:
+            return
+        quic = self._conn.quic
+        with contextlib.suppress(AssertionError, ValueError):
+            quic.reset_stream(self.stream_id, ERROR_STREAM_CANCELLED)
+        with contextlib.suppress(AssertionError, ValueError):
+            quic.stop_stream(self.stream_id, ERROR_STREAM_CANCELLED)
+        self._conn.transmit_soon()
+        self._fail(PeerError("stream reset"))
+        self._conn.forget_stream(self.stream_id)
+
+    # driven by the connection
+
+    def _unacked(self) -> int:
+        stream = self._conn.quic._streams.get(self.stream_id)  # no public accessor
+        return len(stream.sender._buffer) if stream is not None else 0
+
+    def _feed(self, data: bytes, end_stream: bool) -> None:
+        if self._error:
+            return
+        self._frames.extend(self._decoder.feed(data))  # FrameError handled by the connection
+        if end_stream:
+            self._ended = True
+            if self._sent_end:
+                self._conn.forget_stream(self.stream_id)
+        self._readable.set()
+
+    def _acked(self) -> None:
+        if not self._writable.is_set() and self._unacked() <= SEND_HIGH_WATER // 2:
+            self._writable.set()
+
+    def _fail(self, error: PeerError) -> None:
+        if self._error is None:
+            self._error = error
+        self._readable.set()
+        self._writable.set()
