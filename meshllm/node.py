@@ -16,7 +16,7 @@ from aiohttp import web
 
 from meshllm import __version__
 from meshllm.config import Config
-from meshllm.errors import ConfigError, ServingError
+from meshllm.errors import ConfigError, TransferError
 from meshllm.gossip.announcement import PeerAnnouncement, Role
 from meshllm.gossip.frames import Frame, FrameType, make_frame
 from meshllm.gossip.service import Gossip, GossipSettings
@@ -116,7 +116,7 @@ class Node:
             try:
                 await self.serving.open_file_port(addr)
                 return addr
-            except ServingError:
+            except TransferError:
                 # An OS-picked UDP port may be taken on TCP: pick another pair.
                 await self.transport.close()
                 if port != 0 or attempt == 19:

@@ -64,7 +64,7 @@ class ServingManager:
     # lifecycle
 
     async def open_file_port(self, quic_addr: tuple[str, int]) -> None:
-        """Listen for model copies on TCP at the QUIC port's number.  Raises ServingError."""
+        """Listen for model copies on TCP at the QUIC port's number.  Raises TransferError."""
         if self.file_server is None:
             self.file_server = FileServer(
                 self._resolve_file, self.identity.cert_pem, self.identity.key_pem, self.mesh_secret
