@@ -37,6 +37,12 @@ def serving_state(node: NodeProcess) -> str | None:
     return node.status()["serving"].get(MODEL)
 
 
+def replicas(node: NodeProcess) -> list[str]:
+    """Node ids serving the model, as ``node``'s /v1/models lists them (none until gossip)."""
+    entries = [m for m in node.get("/v1/models")["data"] if m["id"] == MODEL]
+    return entries[0]["meshllm"]["nodes"] if entries else []
+
+
 def sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
@@ -83,8 +89,7 @@ def test_serve_fetch_stream_and_drop(mesh: Cluster, default_model: ModelFile, tm
 
     # A lite client sees both replicas and streams a chat through the mesh.
     c = mesh.add("--client", name="c")
-    wait_for(lambda: len(c.get("/v1/models")["data"][0]["meshllm"]["nodes"]) == 2, 60,
-             what="client to see both replicas")  # fmt: skip
+    wait_for(lambda: len(replicas(c)) == 2, 60, what="client to see both replicas")
     client = openai.OpenAI(base_url=f"{c.url}/v1", api_key="unused", timeout=120)
     pieces = [
         chunk.choices[0].delta.content or ""
@@ -110,8 +115,7 @@ def test_serve_fetch_stream_and_drop(mesh: Cluster, default_model: ModelFile, tm
     assert f"dropped {MODEL} on {a.node_id}" in out.stdout
     assert a.proc is not None and a.proc.wait(60) == 0
     assert not psutil.pid_exists(a_llama[0]) or psutil.Process(a_llama[0]).status() == "zombie"
-    wait_for(lambda: c.get("/v1/models")["data"][0]["meshllm"]["nodes"] == [b.node_id], 30,
-             what="the catalog to show only B")  # fmt: skip
+    wait_for(lambda: replicas(c) == [b.node_id], 30, what="the catalog to show only B")
     assert serving_state(b) == "ready"
     reply = client.chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=8
