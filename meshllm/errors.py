@@ -6,6 +6,7 @@
     ├── PeerError        a peer that failed the hello, timed out or closed the link
     │   └── HelloError   wrong mesh, wrong secret or wrong key in the membership hello
     ├── ServingError     llama-server or an external endpoint failed to start or answer
+    │   └── InstallError llama-server could not be built or proved, a model not installed
     └── TransferError    a model copy that failed: refused, cut off, wrong size or sha256
 
 Errors from aioquic, aiohttp and msgpack are translated into these at the edge
@@ -36,6 +37,10 @@ class HelloError(PeerError):
 
 class ServingError(MeshError):
     """A model server (llama-server or external endpoint) failed."""
+
+
+class InstallError(ServingError):
+    """llama-server could not be built or proved here, or a model not installed."""
 
 
 class TransferError(MeshError):

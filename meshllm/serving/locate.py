@@ -1,4 +1,5 @@
-"""Find the llama-server binary: flag, environment, our build cache, then PATH."""
+"""Find the llama-server binary (flag, environment, our build cache, then PATH) and
+the setting its proof on this machine chose."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import shutil
 from pathlib import Path
 
 from meshllm.errors import ServingError
+from meshllm.serving.proof import load_proof
 
 ENV_VAR = "MESHLLM_LLAMA_SERVER"
 INSTALL_HINT = "python -m meshllm.serving.install llama-server"
@@ -41,3 +43,11 @@ def find_llama_server(explicit: str | None = None) -> Path:
     if on_path := shutil.which("llama-server"):
         return Path(on_path)
     raise ServingError(f"llama-server not found: run `{INSTALL_HINT}` (or pass --llama-server)")
+
+
+def proven_args(binary: Path) -> tuple[str, ...]:
+    """The extra arguments the proof of ``binary`` on this machine chose (e.g.
+    ``--no-repack``); none when it has no valid proof here (the supervisor still
+    falls back by itself when llama-server dies of SIGILL while loading)."""
+    proof = load_proof(binary)
+    return proof.extra_args if proof is not None else ()
