@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from meshllm.errors import ServingError
-from meshllm.serving import ModelFile, find_llama_server, read_model
+from meshllm.serving import LlamaOptions, ModelFile, find_llama_server, read_model
 from meshllm.serving.install import DEFAULT_MODEL, install_default_model
+from meshllm.serving.locate import proven_args
 
 HOME_MODEL = Path.home() / ".models" / f"{DEFAULT_MODEL}.gguf"
 
@@ -33,3 +34,9 @@ def llama_server_bin() -> Path:
         if os.environ.get("CI"):
             pytest.fail(str(exc))
         pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def llama_options(llama_server_bin: Path) -> LlamaOptions:
+    """Options with the setting the proof of ``llama_server_bin`` chose on this machine."""
+    return LlamaOptions(extra_args=proven_args(llama_server_bin))

@@ -6,6 +6,7 @@ module and is imported on its own.
 
 from typing import Any
 
+from meshllm.serving.chat_template import builtin_chat_template
 from meshllm.serving.external import ExternalEndpoint
 from meshllm.serving.llama import LlamaOptions, LlamaServer, llama_argv
 from meshllm.serving.locate import find_llama_server
@@ -30,6 +31,7 @@ __all__ = [
     "LlamaOptions",
     "LlamaServer",
     "ModelFile",
+    "builtin_chat_template",
     "find_llama_server",
     "llama_argv",
     "read_model",

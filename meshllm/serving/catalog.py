@@ -32,6 +32,13 @@ PARTIAL_SUFFIXES = (".part", ".partial", ".tmp", ".download")
 _SPLIT_RE = re.compile(r"^(?P<base>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})$")
 # general.type values that are not standalone models (LoRA adapters, vision projectors).
 _NOT_MODELS = {"adapter", "mmproj", "imatrix"}
+# The chat templates llama-server takes from a GGUF: the default one, else the
+# tool-use one (common/chat.cpp common_chat_templates_init); without either it
+# formats chats as ChatML.
+_CHAT_TEMPLATE_KEYS = {
+    gguf.Keys.Tokenizer.CHAT_TEMPLATE,
+    gguf.Keys.Tokenizer.CHAT_TEMPLATE_N.format(name="tool_use"),
+}
 
 _SCALARS: dict[gguf.GGUFValueType, str] = {
     gguf.GGUFValueType.UINT8: "B",
@@ -52,6 +59,7 @@ _SCALARS: dict[gguf.GGUFValueType, str] = {
 class _Header:
     metadata: dict[str, Any]  # scalars and strings; arrays are skipped (None)
     parameter_count: int
+    has_chat_template: bool = False  # a non-empty string under _CHAT_TEMPLATE_KEYS
 
 
 class _Cursor:
@@ -78,10 +86,12 @@ class _Cursor:
         self.pos += n
         return raw.decode("utf-8", errors="replace")
 
-    def skip_string(self) -> None:
+    def skip_string(self) -> int:
+        """Skip one string; its length in bytes."""
         n = self.scalar("Q")
         self.need(n)
         self.pos += n
+        return n
 
     def value(self, vtype: int) -> Any:
         """One value; arrays are skipped and read as None."""
@@ -126,9 +136,14 @@ def _parse(buf: Any) -> _Header:
     cur.pos = 8
     n_tensors, n_kv = cur.scalar("Q"), cur.scalar("Q")
     metadata: dict[str, Any] = {}
+    has_chat_template = False
     for _ in range(n_kv):
-        key = cur.string()
-        metadata[key] = cur.value(cur.scalar("I"))
+        key, vtype = cur.string(), cur.scalar("I")
+        if key in _CHAT_TEMPLATE_KEYS and vtype == gguf.GGUFValueType.STRING:
+            # Only whether there is one matters: the text (often many KB) is not read.
+            has_chat_template |= cur.skip_string() > 0
+            continue
+        metadata[key] = cur.value(vtype)
     params, data_end = 0, 0
     for _ in range(n_tensors):
         cur.skip_string()
@@ -146,7 +161,7 @@ def _parse(buf: Any) -> _Header:
     data_start = -(-cur.pos // align) * align
     if data_end and data_start + data_end > cur.size:
         raise ServingError("truncated GGUF (tensor data past the end of the file)")
-    return _Header(metadata, params)
+    return _Header(metadata, params, has_chat_template)
 
 
 def _quant_type(value: int) -> gguf.GGMLQuantizationType | None:
@@ -202,6 +217,7 @@ def read_model(path: Path) -> ModelFile:
         parameter_count=params or None,
         file_type=_file_type_name(meta.get(gguf.Keys.General.FILE_TYPE)),
         context_length=ctx if isinstance(ctx, int) else None,
+        has_chat_template=header.has_chat_template,
     )
 
 

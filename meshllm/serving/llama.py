@@ -3,7 +3,12 @@
 Launch on 127.0.0.1 at a port the OS picks, wait for ``GET /health`` to answer
 200 (it answers 503 while the model loads), watch it, restart it with
 exponential back-off when it dies or stops answering, stop it with SIGTERM and
-then SIGKILL.  It is never orphaned: the child asks the kernel for SIGKILL when
+then SIGKILL.  A server that never gets ready ``max_start_failures`` times in
+a row is given up on: state ``failed``, with its cause (exit code or signal,
+last log lines) in :attr:`LlamaServer.failure`.  One that dies of SIGILL or
+SIGBUS while loading is first retried with ``--no-repack`` (DESIGN.md §9).
+
+It is never orphaned: the child asks the kernel for SIGKILL when
 its parent dies (``PR_SET_PDEATHSIG``), so a node killed with -9 takes its
 llama-server along; it also runs in its own process group, so a Ctrl-C meant
 for the node does not reach it before the node has said goodbye.
@@ -15,6 +20,7 @@ import asyncio
 import atexit
 import contextlib
 import ctypes
+import dataclasses
 import functools
 import logging
 import os
@@ -32,12 +38,16 @@ import psutil
 
 from meshllm.errors import ServingError
 from meshllm.gossip.announcement import ModelState
+from meshllm.serving.chat_template import builtin_chat_template, chat_template_argv
 from meshllm.serving.model_file import ModelFile
+from meshllm.serving.proof import CRASH_SIGNALS, NO_REPACK, describe_exit
 
 log = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
 LOG_ROTATE_BYTES = 20 << 20  # keep one previous log (.1) once a log passes 20 MiB
+FAILURE_TAIL_LINES = 8  # log lines kept in a failure's cause
+FAILURE_MAX_CHARS = 1500  # a cause is gossiped: keep it small
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
@@ -51,6 +61,10 @@ class LlamaOptions:
     """Slots: requests decoded together in one batch."""
     threads: int | None = None
     """CPU threads; None: ``default_threads()``."""
+    max_tokens: int | None = 1024
+    """Tokens generated for a request that sets no ``max_tokens`` (llama-server ``-n``);
+    None: until the context is full.  A base model without an end token would
+    otherwise ramble for minutes (DESIGN.md §9)."""
     extra_args: tuple[str, ...] = ()
     """Appended to the command line as is (e.g. ("-ngl", "99"))."""
     startup_timeout: float = 600.0
@@ -60,6 +74,8 @@ class LlamaOptions:
     backoff_max: float = 30.0
     stable_after: float = 60.0
     """A run that stayed ready this long resets the back-off."""
+    max_start_failures: int = 3
+    """Launches in a row that never get ready before the server is given up on."""
     health_interval: float = 5.0
     """While ready: seconds between /health checks."""
     health_failures: int = 3
@@ -99,6 +115,8 @@ def llama_argv(binary: Path, model: ModelFile, port: int, options: LlamaOptions)
     if model.context_length:
         ctx = min(ctx, model.context_length)
     threads = options.threads or default_threads()
+    generation = ["-n", str(options.max_tokens)] if options.max_tokens else []
+    template = fallback_chat_template(model)
     return [
         str(binary),
         *("-m", str(model.path)),
@@ -112,8 +130,18 @@ def llama_argv(binary: Path, model: ModelFile, port: int, options: LlamaOptions)
         *("--threads", str(threads)),
         "--metrics",
         "--no-webui",
+        *generation,
+        *(chat_template_argv(template) if template else []),
         *options.extra_args,
     ]
+
+
+def fallback_chat_template(model: ModelFile) -> str | None:
+    """llama.cpp's built-in template for a GGUF that carries none, where its
+    architecture names one (else llama-server falls back to ChatML)."""
+    if model.has_chat_template:
+        return None
+    return builtin_chat_template(model.architecture, model.name)
 
 
 def _libc() -> ctypes.CDLL | None:
@@ -136,7 +164,7 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
-def _free_port(preferred: int | None) -> int:
+def free_port(preferred: int | None) -> int:
     """``preferred`` when it can still be bound (keeps base_url stable), else a new one."""
     for port in (preferred, 0) if preferred else (0,):
         with socket.socket() as s:
@@ -149,7 +177,8 @@ def _free_port(preferred: int | None) -> int:
     raise ServingError("no free TCP port on 127.0.0.1")
 
 
-def _tail(path: Path, lines: int = 8) -> str:
+def tail(path: Path, lines: int = FAILURE_TAIL_LINES) -> str:
+    """The last ``lines`` lines of a log file ("" if unreadable)."""
     try:
         with path.open("rb") as f:
             f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
@@ -193,6 +222,10 @@ class LlamaServer:
         self._proc: asyncio.subprocess.Process | None = None
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
+        self._given_up = asyncio.Event()
+        self.failure: str | None = None  # why it was given up on (signal or exit, log lines)
+        self._launch_error = ""
+        self._extra_args = self.options.extra_args
         self._stopping = False
         self._session: aiohttp.ClientSession | None = None
 
@@ -221,6 +254,13 @@ class LlamaServer:
         if self._task:
             return
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        if template := fallback_chat_template(self.model):
+            log.warning(
+                "%s has no chat template; using llama.cpp's built-in %r (architecture %s)",
+                self.name,
+                template,
+                self.model.architecture,
+            )
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
         _live.add(self)
         try:
@@ -232,14 +272,23 @@ class LlamaServer:
         self._task.add_done_callback(self._supervisor_done)
 
     async def wait_ready(self, timeout: float | None = None) -> None:
-        """Wait until the server answers; ServingError after ``timeout`` seconds."""
+        """Wait until the server answers.  ServingError after ``timeout`` seconds, or at
+        once, with the cause, when the server is given up on."""
+        ready = asyncio.ensure_future(self._ready.wait())
+        given_up = asyncio.ensure_future(self._given_up.wait())
         try:
-            await asyncio.wait_for(self._ready.wait(), timeout)
-        except TimeoutError:
-            raise ServingError(
-                f"llama-server for {self.name} not ready after {timeout:.0f} s "
-                f"(state {self.state}; log {self.log_path})"
-            ) from None
+            await asyncio.wait({ready, given_up}, timeout=timeout, return_when="FIRST_COMPLETED")
+        finally:
+            ready.cancel()
+            given_up.cancel()
+        if self._ready.is_set():
+            return
+        if self.failure is not None:
+            raise ServingError(f"llama-server for {self.name} failed: {self.failure}")
+        raise ServingError(
+            f"llama-server for {self.name} not ready after {timeout:.0f} s "
+            f"(state {self.state}; log {self.log_path})"
+        )
 
     async def stop(self) -> None:
         """Stop supervising and terminate llama-server: SIGTERM, SIGKILL after the grace."""
@@ -267,42 +316,90 @@ class LlamaServer:
     async def _supervise(self, proc: asyncio.subprocess.Process | None) -> None:
         opts = self.options
         backoff = Backoff(opts.backoff_initial, opts.backoff_max)
+        start_failures = 0
         while True:
-            ready_for = await self._run(proc) if proc is not None else None
-            if ready_for is not None and ready_for >= opts.stable_after:
-                backoff.reset()
+            if proc is None:
+                ready_for, cause = None, self._launch_error
+            else:
+                ready_for, cause = await self._run(proc)
+            if ready_for is None:
+                start_failures += 1
+                self._maybe_disable_repack(proc)
+                if start_failures >= opts.max_start_failures:
+                    self._give_up(cause, start_failures)
+                    return
+            else:
+                start_failures = 0
+                if ready_for >= opts.stable_after:
+                    backoff.reset()
             delay = backoff.next()
-            self._set_state(ModelState.FAILED)
+            self._set_state(ModelState.STARTING)  # restarting: not ready, not given up
             log.warning(
-                "llama-server for %s %s; restarting in %.1f s; last log lines:\n%s",
+                "llama-server for %s %s (%s); restarting in %.1f s; last log lines:\n%s",
                 self.name,
                 "died" if ready_for is not None else "failed to start",
+                cause,
                 delay,
-                _tail(self.log_path),
+                tail(self.log_path),
             )
             await asyncio.sleep(delay)
             self.restarts += 1
             try:
                 proc = await self._spawn()
-            except ServingError as exc:  # e.g. the binary vanished: keep trying
+            except ServingError as exc:  # e.g. the binary vanished: counts as a failed start
                 log.warning("%s", exc)
+                self._launch_error = str(exc)
                 proc = None
 
-    async def _run(self, proc: asyncio.subprocess.Process) -> float | None:
-        """One run: seconds it was ready before it ended, None if it never was."""
+    async def _run(self, proc: asyncio.subprocess.Process) -> tuple[float | None, str]:
+        """One run: seconds it was ready before it ended (None if it never was), and why
+        it ended."""
         if not await self._wait_healthy(proc):
+            exited = proc.returncode is not None
+            cause = (
+                f"{describe_exit(proc.returncode)} while loading"  # type: ignore[arg-type]
+                if exited
+                else f"not healthy after {self.options.startup_timeout:.0f} s"
+            )
             await self._terminate()
-            return None
+            return None, cause
         ready_at = time.monotonic()
         self._set_state(ModelState.READY)
         await self._watch(proc)
-        self._set_state(ModelState.FAILED)  # before the (maybe slow) SIGTERM grace
+        exited = proc.returncode is not None
+        cause = describe_exit(proc.returncode) if exited else "stopped answering /health"  # type: ignore[arg-type]
+        self._set_state(ModelState.STARTING)  # before the (maybe slow) SIGTERM grace
         await self._terminate()  # reaps it; kills it if it is stuck
-        return time.monotonic() - ready_at
+        return time.monotonic() - ready_at, cause
+
+    def _maybe_disable_repack(self, proc: asyncio.subprocess.Process | None) -> None:
+        """A crash by SIGILL/SIGBUS while loading: next time without ggml's repacked
+        (and AMX) kernels, which some machines report but cannot run (DESIGN.md §9)."""
+        code = proc.returncode if proc is not None else None
+        crashed = code is not None and code < 0 and -code in CRASH_SIGNALS
+        if crashed and NO_REPACK not in self._extra_args:
+            log.warning(
+                "llama-server for %s died of %s while loading; retrying with %s",
+                self.name,
+                describe_exit(code),  # type: ignore[arg-type]
+                NO_REPACK,
+            )
+            self._extra_args = (*self._extra_args, NO_REPACK)
+
+    def _give_up(self, cause: str, starts: int) -> None:
+        lines = tail(self.log_path)
+        failure = f"{cause}, {starts} starts in a row"
+        self.failure = (f"{failure}; last log lines:\n{lines}" if lines else failure)[
+            :FAILURE_MAX_CHARS
+        ]
+        log.error("llama-server for %s given up: %s", self.name, self.failure)
+        self._given_up.set()
+        self._set_state(ModelState.FAILED)
 
     async def _spawn(self) -> asyncio.subprocess.Process:
-        self.port = _free_port(self.port)
-        argv = llama_argv(self.binary, self.model, self.port, self.options)
+        self.port = free_port(self.port)
+        options = dataclasses.replace(self.options, extra_args=self._extra_args)
+        argv = llama_argv(self.binary, self.model, self.port, options)
         self._rotate_log()
         with self.log_path.open("ab") as logf:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,10 @@ class ModelFile:
     parameter_count: int | None = None  # sum of tensor elements; None if unknown
     file_type: str | None = None  # e.g. "Q4_K_M", from general.file_type
     context_length: int | None = None  # {arch}.context_length (training context)
+    # tokenizer.chat_template (or its .tool_use variant) is a non-empty string; without
+    # one llama-server falls back to ChatML unless given a template
+    # (see meshllm.serving.chat_template)
+    has_chat_template: bool = False
 
     def to_wire(self) -> dict[str, Any]:
         """Plain dict for JSON."""
@@ -25,4 +29,7 @@ class ModelFile:
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> ModelFile:
-        return cls(**{**data, "path": Path(data["path"])})
+        """Parse :meth:`to_wire` output; missing optional keys take their defaults and
+        unknown keys are ignored."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{**{k: v for k, v in data.items() if k in known}, "path": Path(data["path"])})

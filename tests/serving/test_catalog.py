@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import struct
 from pathlib import Path
 
@@ -10,7 +11,14 @@ import numpy as np
 import pytest
 
 from meshllm.errors import ServingError
-from meshllm.serving import ModelFile, read_model, resolve_model, scan_models
+from meshllm.serving import (
+    ModelFile,
+    builtin_chat_template,
+    read_model,
+    resolve_model,
+    scan_models,
+)
+from meshllm.serving.catalog import _read_header, main
 
 
 def make_gguf(
@@ -23,6 +31,7 @@ def make_gguf(
     kind: str | None = None,
     split: tuple[int, int] | None = None,
     endian: gguf.GGUFEndian = gguf.GGUFEndian.LITTLE,
+    chat_template: str | list[dict[str, str]] | None = None,
 ) -> Path:
     """A tiny GGUF model: float32 tensors of ``shapes`` and a few keys."""
     writer = gguf.GGUFWriter(path, arch, endianess=endian)
@@ -39,6 +48,8 @@ def make_gguf(
     # A string array and a float array, as a tokenizer has: both must be skipped.
     writer.add_token_list(["<s>", "</s>", "hello", "wörld"])
     writer.add_token_scores([0.0, 0.0, -1.5, -2.5])
+    if chat_template is not None:
+        writer.add_chat_template(chat_template)
     for i, shape in enumerate(shapes):
         tensor = np.arange(int(np.prod(shape)), dtype=np.float32).reshape(shape)
         if endian == gguf.GGUFEndian.BIG:
@@ -212,6 +223,81 @@ def test_resolve_model_name_of_split_model(tmp_path: Path) -> None:
     assert resolve_model("big", tmp_path).path == tmp_path / "big-00001-of-00002.gguf"
 
 
+# A Jinja chat template of several KB, as instruct models carry.
+LONG_TEMPLATE = (
+    "{% for message in messages %}<start_of_turn>{{ message['role'] }}\n"
+    "{{ message['content'] | trim }}<end_of_turn>\n{% endfor %}"
+    + "{# padding, as long templates have #}" * 200
+    + "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+
+
+@pytest.mark.parametrize(
+    ("template", "expected"),
+    [
+        (None, False),
+        # named ones: llama-server takes tokenizer.chat_template.tool_use where there is
+        # no default, and no other name
+        ([{"name": "tool_use", "template": "{{ x }}"}], True),
+        ([{"name": "rag", "template": "{{ x }}"}], False),
+        ("chatml", True),
+        (LONG_TEMPLATE, True),
+    ],
+)
+def test_read_model_chat_template(
+    tmp_path: Path, template: str | list[dict[str, str]] | None, expected: bool
+) -> None:
+    assert len(LONG_TEMPLATE) > 7000
+    path = make_gguf(tmp_path / "m.gguf", chat_template=template)
+
+    model = read_model(path)
+
+    assert model.has_chat_template is expected
+    assert (model.architecture, model.context_length, model.parameter_count) == ("llama", 2048, 40)
+    # Only its presence is kept, never the text.
+    metadata = _read_header(path).metadata
+    assert gguf.Keys.Tokenizer.CHAT_TEMPLATE not in metadata
+    assert "tokenizer.chat_template.tool_use" not in metadata
+
+
+def test_read_model_empty_chat_template(tmp_path: Path) -> None:
+    # GGUFWriter drops empty strings: written by hand.  llama-server takes an empty
+    # template for none (ChatML).
+    arch = ("general.architecture", gguf.GGUFValueType.STRING, gguf_str("gemma3"))
+    for key, text, expected in [
+        ("tokenizer.chat_template", "", False),
+        ("tokenizer.chat_template.tool_use", "", False),
+        ("tokenizer.chat_template", "x" * 50_000, True),
+        ("tokenizer.chat_template.tool_use", "t", True),
+    ]:
+        path = tmp_path / "raw.gguf"
+        path.write_bytes(raw_gguf([arch, (key, gguf.GGUFValueType.STRING, gguf_str(text))]))
+        assert read_model(path).has_chat_template is expected, (key, len(text))
+
+
+def test_read_model_chat_template_big_endian(tmp_path: Path) -> None:
+    path = make_gguf(tmp_path / "be.gguf", endian=gguf.GGUFEndian.BIG, chat_template=LONG_TEMPLATE)
+
+    assert read_model(path).has_chat_template
+
+
+def test_catalog_main_json_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    make_gguf(tmp_path / "with.gguf", chat_template=LONG_TEMPLATE)
+    make_gguf(tmp_path / "without.gguf")
+
+    assert main([str(tmp_path), "with", "nope"]) == 0
+
+    data = json.loads(capsys.readouterr().out)
+    models = {m["name"]: ModelFile.from_wire(m) for m in data["models"]}
+    assert models == scan_models(tmp_path)
+    assert (models["with"].has_chat_template, models["without"].has_chat_template) == (True, False)
+    assert ModelFile.from_wire(data["resolved"]["with"]) == models["with"]
+    assert data["resolved"]["nope"] is None
+    # Wire dicts from before the field existed still parse.
+    old = {k: v for k, v in data["models"][0].items() if k != "has_chat_template"}
+    assert ModelFile.from_wire(old).has_chat_template is False
+
+
 def test_scan_models_default_model(default_model: ModelFile) -> None:
     models = scan_models(default_model.path.parent)
 
@@ -221,3 +307,6 @@ def test_scan_models_default_model(default_model: ModelFile) -> None:
     assert model.context_length == 32768
     assert 260_000_000 < model.parameter_count < 280_000_000  # 268,098,176
     assert 240_000_000 < model.size_bytes < 270_000_000
+    # A base model: no chat template in the GGUF, so llama.cpp's Gemma one is used.
+    assert model.has_chat_template is False
+    assert builtin_chat_template(model.architecture, model.name) == "gemma"

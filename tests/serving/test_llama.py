@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import dataclasses
 import json
 import os
 import signal
@@ -59,6 +60,10 @@ if counter:
     if n <= int(env("FAKE_LLAMA_CRASHES", "0")):
         print("fake: crashing on start", flush=True)
         sys.exit(3)
+crash_signal = env("FAKE_LLAMA_SIGNAL")  # e.g. "SIGILL": die of it while "loading"
+if crash_signal and env("FAKE_LLAMA_SPARED_BY", "-") not in sys.argv:
+    print("fake: dying of", crash_signal, flush=True)
+    os.kill(os.getpid(), getattr(signal, crash_signal))
 if env("FAKE_LLAMA_IGNORE_TERM"):
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 ready_at = time.monotonic() + float(env("FAKE_LLAMA_LOAD", "0.2"))
@@ -69,6 +74,15 @@ class Handler(BaseHTTPRequestHandler):
         code = 500 if sick else 200 if time.monotonic() >= ready_at else 503
         body = json.dumps({{"status": "ok" if code == 200 else "loading"}}).encode()
         self.send_response(code)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self):  # /completion, as the proof asks it
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        timings = {{"predicted_n": 3, "predicted_per_second": 40.0, "prompt_per_second": 90.0}}
+        body = json.dumps({{"content": " Paris.", "timings": timings}}).encode()
+        self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -161,6 +175,11 @@ def recorder() -> tuple[list[ModelState], Callable[[str, ModelState], None]]:
     return states, lambda _model, state: states.append(state)
 
 
+def launch_lines(server: LlamaServer) -> list[str]:
+    """The command line of each launch, as the supervisor logged it."""
+    return [line for line in server.log_path.read_text().splitlines() if "=== meshllm" in line]
+
+
 async def health(server: LlamaServer) -> int:
     async with aiohttp.ClientSession() as session, session.get(server.base_url + "/health") as r:
         return r.status
@@ -193,6 +212,28 @@ def test_llama_argv() -> None:
     flags = " ".join(argv)
     assert "--ctx-size 8192 --parallel 2" in flags and "--threads 3" in flags
     assert "--metrics" in argv and argv[-2:] == ["-ngl", "99"]
+
+
+def test_llama_argv_caps_generation_by_default() -> None:
+    model = ModelFile("m", Path("/m.gguf"), 1, "llama")
+
+    capped = llama_argv(Path("llama-server"), model, 1, LlamaOptions())
+    uncapped = llama_argv(Path("llama-server"), model, 1, LlamaOptions(max_tokens=None))
+
+    assert capped[capped.index("-n") + 1] == "1024"
+    assert "-n" not in uncapped
+
+
+def test_llama_argv_gives_a_template_to_a_model_without_one() -> None:
+    base = ModelFile("gemma-3-270m", Path("/g.gguf"), 1, "gemma3", has_chat_template=False)
+    tuned = ModelFile("gemma-3-270m-it", Path("/g.gguf"), 1, "gemma3", has_chat_template=True)
+    unknown = ModelFile("x", Path("/x.gguf"), 1, "llama", has_chat_template=False)
+
+    assert " --no-jinja --chat-template gemma" in " ".join(
+        llama_argv(Path("llama-server"), base, 1, LlamaOptions())
+    )
+    for model in (tuned, unknown):  # its own template; no architecture to go by
+        assert "--chat-template" not in llama_argv(Path("llama-server"), model, 1, LlamaOptions())
 
 
 def test_llama_argv_caps_context_and_defaults_threads() -> None:
@@ -299,13 +340,14 @@ async def test_supervisor_restarts_after_kill9(
         assert await health(server) == 200
     finally:
         await server.stop()
+    # Restarting is "starting" again: "failed" is kept for a server given up on.
     assert states == [
         ModelState.STARTING,
         ModelState.READY,
-        ModelState.FAILED,
         ModelState.STARTING,
         ModelState.READY,
     ]
+    assert server.failure is None
 
 
 async def test_supervisor_backs_off_when_start_fails(
@@ -316,7 +358,7 @@ async def test_supervisor_backs_off_when_start_fails(
     procs: Procs,
 ) -> None:
     monkeypatch.setenv("FAKE_LLAMA_COUNTER", str(tmp_path / "launches"))
-    monkeypatch.setenv("FAKE_LLAMA_CRASHES", "3")
+    monkeypatch.setenv("FAKE_LLAMA_CRASHES", "2")  # one fewer than max_start_failures
     states, on_state = recorder()
     server = LlamaServer(fake_model, fake_binary, log_dir=tmp_path, options=FAST, on_state=on_state)
     try:
@@ -325,9 +367,73 @@ async def test_supervisor_backs_off_when_start_fails(
         procs.track(server.pid)
     finally:
         await server.stop()
-    assert server.restarts == 3
-    assert states.count(ModelState.FAILED) == 3 and states[-1] == ModelState.READY
-    assert server.log_path.read_text().count("fake: crashing on start") == 3
+    assert server.restarts == 2
+    assert ModelState.FAILED not in states and states[-1] == ModelState.READY
+    assert server.log_path.read_text().count("fake: crashing on start") == 2
+
+
+async def test_supervisor_gives_up_after_repeated_start_failures(
+    fake_binary: Path,
+    fake_model: ModelFile,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FAKE_LLAMA_COUNTER", str(tmp_path / "launches"))
+    monkeypatch.setenv("FAKE_LLAMA_CRASHES", "1000")
+    states, on_state = recorder()
+    server = LlamaServer(fake_model, fake_binary, log_dir=tmp_path, options=FAST, on_state=on_state)
+    try:
+        await server.start()
+        with pytest.raises(ServingError, match="exit code 3 while loading, 3 starts in a row"):
+            await server.wait_ready(60)  # fails at once with the cause, not after 60 s
+        assert server.state == ModelState.FAILED and states[-1] == ModelState.FAILED
+        assert server.failure is not None and "fake: crashing on start" in server.failure
+        assert server.pid is None
+        await asyncio.sleep(0.5)  # given up: no further launch
+        assert (tmp_path / "launches").read_text() == "3"
+    finally:
+        await server.stop()
+
+
+async def test_supervisor_retries_a_sigill_without_repack(
+    fake_binary: Path,
+    fake_model: ModelFile,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    procs: Procs,
+) -> None:
+    # ggml's AMX kernels die of SIGILL on some machines that report AMX (DESIGN.md §9).
+    monkeypatch.setenv("FAKE_LLAMA_SIGNAL", "SIGILL")
+    monkeypatch.setenv("FAKE_LLAMA_SPARED_BY", "--no-repack")
+    server = LlamaServer(fake_model, fake_binary, log_dir=tmp_path, options=FAST)
+    try:
+        await server.start()
+        await server.wait_ready(60)
+        procs.track(server.pid)
+        assert server.restarts == 1
+        launches = launch_lines(server)
+        assert "--no-repack" not in launches[0] and launches[1].endswith("--no-repack")
+    finally:
+        await server.stop()
+
+
+async def test_supervisor_reports_sigill_when_nothing_helps(
+    fake_binary: Path,
+    fake_model: ModelFile,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FAKE_LLAMA_SIGNAL", "SIGILL")
+    server = LlamaServer(fake_model, fake_binary, log_dir=tmp_path, options=FAST)
+    try:
+        await server.start()
+        with pytest.raises(ServingError, match="SIGILL while loading"):
+            await server.wait_ready(60)
+        assert server.failure is not None and "fake: dying of SIGILL" in server.failure
+        launches = launch_lines(server)
+        assert len(launches) == 3 and [line.count("--no-repack") for line in launches] == [0, 1, 1]
+    finally:
+        await server.stop()
 
 
 async def test_supervisor_kills_server_that_stops_answering(
@@ -484,9 +590,13 @@ async def test_killed_daemon_takes_fake_server_along(
 
 @pytest.mark.e2e
 async def test_real_llama_server_serves_chat(
-    llama_server_bin: Path, default_model: ModelFile, tmp_path: Path, procs: Procs
+    llama_server_bin: Path,
+    llama_options: LlamaOptions,
+    default_model: ModelFile,
+    tmp_path: Path,
+    procs: Procs,
 ) -> None:
-    server = LlamaServer(default_model, llama_server_bin, log_dir=tmp_path)
+    server = LlamaServer(default_model, llama_server_bin, log_dir=tmp_path, options=llama_options)
     try:
         started = time.monotonic()
         await server.start()
@@ -514,11 +624,19 @@ async def test_real_llama_server_serves_chat(
 
 @pytest.mark.e2e
 async def test_real_llama_server_restarts_after_kill9(
-    llama_server_bin: Path, default_model: ModelFile, tmp_path: Path, procs: Procs
+    llama_server_bin: Path,
+    llama_options: LlamaOptions,
+    default_model: ModelFile,
+    tmp_path: Path,
+    procs: Procs,
 ) -> None:
     states, on_state = recorder()
     server = LlamaServer(
-        default_model, llama_server_bin, log_dir=tmp_path, options=FAST, on_state=on_state
+        default_model,
+        llama_server_bin,
+        log_dir=tmp_path,
+        options=dataclasses.replace(FAST, extra_args=llama_options.extra_args),
+        on_state=on_state,
     )
     try:
         await server.start()
@@ -532,14 +650,18 @@ async def test_real_llama_server_restarts_after_kill9(
         assert await health(server) == 200
     finally:
         await server.stop()
-    assert states[-3:] == [ModelState.FAILED, ModelState.STARTING, ModelState.READY]
+    assert states[-3:] == [ModelState.READY, ModelState.STARTING, ModelState.READY]
 
 
 @pytest.mark.e2e
 async def test_real_llama_server_stop_leaves_no_process(
-    llama_server_bin: Path, default_model: ModelFile, tmp_path: Path, procs: Procs
+    llama_server_bin: Path,
+    llama_options: LlamaOptions,
+    default_model: ModelFile,
+    tmp_path: Path,
+    procs: Procs,
 ) -> None:
-    server = LlamaServer(default_model, llama_server_bin, log_dir=tmp_path)
+    server = LlamaServer(default_model, llama_server_bin, log_dir=tmp_path, options=llama_options)
     await server.start()
     child = procs.track(server.pid)
     await server.wait_ready(600)
