@@ -87,7 +87,7 @@ def host_resources() -> dict[str, Any]:
 
 def model_capacity_bytes(resources: dict[str, Any]) -> int:
     """Bytes of model this host can load now: free VRAM on all GPUs, else free RAM
-    minus a safety margin."""
+    minus a safety margin.  :func:`model_memory_kind` says which of the two it is."""
     gpu_list = resources.get("gpus") or []
     if gpu_list:
         return sum(max(0, g["vram_total"] - g["vram_used"]) for g in gpu_list)
@@ -95,6 +95,11 @@ def model_capacity_bytes(resources: dict[str, Any]) -> int:
     free = total - resources.get("ram_used", 0)
     margin = max(RAM_MARGIN_MIN, int(total * RAM_MARGIN_FRACTION))
     return max(0, free - margin)
+
+
+def model_memory_kind(resources: dict[str, Any]) -> str:
+    """What :func:`model_capacity_bytes` counts: "vram" when GPUs are listed, else "ram"."""
+    return "vram" if resources.get("gpus") else "ram"
 
 
 psutil.cpu_percent(interval=None)  # prime the counter so the first real reading is meaningful

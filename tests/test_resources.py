@@ -9,7 +9,7 @@ import pynvml
 import pytest
 
 from meshllm import resources
-from meshllm.resources import GiB, host_resources, model_capacity_bytes
+from meshllm.resources import GiB, host_resources, model_capacity_bytes, model_memory_kind
 
 
 @pytest.fixture
@@ -81,6 +81,7 @@ def test_gpus_from_nvml(fresh_nvml: None, monkeypatch: pytest.MonkeyPatch) -> No
     assert second["gpus"] == first["gpus"]
     assert inits == [1]  # nvmlInit once per process
     assert model_capacity_bytes(first) == 70 * GiB + 15 * GiB
+    assert model_memory_kind(first) == "vram"
 
 
 def test_unreadable_gpu_is_skipped(fresh_nvml: None, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -102,6 +103,7 @@ def test_model_capacity_without_gpu(ram_total: int, ram_used: int, capacity: int
     res = {"ram_total": ram_total, "ram_used": int(ram_used), "gpus": []}
 
     assert model_capacity_bytes(res) == capacity
+    assert model_memory_kind(res) == "ram"  # a CPU-only node lends RAM, never VRAM
 
 
 def test_model_capacity_gpu_full() -> None:
@@ -112,7 +114,14 @@ def test_model_capacity_gpu_full() -> None:
     }
 
     assert model_capacity_bytes(res) == 0  # VRAM counts when there is a GPU, not RAM
+    assert model_memory_kind(res) == "vram"
 
 
 def test_model_capacity_of_this_host() -> None:
-    assert model_capacity_bytes(host_resources()) >= 0
+    res = host_resources()
+    assert model_capacity_bytes(res) >= 0
+    assert model_memory_kind(res) == ("vram" if res["gpus"] else "ram")
+
+
+def test_model_memory_kind_of_unknown_resources() -> None:
+    assert model_memory_kind({}) == "ram"

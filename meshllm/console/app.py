@@ -31,8 +31,10 @@ from meshllm.console.messages import (
 from meshllm.console.widgets import (
     ChatPane,
     ConfirmDrop,
+    FailureDetail,
     FleetSummary,
     HeaderBar,
+    IdleNotice,
     ModelsTable,
     NodeDownBanner,
     NodesTable,
@@ -82,13 +84,15 @@ class MeshConsole(App[int]):
         self._wake = asyncio.Event()
 
     def compose(self) -> ComposeResult:
-        """Header, banner, fleet lines, the three tabs, the key bar."""
+        """Header, banner, fleet lines, idle notice, the three tabs, the key bar."""
         yield HeaderBar(self.client.address, id="header")
         yield NodeDownBanner(self.client.address, id="banner")
         yield FleetSummary(id="fleet")
+        yield IdleNotice(id="idle")
         with TabbedContent(initial="models", id="tabs"):
             with TabPane("Models", id="models"):
                 yield ModelsTable(id="models-table")
+                yield FailureDetail(id="failure-detail")
             with TabPane("Nodes", id="nodes"):
                 yield NodesTable(id="nodes-table")
             with TabPane("Chat", id="chat"):
@@ -164,7 +168,9 @@ class MeshConsole(App[int]):
             self.main(HeaderBar).show_status(status)
             self.main(NodeDownBanner).hide()
             self.main(FleetSummary).show_status(status)
+            self.main(IdleNotice).show_status(status)
             self.main(ModelsTable).show_status(status)
+            self._show_failure_detail()
             self.main(NodesTable).show_status(status)
             self.main(ChatPane).show_status(status)
 
@@ -175,7 +181,9 @@ class MeshConsole(App[int]):
             self.main(HeaderBar).show_down()
             self.main(NodeDownBanner).show_down(message.reason)
             self.main(FleetSummary).clear()
+            self.main(IdleNotice).hide()
             self.main(ModelsTable).clear_rows()
+            self.main(FailureDetail).show_model(None, None)
             self.main(NodesTable).clear_rows()
 
     # What the widgets ask.
@@ -188,6 +196,16 @@ class MeshConsole(App[int]):
     def on_chat_requested(self, message: ChatRequested) -> None:
         """Stream an answer."""
         self._stream_chat(message.model, message.messages)
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        """The cursor moved on the Models tab: say why its model failed, if it did."""
+        if event.data_table.id == "models-table":
+            with contextlib.suppress(NoMatches):
+                self._show_failure_detail()
+
+    def _show_failure_detail(self) -> None:
+        # The table's cursor, not the event's row: a rebuild highlights rows on its way.
+        self.main(FailureDetail).show_model(self.status, self.main(ModelsTable).selected_model)
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         """Enter on a model: chat with it."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,8 @@ import aiohttp
 from meshllm.errors import MeshError
 
 ADMIN_TOKEN_FILE = "admin_token"
+MEMORY_KINDS = ("vram", "ram")
+"""What a node's memory for models is: GPU memory, or RAM on a CPU-only node."""
 
 
 class NodeUnreachable(MeshError):
@@ -65,11 +67,19 @@ class NodeInfo:
     addrs: tuple[str, ...]
     version: str
     load: int
-    vram_bytes: int
+    memory_bytes: int
+    """Bytes the node can give to models, of `memory_kind`."""
+    memory_kind: str | None
+    """'vram' (GPU memory) or 'ram' (a CPU-only node); None when the node did not say."""
     resources: Resources | None
     rtt_ms: float | None
     last_seen_s: float | None
     is_self: bool = False
+    failures: Mapping[str, str] = field(default_factory=dict)
+    """model -> why the node gave up serving it (its `serving` shows it 'failed').
+
+    The cause's first line sums it up; the lines after it are the server's last log lines.
+    """
 
 
 @dataclass(frozen=True)
@@ -93,6 +103,8 @@ class MeshStatus:
     version: str
     nodes: tuple[NodeInfo, ...]
     catalog: tuple[CatalogEntry, ...]
+    idle_reason: str | None = None
+    """Why this node's auto-assignment serves nothing; None when it serves (or was told what)."""
 
     @property
     def me(self) -> NodeInfo:
@@ -102,6 +114,14 @@ class MeshStatus:
     def serving_nodes(self, model: str) -> list[NodeInfo]:
         """The nodes that serve `model`, in any state."""
         return [n for n in self.nodes if model in n.serving]
+
+    def failed_nodes(self, model: str) -> list[tuple[NodeInfo, str | None]]:
+        """(node, cause) of each node that gave up serving `model`; None: no cause given."""
+        return [
+            (n, n.failures.get(model))
+            for n in self.nodes
+            if model in n.failures or n.serving.get(model) == "failed"
+        ]
 
 
 def _int(value: Any, default: int = 0) -> int:
@@ -141,6 +161,16 @@ def parse_resources(raw: Any) -> Resources | None:
     )
 
 
+def parse_failures(raw: Any) -> dict[str, str]:
+    """`failures` (model -> cause) from the API; absent or malformed is empty.
+
+    Entries that are not a string for a string are dropped, the others kept.
+    """
+    if not isinstance(raw, Mapping):
+        return {}
+    return {k: v for k, v in raw.items() if isinstance(k, str) and isinstance(v, str)}
+
+
 def _parse_node(raw: Mapping[str, Any], *, is_self: bool) -> NodeInfo:
     serving = raw.get("serving") or {}
     return NodeInfo(
@@ -152,11 +182,13 @@ def _parse_node(raw: Mapping[str, Any], *, is_self: bool) -> NodeInfo:
         addrs=tuple(str(a) for a in raw.get("addrs") or ()),
         version=str(raw.get("version", "")),
         load=_int(raw.get("load")),
-        vram_bytes=_int(raw.get("vram_bytes")),
+        memory_bytes=_int(raw.get("memory_bytes")),
+        memory_kind=kind if (kind := raw.get("memory_kind")) in MEMORY_KINDS else None,
         resources=parse_resources(raw.get("resources")),
         rtt_ms=None if is_self else _opt_float(raw.get("rtt_ms")),
         last_seen_s=None if is_self else _opt_float(raw.get("last_seen_s")),
         is_self=is_self,
+        failures=parse_failures(raw.get("failures")),
     )
 
 
@@ -180,6 +212,7 @@ def parse_status(raw: Any) -> MeshStatus:
         if isinstance(c, Mapping)
     )
     http_port = raw.get("http_port")
+    idle_reason = raw.get("idle_reason")
     return MeshStatus(
         node_id=me.node_id,
         role=me.role,
@@ -188,6 +221,7 @@ def parse_status(raw: Any) -> MeshStatus:
         version=me.version,
         nodes=(me, *peers),
         catalog=catalog,
+        idle_reason=idle_reason if isinstance(idle_reason, str) and idle_reason else None,
     )
 
 

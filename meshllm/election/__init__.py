@@ -8,6 +8,7 @@ from meshllm.election.assignment import (
     choose_startup_model,
     estimate_model_memory,
     fits,
+    why_unassigned,
 )
 from meshllm.election.groups import ElectionGroup, elect
 
@@ -21,4 +22,5 @@ __all__ = [
     "elect",
     "estimate_model_memory",
     "fits",
+    "why_unassigned",
 ]

@@ -43,7 +43,8 @@ def estimate_model_memory(file_bytes: int) -> int:
 def fits(model_bytes: int, capacity_bytes: int) -> bool:
     """Whether a GGUF of ``model_bytes`` (file size) can be served within ``capacity_bytes``.
 
-    ``capacity_bytes`` is a node's ``vram_bytes``: VRAM with a GPU, else usable RAM.
+    ``capacity_bytes`` is a node's ``memory_bytes``, its memory for models: VRAM, or
+    RAM on a CPU-only node.
     A negative size is not a model and fits nowhere.
     """
     return model_bytes >= 0 and estimate_model_memory(model_bytes) <= capacity_bytes
@@ -103,7 +104,7 @@ def assign(me: PeerAnnouncement, peers: Iterable[PeerAnnouncement]) -> Assignmen
     ``peers`` are the live peers (an announcement of ``me`` among them is ignored).
     Candidates are the catalog models (every node's ``available_models`` and
     ``requested_models``) that are on my disk or on a non-client peer's disk, and whose
-    size fits ``me.vram_bytes``.  Priorities, first match wins (DESIGN §6):
+    size fits ``me.memory_bytes``.  Priorities, first match wins (DESIGN §6):
 
     1. unserved and on my disk;  2. unserved, to fetch;
     3. least served on my disk;  4. least served, to fetch.
@@ -130,7 +131,7 @@ def assign(me: PeerAnnouncement, peers: Iterable[PeerAnnouncement]) -> Assignmen
             size = max(p.available_models[model] for p in holders)
         if size is None:
             continue  # known only by name, or only to clients: it cannot be had
-        if not fits(size, me.vram_bytes):
+        if not fits(size, me.memory_bytes):
             continue
         served = sum(1 for p in servers if _serves(p, model))
         if served == 0:
@@ -161,3 +162,38 @@ def _size(node: PeerAnnouncement, model: str) -> int | None:
 def _serves(node: PeerAnnouncement, model: str) -> bool:
     state = node.serving.get(model)
     return state is not None and state != ModelState.FAILED
+
+
+def why_unassigned(me: PeerAnnouncement, peers: Iterable[PeerAnnouncement]) -> str:
+    """Why :func:`assign` finds nothing for ``me``, in words for the log and ``/api/status``.
+
+    Only meaningful when ``assign(me, peers)`` is None: then every catalog model is
+    either known only by name (nobody has its file) or too large for ``me``.
+    """
+    if me.role == Role.CLIENT:
+        return "a lite client serves nothing"
+    others = [p for p in peers if p.node_id != me.node_id and p.role != Role.CLIENT]
+    nodes = [me, *others]
+    catalog = {m for node in nodes for m in (*node.requested_models, *node.available_models)}
+    if not catalog:
+        return "the mesh has no models yet (start a node with --model NAME)"
+    sizes = {
+        m: max(s for node in nodes if (s := _size(node, m)) is not None)
+        for m in catalog
+        if any(_size(node, m) is not None for node in nodes)
+    }
+    reasons = []
+    if nameless := sorted(catalog - sizes.keys()):
+        reasons.append(f"no node has a copy of {', '.join(nameless)}")
+    if sizes:
+        smallest = min(sizes, key=lambda m: (sizes[m], m))
+        kind = "VRAM" if me.memory_kind == "vram" else "RAM"
+        reasons.append(
+            f"no model fits this node's {_gib(me.memory_bytes)} of {kind} for models "
+            f"(the smallest, {smallest}, needs {_gib(estimate_model_memory(sizes[smallest]))})"
+        )
+    return "; ".join(reasons)
+
+
+def _gib(n: int) -> str:
+    return f"{n / (1 << 30):.1f} GiB"

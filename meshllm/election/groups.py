@@ -18,7 +18,7 @@ from meshllm.gossip.announcement import ModelState, PeerAnnouncement, Role
 class ElectionGroup:
     """The nodes serving one model.
 
-    ``members`` is in election order (most ``vram_bytes`` first, then lowest node id),
+    ``members`` is in election order (most ``memory_bytes`` first, then lowest node id),
     so ``members[0] == host`` and ``members[1]`` would take over if the host left.
     """
 
@@ -31,10 +31,10 @@ def elect(announcements: Iterable[PeerAnnouncement]) -> dict[str, ElectionGroup]
     """Group the non-client nodes by the models they serve and elect each group's host.
 
     A node belongs to a model's group when the model is in its ``serving`` in any state
-    but ``failed``.  The host is the member with the most ``vram_bytes``; ties go to the
-    lowest node id (string order).  Expects one announcement per node, as MeshState
-    holds them.  The result is keyed and ordered by model name and does not depend on
-    the order of ``announcements``.
+    but ``failed``.  The host is the member with the most ``memory_bytes`` (memory for
+    models: VRAM, or RAM on a CPU-only node); ties go to the lowest node id (string
+    order).  Expects one announcement per node, as MeshState holds them.  The result is
+    keyed and ordered by model name and does not depend on the order of ``announcements``.
     """
     members: dict[str, list[PeerAnnouncement]] = defaultdict(list)
     for ann in announcements:
@@ -52,5 +52,5 @@ def elect(announcements: Iterable[PeerAnnouncement]) -> dict[str, ElectionGroup]
 
 
 def _election_key(ann: PeerAnnouncement) -> tuple[int, str]:
-    # Most VRAM first: the host of a future split holds the largest share of the layers.
-    return (-ann.vram_bytes, ann.node_id)
+    # Most memory for models first: the host of a future split holds the most layers.
+    return (-ann.memory_bytes, ann.node_id)

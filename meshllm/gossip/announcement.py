@@ -13,6 +13,9 @@ from typing import Any
 
 from meshllm.errors import FrameError
 
+MAX_FAILURES = 64  # failed models one announcement may list
+MAX_CAUSE_CHARS = 2000  # a failure's cause: a signal or exit code and a few log lines
+
 
 class Role(StrEnum):
     """A node's role in the mesh."""
@@ -26,9 +29,9 @@ class ModelState(StrEnum):
     """The state of a model a node serves, as announced in ``serving``."""
 
     FETCHING = "fetching"  # copying the GGUF from a peer
-    STARTING = "starting"  # llama-server launched, /health not yet 200
+    STARTING = "starting"  # llama-server launched (or restarting), /health not yet 200
     READY = "ready"  # answering requests
-    FAILED = "failed"  # crashed or unreachable; being restarted with back-off
+    FAILED = "failed"  # given up on (cause in ``failures``), or an unreachable endpoint
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,9 +44,12 @@ class PeerAnnouncement:
     role: Role = Role.WORKER
     http_port: int | None = None  # its local proxy port (informational)
     serving: dict[str, str] = field(default_factory=dict)  # model -> ModelState
+    failures: dict[str, str] = field(default_factory=dict)  # failed model -> its cause
     available_models: dict[str, int] = field(default_factory=dict)  # GGUFs on disk: name -> bytes
+    model_sha256: dict[str, str] = field(default_factory=dict)  # name -> hex digest of its GGUF
     requested_models: list[str] = field(default_factory=list)  # catalog seed
-    vram_bytes: int = 0  # memory it can give to a model (VRAM, else RAM)
+    memory_bytes: int = 0  # bytes it can give to models: free VRAM, else usable RAM
+    memory_kind: str = "ram"  # "vram": GPU memory; "ram": a CPU-only node
     resources: dict[str, Any] = field(default_factory=dict)  # cpu, ram, gpus (ephemeral)
     load: int = 0  # requests in flight
     version: str = ""
@@ -99,7 +105,16 @@ def _check(ann: PeerAnnouncement) -> None:
         "available_models": isinstance(ann.available_models, dict)
         and all(isinstance(k, str) and isinstance(v, int) for k, v in ann.available_models.items()),
         "requested_models": is_str_list(ann.requested_models),
-        "vram_bytes": isinstance(ann.vram_bytes, int),
+        "model_sha256": isinstance(ann.model_sha256, dict)
+        and all(isinstance(k, str) and _is_sha256_hex(v) for k, v in ann.model_sha256.items()),
+        "failures": isinstance(ann.failures, dict)
+        and len(ann.failures) <= MAX_FAILURES
+        and all(
+            isinstance(k, str) and isinstance(v, str) and len(v) <= MAX_CAUSE_CHARS
+            for k, v in ann.failures.items()
+        ),
+        "memory_bytes": isinstance(ann.memory_bytes, int) and ann.memory_bytes >= 0,
+        "memory_kind": ann.memory_kind in ("vram", "ram"),
         "resources": isinstance(ann.resources, dict),
         "load": isinstance(ann.load, int),
         "version": isinstance(ann.version, str),
@@ -109,3 +124,10 @@ def _check(ann: PeerAnnouncement) -> None:
     bad = [name for name, ok in checks.items() if not ok]
     if bad:
         raise ValueError(f"bad field(s) {', '.join(bad)}")
+
+
+def _is_sha256_hex(value: Any) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in _HEX for c in value)
+
+
+_HEX = frozenset("0123456789abcdef")

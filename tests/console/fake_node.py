@@ -42,19 +42,23 @@ def peer(
     *,
     role: str = "worker",
     serving: dict[str, str] | None = None,
+    failures: dict[str, str] | None = None,
     res: dict[str, Any] | None = None,
-    vram_gib: float = 0,
+    memory_gib: float = 0,
+    memory_kind: str | None = "ram",
     rtt_ms: float | None = 1.5,
 ) -> dict[str, Any]:
-    """One live peer as /api/status lists it."""
-    return {
+    """One live peer as /api/status lists it; `memory_kind` None leaves the kind out."""
+    entry = {
         "node_id": node_id,
         "addrs": [f"127.0.0.1:{port}"],
         "role": role,
         "serving": serving or {},
+        "failures": failures or {},
         "available_models": {},
         "requested_models": [],
-        "vram_bytes": int(vram_gib * GIB),
+        "memory_bytes": int(memory_gib * GIB),
+        "memory_kind": memory_kind,
         "resources": res if res is not None else {},
         "load": 0,
         "version": "0.1.0",
@@ -63,42 +67,61 @@ def peer(
         "rtt_ms": rtt_ms,
         "last_seen_s": 0.4,
     }
+    if memory_kind is None:
+        del entry["memory_kind"]
+    return entry
 
 
 GEMMA = "gemma-3-270m-q4_k_m"
 QWEN = "qwen2.5-0.5b-instruct-q4_k_m"
 LLAMA = "llama-3.2-1b-instruct-q4_k_m"
+SIGILL = (
+    "SIGILL while loading, 3 starts in a row; last log lines:\n"
+    "llama_model_loader: loaded meta data with 30 key-value pairs\n"
+    "load_tensors: CPU_Mapped model buffer size = 762.81 MiB\n"
+    "Illegal instruction (core dumped)"
+)
+"""Why the CPU-only peer gave up serving llama: its CPU lacks an instruction set."""
 
 
 def sample_status() -> dict[str, Any]:
-    """A fixed five-node mesh: a host, three workers (one of unknown resources), a client."""
+    """A fixed five-node mesh: a host, three workers (one of unknown resources), a client.
+
+    The CPU-only worker serves gemma and gave up on llama (SIGILL), which stays cold.
+    """
     return {
         "node_id": "a1b2c3d4e5f60718",
         "role": "host",
         "serving": {GEMMA: "ready"},
+        "failures": {},
+        "idle_reason": None,
         "token": "mesh1-ZmFrZS10b2tlbi1mb3ItdGVzdHM",
         "addrs": ["127.0.0.1:9338"],
         "http_port": 9337,
         "version": "0.1.0",
         "load": 0,
-        "vram_bytes": 24 * GIB,
+        "memory_bytes": 24 * GIB,
+        "memory_kind": "vram",
         "resources": resources(23.0, 11.5, 31.3, [("RTX 4090", 9.1, 24.0)]),
         "peers": [
             peer(
                 "b7e4f1029c3d5a66",
                 9340,
-                serving={GEMMA: "ready"},
+                serving={GEMMA: "ready", LLAMA: "failed"},
+                failures={LLAMA: SIGILL},
                 res=resources(61.0, 5.2, 15.6, []),
+                memory_gib=8.8,  # a CPU-only node: free RAM less the margin
             ),
             peer(
                 "c93d0a7be1f24c58",
                 9342,
                 serving={GEMMA: "ready", QWEN: "starting"},
                 res=resources(88.0, 27.0, 31.3, [("A10", 20.5, 24.0)]),
-                vram_gib=24,
+                memory_gib=24,
+                memory_kind="vram",
                 rtt_ms=12.4,
             ),
-            peer("d0f15e6a7b8c9d21", 9344, serving={QWEN: "fetching"}, res=None),
+            peer("d0f15e6a7b8c9d21", 9344, serving={QWEN: "fetching"}, res=None, memory_kind=None),
             peer("e55aa01234bcdef9", 9346, role="client", res=resources(4.0, 2.0, 7.7, [])),
         ],
         "catalog": [
@@ -117,6 +140,14 @@ def sample_status() -> dict[str, Any]:
             {"model": LLAMA, "warm": False, "nodes": [], "size_bytes": None},
         ],
     }
+
+
+def idle_status() -> dict[str, Any]:
+    """The sample mesh, but this node serves nothing: auto-assignment found it no model."""
+    status = sample_status()
+    status["serving"] = {}
+    status["idle_reason"] = "no node has a copy of mistral-7b-instruct-v0.3-q4_k_m"
+    return status
 
 
 class FakeNode:
@@ -221,6 +252,7 @@ class FakeNode:
         entry["warm"], entry["nodes"] = False, []
         for node in [self.status, *self.status["peers"]]:
             node["serving"].pop(model, None)
+            node.get("failures", {}).pop(model, None)
         return web.json_response({"dropped": model, "nodes": nodes})
 
 

@@ -6,6 +6,7 @@ import asyncio
 import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from textual.pilot import Pilot
@@ -16,18 +17,24 @@ from meshllm.console.client import parse_status
 from meshllm.console.widgets import (
     ChatMessage,
     ConfirmDrop,
+    FailureDetail,
+    IdleNotice,
     ModelsTable,
     NodeDownBanner,
     NodesTable,
 )
+from meshllm.console.widgets.models_table import state_cell
 
 from .fake_node import (
     ADMIN_TOKEN,
     ANSWER,
     GEMMA,
+    GIB,
     LLAMA,
     QWEN,
+    SIGILL,
     FakeNode,
+    idle_status,
     peer,
     resources,
     sample_status,
@@ -77,6 +84,11 @@ def row_texts(table: ModelsTable | NodesTable) -> list[str]:
     ]
 
 
+def vram_cells(table: NodesTable) -> list[str]:
+    """The VRAM column, one plain text a row."""
+    return [table.get_row_at(i)[-1].plain.strip() for i in range(table.row_count)]
+
+
 def app_for(port: int, state_dir: Path) -> MeshConsole:
     """The console, polling fast, without animations (Pilot waits them out)."""
     app = MeshConsole(port=port, state_dir=state_dir, poll_interval=0.2)
@@ -93,6 +105,8 @@ async def test_console_tables_show_status(fake: FakeNode, state_dir: Path) -> No
         assert rows[0].startswith(GEMMA) and "warm" in rows[0] and "3 ready" in rows[0]
         assert "warm" in rows[1] and "starting" in rows[1]
         assert rows[2].startswith(LLAMA) and "cold" in rows[2]
+        # The CPU-only peer gave up on llama: the first line of its cause, cut to the cell.
+        assert "1 failed: SIGILL whil…" in rows[2]
 
         await pilot.press("2")
         nodes = app.query_one(NodesTable)
@@ -106,6 +120,8 @@ async def test_console_tables_show_status(fake: FakeNode, state_dir: Path) -> No
         unknown = next(r for r in rows if r.lstrip().startswith("d0f15e6"))
         assert unknown.count("—") == 3 and "%" not in unknown
         assert "client" in rows[4]
+        # VRAM: a bar for GPU nodes (self: 9.1 of 24 GiB), "no GPU" for CPU-only ones.
+        assert vram_cells(nodes) == ["38%", "no GPU", "85%", "—", "no GPU"]
 
 
 async def test_console_fleet_line(fake: FakeNode, state_dir: Path) -> None:
@@ -113,8 +129,66 @@ async def test_console_fleet_line(fake: FakeNode, state_dir: Path) -> None:
     async with app.run_test(size=(80, 24)) as pilot:
         await wait_for(pilot, lambda: app.status is not None, "a status")
         fleet = app.query_one("#fleet", Static).content.plain
-        assert f"3 nodes serve {GEMMA}, 1 serves {QWEN}" in fleet
-        assert "VRAM 48 GiB" in fleet and "RAM 45.7/85.9 GiB (1 unknown)" in fleet
+        assert fleet.splitlines() == [
+            f"3 nodes serve {GEMMA}, 1 serves {QWEN}",
+            # Two GPU nodes' VRAM and one CPU-only node's RAM, each under its own name.
+            "VRAM 48 GiB · RAM for models 8.8 GiB · 1 host, 3 workers, 1 client",
+            "RAM in use 45.7/85.9 GiB (1 unknown)",
+        ]
+
+
+def cpu_only_status() -> dict[str, Any]:
+    """The sample mesh without its GPU nodes: this node and one peer lend RAM."""
+    status = sample_status()
+    status.update(
+        memory_bytes=20 * GIB,
+        memory_kind="ram",
+        resources=resources(23.0, 9.0, 31.3, []),
+    )
+    status["peers"] = [p for p in status["peers"] if not p["resources"].get("gpus")]
+    return status
+
+
+async def fleet_and_vram_column(node: FakeNode, state_dir: Path) -> tuple[str, list[str]]:
+    """The fleet lines and the VRAM column the console shows for `node`."""
+    await node.start()
+    try:
+        app = app_for(node.port, state_dir)
+        async with app.run_test(size=(80, 24)) as pilot:
+            table = app.query_one(NodesTable)
+            expected = 1 + len(node.status["peers"])
+            await wait_for(pilot, lambda: table.row_count == expected, "the nodes")
+            return app.query_one("#fleet", Static).content.plain, vram_cells(table)
+    finally:
+        await node.stop()
+
+
+async def test_console_cpu_only_fleet_is_ram_never_vram(state_dir: Path) -> None:
+    status = cpu_only_status()
+    assert [p["node_id"][:4] for p in status["peers"]] == ["b7e4", "d0f1", "e55a"]
+    fleet, vram = await fleet_and_vram_column(FakeNode(status), state_dir)
+    assert "RAM for models 29 GiB · 1 host, 2 workers, 1 client" in fleet  # 20 + 8.8 GiB
+    assert "VRAM" not in fleet and "GPU" not in fleet
+    assert vram == ["no GPU", "no GPU", "—", "no GPU"]  # d0f1 reported nothing: unknown
+
+
+async def test_console_gpu_fleet_is_vram(state_dir: Path) -> None:
+    status = sample_status()
+    status["peers"] = [p for p in status["peers"] if p["resources"].get("gpus")]
+    fleet, vram = await fleet_and_vram_column(FakeNode(status), state_dir)
+    assert "VRAM 48 GiB · 1 host, 1 worker" in fleet
+    assert "RAM for models" not in fleet
+    assert "RAM in use 38.5/62.6 GiB" in fleet and "unknown" not in fleet
+    assert vram == ["38%", "85%"]  # bars of VRAM in use
+
+
+async def test_console_fleet_memory_unknown(state_dir: Path) -> None:
+    status = sample_status()
+    del status["memory_kind"]
+    status["peers"] = [p for p in status["peers"] if p["role"] == "client"]
+    fleet, _ = await fleet_and_vram_column(FakeNode(status), state_dir)
+    # This node did not say what its memory is, and a client lends none.
+    assert "memory for models — · 1 host, 1 client" in fleet and "VRAM" not in fleet
 
 
 async def test_console_follows_peers_joining_and_leaving(fake: FakeNode, state_dir: Path) -> None:
@@ -335,12 +409,135 @@ async def test_client_parses_status_and_maps_errors(fake: FakeNode, state_dir: P
         await down.close()
 
 
+async def test_console_failure_detail_follows_the_cursor(fake: FakeNode, state_dir: Path) -> None:
+    app = app_for(fake.port, state_dir)
+    async with app.run_test(size=(80, 24)) as pilot:
+        models = app.query_one(ModelsTable)
+        detail = app.query_one(FailureDetail)
+        await wait_for(pilot, lambda: models.row_count == 3, "the models")
+        await pilot.pause(0.3)
+        assert models.selected_model == GEMMA and not detail.display
+
+        await pilot.press("down", "down")
+        await wait_for(pilot, lambda: detail.display, "the failure detail")
+        assert detail.model == LLAMA
+        assert _detail_text(detail) == [
+            f"✖ {LLAMA} failed on 1 node",
+            "  b7e4f10: SIGILL while loading, 3 starts in a row",
+            "    load_tensors: CPU_Mapped model buffer size = 762.81 MiB",
+            "    Illegal instruction (core dumped)",
+        ]
+        # The cursor stays on llama across polls, and the detail with it.
+        await pilot.pause(0.5)
+        assert models.selected_model == LLAMA and detail.display
+
+        # A second node fails it, with no cause: both are listed.
+        fake.status["serving"][LLAMA] = "failed"
+        await wait_for(pilot, lambda: "failed on 2 nodes" in _detail_text(detail)[0], "2 nodes")
+        assert _detail_text(detail)[1] == "  a1b2c3d: no cause given"
+        assert "2 failed: SIGILL whil…" in row_texts(models)[2]  # the first cause given
+
+        await pilot.press("up")
+        await wait_for(pilot, lambda: not detail.display, "the detail to go")
+        assert detail.model is None
+
+        # The node goes away: no stale detail either.
+        await pilot.press("down")
+        await wait_for(pilot, lambda: detail.display, "the detail again")
+        await fake.stop()
+        await wait_for(pilot, lambda: app.down_reason is not None, "the node down")
+        assert not detail.display
+
+
+def _detail_text(detail: FailureDetail) -> list[str]:
+    """The lines the failure detail shows, as plain text."""
+    return [t.plain for t in detail.content.renderables]
+
+
+async def test_console_failed_model_in_chat_is_not_served(fake: FakeNode, state_dir: Path) -> None:
+    app = app_for(fake.port, state_dir)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.status is not None, "a status")
+        app.query_one("#chat-model", Select).value = LLAMA
+        label = app.query_one("#chat-serving", Static)
+        await wait_for(pilot, lambda: "failed" in label.content.plain, "the label")
+        assert label.content.plain == "cold: failed on 1 node"
+
+
+async def test_console_idle_notice(state_dir: Path) -> None:
+    node = FakeNode(idle_status())
+    await node.start()
+    try:
+        app = app_for(node.port, state_dir)
+        async with app.run_test(size=(80, 24)) as pilot:
+            notice = app.query_one(IdleNotice)
+            await wait_for(pilot, lambda: notice.display, "the idle notice")
+            assert notice.content.plain == (
+                "⚠ This node serves nothing: no node has a copy of mistral-7b-instruct-v0.3-q4_k_m"
+            )
+            node.status["idle_reason"] = None
+            node.status["serving"] = {GEMMA: "starting"}
+            await wait_for(pilot, lambda: not notice.display, "the notice to go")
+            assert notice.reason is None
+            node.status["idle_reason"] = "a lite client serves nothing"
+            await wait_for(pilot, lambda: notice.display, "the notice again")
+            await node.stop()
+            await wait_for(pilot, lambda: app.down_reason is not None, "the node down")
+            assert not notice.display
+    finally:
+        await node.stop()
+
+
+def test_state_cell_shows_the_first_line_of_the_cause() -> None:
+    raw = sample_status()
+    raw["serving"][LLAMA] = "ready"
+    # A node that lists the failure only in `failures` counts as failed too.
+    raw["peers"][2]["failures"] = {LLAMA: "exit 1 while loading, 3 starts in a row"}
+    status = parse_status(raw)
+    entry = next(e for e in status.catalog if e.model == LLAMA)
+    wide = state_cell(status, entry, 80)
+    assert wide.plain == "1 ready, 2 failed: SIGILL while loading, 3 starts in a row"
+    assert wide.spans[-1].style == "bold red"  # the cause, in the failed style
+    assert state_cell(status, entry, 22).plain == "1 ready, 2 failed: SI…"
+    gemma = next(e for e in status.catalog if e.model == GEMMA)
+    assert state_cell(status, gemma, 22).plain == "3 ready"
+
+
+def test_parse_status_reads_failures_and_idle_reason() -> None:
+    raw = sample_status()
+    status = parse_status(raw)
+    assert status.idle_reason is None
+    assert status.me.failures == {}
+    assert status.nodes[1].failures == {LLAMA: SIGILL}
+    assert status.failed_nodes(LLAMA) == [(status.nodes[1], SIGILL)]
+    assert status.failed_nodes(GEMMA) == []
+
+    raw["idle_reason"] = "no node has a copy of x"
+    raw["failures"] = ["not", "a", "map"]
+    raw["peers"][1]["failures"] = {QWEN: 3, GEMMA: "ok"}
+    del raw["peers"][0]["failures"]
+    status = parse_status(raw)
+    assert status.idle_reason == "no node has a copy of x"
+    assert status.me.failures == {}
+    assert status.nodes[1].failures == {}
+    assert status.nodes[2].failures == {GEMMA: "ok"}  # the malformed entry is dropped
+    # Failed in `serving` with no cause given: still a failure, of unknown cause.
+    assert status.failed_nodes(LLAMA) == [(status.nodes[1], None)]
+    raw.pop("idle_reason")
+    assert parse_status(raw).idle_reason is None
+
+
 def test_parse_status_tolerates_missing_fields() -> None:
     raw = sample_status()
     raw["peers"][0].pop("resources")
     raw["peers"][1]["rtt_ms"] = None
     del raw["catalog"][0]["size_bytes"]
+    raw["peers"][1]["memory_kind"] = "hbm"
     status = parse_status(raw)
+    assert (status.me.memory_bytes, status.me.memory_kind) == (24 * GIB, "vram")
+    assert (status.nodes[1].memory_bytes, status.nodes[1].memory_kind) == (int(8.8 * GIB), "ram")
+    assert status.nodes[2].memory_kind is None  # not a kind the console knows: unknown
+    assert status.nodes[3].memory_kind is None  # not said
     assert status.nodes[1].resources is None
     assert status.nodes[2].rtt_ms is None
     assert status.catalog[0].size_bytes is None

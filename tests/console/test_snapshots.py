@@ -20,7 +20,7 @@ from textual.widgets import Input
 
 from meshllm.console import MeshConsole
 
-from .fake_node import ADMIN_TOKEN, FakeNode, serve_in_thread
+from .fake_node import ADMIN_TOKEN, LLAMA, FakeNode, idle_status, serve_in_thread
 
 DOCS_CAPTURE = Path(__file__).resolve().parents[2] / "docs" / "console.txt"
 SIZE = (80, 24)
@@ -71,6 +71,32 @@ def test_snapshot_models_tab(snap_compare, port: int, state_dir: Path) -> None:
     """The main screen: fleet lines and the Models tab."""
     app = console(port, state_dir)
     assert snap_compare(app, terminal_size=SIZE, run_before=lambda p: settle(p, loaded(app)))
+
+
+def test_snapshot_failed_model_detail(snap_compare, port: int, state_dir: Path) -> None:
+    """The cursor on the model a peer gave up on: why, under the table."""
+    app = console(port, state_dir)
+
+    async def run_before(pilot: Pilot) -> None:
+        await settle(pilot, loaded(app))
+        await pilot.press("down", "down")
+        await settle(pilot, lambda: app.query_one("#failure-detail").display)
+        assert app.query_one("#failure-detail").model == LLAMA
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+def test_snapshot_idle_notice(snap_compare, state_dir: Path) -> None:
+    """This node serves nothing: the notice under the fleet lines says why."""
+    with serve_in_thread(FakeNode(idle_status())) as idle_port:
+        app = console(idle_port, state_dir)
+        assert snap_compare(
+            app,
+            terminal_size=SIZE,
+            run_before=lambda p: settle(
+                p, lambda: loaded(app)() and app.query_one("#idle").display
+            ),
+        )
 
 
 def test_snapshot_nodes_tab(snap_compare, port: int, state_dir: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import pytest
 from hypothesis import given
@@ -16,6 +17,7 @@ from meshllm.election import (
     choose_startup_model,
     estimate_model_memory,
     fits,
+    why_unassigned,
 )
 from meshllm.gossip.announcement import ModelState, PeerAnnouncement, Role
 
@@ -27,12 +29,13 @@ READY = ModelState.READY
 def ann(
     node_id: str,
     *,
-    vram: int = 16 * GIB,
+    memory: int = 16 * GIB,
     serving: dict[str, str] | None = None,
     disk: dict[str, int] | None = None,
     requested: list[str] | None = None,
     role: Role = Role.WORKER,
     load: int = 0,
+    kind: str = "ram",
 ) -> PeerAnnouncement:
     return PeerAnnouncement(
         node_id=node_id,
@@ -41,7 +44,8 @@ def ann(
         serving=serving or {},
         available_models=disk or {},
         requested_models=requested or [],
-        vram_bytes=vram,
+        memory_bytes=memory,
+        memory_kind=kind,
         load=load,
     )
 
@@ -291,42 +295,48 @@ def test_assign_ties(me, peers, model):
 
 
 def test_assign_skips_local_model_too_big():
-    me = ann("me", vram=4 * GIB, disk={"huge": 30 * GIB, "tiny": SMALL})
+    me = ann("me", memory=4 * GIB, disk={"huge": 30 * GIB, "tiny": SMALL})
     assert assign(me, []) == Assignment("tiny", AssignReason.UNSERVED_LOCAL, False, ())
 
 
 def test_assign_too_big_unserved_falls_to_served_that_fits():
-    me = ann("me", vram=4 * GIB, disk={"tiny": SMALL})
+    me = ann("me", memory=4 * GIB, disk={"tiny": SMALL})
     peers = [ann("p1", serving={"tiny": READY}, disk={"huge": 30 * GIB})]
     assert assign(me, peers) == Assignment("tiny", AssignReason.LEAST_SERVED_LOCAL, False, ())
 
 
 def test_assign_nothing_fits_returns_none():
-    me = ann("me", vram=2 * GIB, disk={"a": 8 * GIB})
+    me = ann("me", memory=2 * GIB, disk={"a": 8 * GIB})
     assert assign(me, [ann("p1", disk={"b": 8 * GIB})]) is None
 
 
 def test_assign_zero_capacity_returns_none():
-    me = ann("me", vram=0, disk={"a": 1})
+    me = ann("me", memory=0, disk={"a": 1})
     assert assign(me, []) is None
 
 
 def test_assign_fit_boundary_exact():
-    me = ann("me", vram=estimate_model_memory(SMALL), disk={"a": SMALL})
+    me = ann("me", memory=estimate_model_memory(SMALL), disk={"a": SMALL})
     assert assign(me, []) is not None
-    me = ann("me", vram=estimate_model_memory(SMALL) - 1, disk={"a": SMALL})
+    me = ann("me", memory=estimate_model_memory(SMALL) - 1, disk={"a": SMALL})
     assert assign(me, []) is None
+
+
+def test_assign_cpu_only_node_fits_models_in_ram():
+    # A CPU-only node announces its usable RAM as memory for models: it gets models too.
+    me = replace(ann("me", memory=4 * GIB, disk={"tiny": SMALL}), memory_kind="ram")
+    assert assign(me, []) == Assignment("tiny", AssignReason.UNSERVED_LOCAL, False, ())
 
 
 def test_assign_fetch_size_disagreement_uses_largest():
     # Two peers claim different sizes for "a": plan for the larger, which does not fit.
-    me = ann("me", vram=4 * GIB)
+    me = ann("me", memory=4 * GIB)
     peers = [ann("p1", disk={"a": SMALL}), ann("p2", disk={"a": 30 * GIB})]
     assert assign(me, peers) is None
 
 
 def test_assign_local_size_wins_over_peer_claims():
-    me = ann("me", vram=4 * GIB, disk={"a": SMALL})
+    me = ann("me", memory=4 * GIB, disk={"a": SMALL})
     peers = [ann("p1", disk={"a": 30 * GIB})]
     assert assign(me, peers) == Assignment("a", AssignReason.UNSERVED_LOCAL, False, ("p1",))
 
@@ -446,7 +456,7 @@ def nodes(node_id: st.SearchStrategy[str], roles: list[Role]) -> st.SearchStrate
     return st.builds(
         ann,
         node_id,
-        vram=st.sampled_from(CAPACITIES),
+        memory=st.sampled_from(CAPACITIES),
         serving=st.dictionaries(st.sampled_from(MODELS), st.sampled_from(list(ModelState))),
         disk=st.dictionaries(st.sampled_from(MODELS), st.sampled_from(SIZES)),
         requested=st.lists(st.sampled_from(MODELS), max_size=2),
@@ -477,9 +487,9 @@ def test_assign_never_picks_what_does_not_fit(scenario):
         return
     if result.needs_fetch:
         sizes = [p.available_models[result.model] for p in peers if p.node_id in result.sources]
-        assert fits(max(sizes), me.vram_bytes)
+        assert fits(max(sizes), me.memory_bytes)
     else:
-        assert fits(me.available_models[result.model], me.vram_bytes)
+        assert fits(me.available_models[result.model], me.memory_bytes)
 
 
 @given(scenarios())
@@ -504,7 +514,7 @@ def test_assign_priority_one_when_available(scenario):
     unserved_local = [
         m
         for m, size in me.available_models.items()
-        if size > 0 and fits(size, me.vram_bytes) and served_by(peers, m) == 0
+        if size > 0 and fits(size, me.memory_bytes) and served_by(peers, m) == 0
     ]
     result = assign(me, peers)
     if unserved_local:
@@ -531,3 +541,37 @@ def test_assign_independent_of_peer_order(scenario, rnd):
     shuffled = list(peers)
     rnd.shuffle(shuffled)
     assert assign(me, shuffled) == assign(me, peers)
+
+
+# --- why nothing is assigned --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("me", "peers", "expected"),
+    [
+        (ann("me"), [], "the mesh has no models yet (start a node with --model NAME)"),
+        (ann("me"), [ann("p", requested=["ghost"])], "no node has a copy of ghost"),
+        (
+            ann("me", memory=1 * GIB),
+            [ann("p", disk={"big": 4 * GIB, "huge": 9 * GIB})],
+            "no model fits this node's 1.0 GiB of RAM for models "
+            "(the smallest, big, needs 5.3 GiB)",
+        ),
+        (
+            ann("me", memory=2 * GIB, kind="vram"),
+            [ann("p", disk={"big": 4 * GIB}, requested=["ghost"])],
+            "no node has a copy of ghost; no model fits this node's 2.0 GiB of VRAM for models "
+            "(the smallest, big, needs 5.3 GiB)",
+        ),
+        (ann("me", role=Role.CLIENT), [ann("p", disk={"m": GIB})], "a lite client serves nothing"),
+        # A client's disk is no source, as for assign().
+        (
+            ann("me"),
+            [ann("c", role=Role.CLIENT, disk={"m": GIB})],
+            "the mesh has no models yet (start a node with --model NAME)",
+        ),
+    ],
+)
+def test_why_unassigned_table(me, peers, expected):
+    assert assign(me, peers) is None
+    assert why_unassigned(me, peers) == expected

@@ -16,12 +16,12 @@ GIB = 1 << 30
 
 def ann(
     node_id: str,
-    vram: int = 8 * GIB,
+    memory: int = 8 * GIB,
     serving: dict[str, str] | None = None,
     role: Role = Role.HOST,
 ) -> PeerAnnouncement:
     return PeerAnnouncement(
-        node_id=node_id, mesh_id="mesh", role=role, serving=serving or {}, vram_bytes=vram
+        node_id=node_id, mesh_id="mesh", role=role, serving=serving or {}, memory_bytes=memory
     )
 
 
@@ -38,17 +38,17 @@ CASES = [
     pytest.param(
         [ann("a", 4 * GIB, {"m": READY}), ann("b", 16 * GIB, {"m": READY})],
         {"m": ElectionGroup("m", "b", ("b", "a"))},
-        id="most-vram-hosts",
+        id="most-memory-hosts",
     ),
     pytest.param(
         [ann("c", 8 * GIB, {"m": READY}), ann("b", 8 * GIB, {"m": READY})],
         {"m": ElectionGroup("m", "b", ("b", "c"))},
-        id="vram-tie-lowest-id",
+        id="memory-tie-lowest-id",
     ),
     pytest.param(
         [ann("n9", 8 * GIB, {"m": READY}), ann("n10", 8 * GIB, {"m": READY})],
         {"m": ElectionGroup("m", "n10", ("n10", "n9"))},
-        id="vram-tie-is-string-order",
+        id="memory-tie-is-string-order",
     ),
     pytest.param(
         [ann("a", 4 * GIB, {"m": READY}), ann("b", 16 * GIB, {"m": ModelState.FAILED})],
@@ -141,7 +141,7 @@ def meshes(draw) -> list[PeerAnnouncement]:
     return [
         ann(
             node_id,
-            vram=draw(st.sampled_from([0, 4 * GIB, 8 * GIB, 16 * GIB])),
+            memory=draw(st.sampled_from([0, 4 * GIB, 8 * GIB, 16 * GIB])),
             serving=draw(st.dictionaries(st.sampled_from(MODELS), st.sampled_from(STATES))),
             role=draw(st.sampled_from(list(Role))),
         )
@@ -173,5 +173,5 @@ def test_elect_groups_match_definition(nodes):
         assert set(group.members) == expected_members
         assert len(group.members) == len(expected_members)
         assert group.host == group.members[0]
-        best = max(by_id[m].vram_bytes for m in expected_members)
-        assert group.host == min(m for m in expected_members if by_id[m].vram_bytes == best)
+        best = max(by_id[m].memory_bytes for m in expected_members)
+        assert group.host == min(m for m in expected_members if by_id[m].memory_bytes == best)

@@ -62,3 +62,28 @@ def test_announcement_round_trip_and_unknown_fields_ignored() -> None:
 def test_bad_announcements_raise_frame_error(bad: object) -> None:
     with pytest.raises(FrameError):
         PeerAnnouncement.from_wire(bad)
+
+
+def test_announcement_carries_failures_and_digests() -> None:
+    a = PeerAnnouncement(
+        "n", "m", serving={"x": "failed"}, failures={"x": "SIGILL while loading"},
+        model_sha256={"x": "ab" * 32}, memory_bytes=8 << 30, memory_kind="ram",
+    )  # fmt: skip
+    assert PeerAnnouncement.from_wire(a.to_wire()) == a
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        {"failures": {"x": 1}},
+        {"failures": {"x": "y" * 2001}},  # a cause is a few log lines, not a payload
+        {"failures": {f"m{i}": "cause" for i in range(65)}},
+        {"model_sha256": {"x": "not-hex"}},
+        {"model_sha256": {"x": "AB" * 32}},  # lowercase hex only: one spelling per digest
+        {"memory_bytes": -1},
+        {"memory_kind": "swap"},
+    ],
+)
+def test_bad_serving_fields_raise_frame_error(field: dict[str, object]) -> None:
+    with pytest.raises(FrameError):
+        PeerAnnouncement.from_wire({"node_id": "n", "mesh_id": "m", **field})

@@ -3,8 +3,10 @@
 from meshllm.console.widgets.chat_message import ChatMessage
 from meshllm.console.widgets.chat_pane import ChatPane
 from meshllm.console.widgets.confirm_drop import ConfirmDrop
+from meshllm.console.widgets.failure_detail import FailureDetail
 from meshllm.console.widgets.fleet_summary import FleetSummary
 from meshllm.console.widgets.header_bar import HeaderBar
+from meshllm.console.widgets.idle_notice import IdleNotice
 from meshllm.console.widgets.live_table import LiveTable
 from meshllm.console.widgets.models_table import ModelsTable
 from meshllm.console.widgets.node_down_banner import NodeDownBanner
@@ -14,8 +16,10 @@ __all__ = [
     "ChatMessage",
     "ChatPane",
     "ConfirmDrop",
+    "FailureDetail",
     "FleetSummary",
     "HeaderBar",
+    "IdleNotice",
     "LiveTable",
     "ModelsTable",
     "NodeDownBanner",

@@ -90,9 +90,13 @@ class ChatPane(Vertical):
         if model is None:
             label.update("")
             return
-        n = len(status.serving_nodes(model))
+        # A node that gave up on the model lists it as 'failed': it serves nothing.
+        n = sum(1 for node in status.serving_nodes(model) if node.serving[model] != "failed")
+        failed = len(status.failed_nodes(model))
         if n:
             label.update(Text(f"served by {n} node{'s' if n != 1 else ''}", style="green"))
+        elif failed:
+            label.update(Text(f"cold: failed on {failed} node{'s' if failed != 1 else ''}", "red"))
         else:
             label.update(Text("cold: no node serves it", style="grey50"))
 

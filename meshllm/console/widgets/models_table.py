@@ -8,24 +8,52 @@ from rich.text import Text
 
 from meshllm.console.client import CatalogEntry, MeshStatus
 from meshllm.console.widgets.live_table import LiveTable
-from meshllm.console.widgets.render import STATE_STYLE, UNKNOWN, fit, human_bytes
+from meshllm.console.widgets.render import (
+    NO_CAUSE,
+    STATE_STYLE,
+    UNKNOWN,
+    cause_summary,
+    fit,
+    human_bytes,
+)
 
-_STATE_ORDER = ("ready", "starting", "fetching", "failed")
+_STATE_ORDER = ("ready", "starting", "fetching")
+"""Known states first, in this order, then any other, then 'failed' (its cause follows it)."""
+
+
+def _state_rank(state: str) -> int:
+    if state == "failed":
+        return len(_STATE_ORDER) + 1
+    return _STATE_ORDER.index(state) if state in _STATE_ORDER else len(_STATE_ORDER)
+
+
+def failure_summary(status: MeshStatus, model: str) -> str | None:
+    """The first line of the first cause given for `model`'s failures; None if it never failed."""
+    failed = status.failed_nodes(model)
+    if not failed:
+        return None
+    return next((cause_summary(c) for _, c in failed if c), NO_CAUSE)
 
 
 def state_cell(status: MeshStatus, entry: CatalogEntry, width: int) -> Text:
-    """Per-state counts of the nodes serving the model: '2 ready, 1 fetching'."""
-    states = Counter(n.serving[entry.model] for n in status.serving_nodes(entry.model))
+    """Per-state counts of the nodes serving the model: '2 ready, 1 fetching'.
+
+    Failures come last, with why: '1 ready, 1 failed: SIGILL while loading, …'.
+    """
+    model = entry.model
+    states = Counter(n.serving[model] for n in status.serving_nodes(model))
+    # A node that gave up on the model without listing it in `serving` failed it all the same.
+    states["failed"] += sum(1 for n, _ in status.failed_nodes(model) if model not in n.serving)
+    states = +states  # drop the zero counts
     if not states:
         return Text(UNKNOWN, style="grey50")
     out = Text(no_wrap=True, overflow="ellipsis")
-    ordered = sorted(
-        states, key=lambda s: _STATE_ORDER.index(s) if s in _STATE_ORDER else len(_STATE_ORDER)
-    )
-    for i, state in enumerate(ordered):
+    for i, state in enumerate(sorted(states, key=_state_rank)):
         if i:
             out.append(", ", style="grey50")
         out.append(f"{states[state]} {state}", style=STATE_STYLE.get(state, ""))
+    if summary := failure_summary(status, model):
+        out.append(f": {summary}", style=STATE_STYLE["failed"])
     out.truncate(width, overflow="ellipsis")
     return out
 
@@ -76,6 +104,9 @@ class ModelsTable(LiveTable):
             self.replace_rows((), None)
             return
         entries = sorted(status.catalog, key=lambda e: (not e.warm, -len(e.nodes), e.model))
-        states = tuple((n.node_id, tuple(sorted(n.serving.items()))) for n in status.nodes)
+        states = tuple(
+            (n.node_id, tuple(sorted(n.serving.items())), tuple(sorted(n.failures.items())))
+            for n in status.nodes
+        )
         rows = [(e.model, model_row(status, e, self.widths)) for e in entries]
         self.replace_rows(rows, (tuple(entries), states))

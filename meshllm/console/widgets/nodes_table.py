@@ -47,12 +47,12 @@ class NodesTable(LiveTable):
     COLUMNS = (
         ("NODE", 8),
         ("ROLE", 6),
-        ("SERVING", 13),
+        ("SERVING", 12),
         ("HEALTH", 7),
         ("ADDRESS", 14),
         ("CPU", 5),
         ("RAM", 5),
-        ("VRAM", 5),
+        ("VRAM", 6),  # room for "no GPU"
     )
     FLEX = "SERVING"
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from rich.text import Text
 
 from meshllm.console.client import NodeInfo, Resources
@@ -34,6 +36,25 @@ def short_id(node_id: str, width: int = 7) -> str:
 def fit(text: str, width: int) -> str:
     """`text` cut to `width` cells with an ellipsis."""
     return text if len(text) <= width else text[: max(width - 1, 0)] + "…"
+
+
+_LOG_INTRO = re.compile(r"[;:,.]?\s*last log lines:?\s*$", re.IGNORECASE)
+NO_CAUSE = "no cause given"
+
+
+def cause_summary(cause: str | None) -> str:
+    """The first line of a failure's cause, without its 'last log lines:' lead-in.
+
+    'SIGILL while loading, 3 starts in a row; last log lines:\n…' →
+    'SIGILL while loading, 3 starts in a row'.
+    """
+    first = (cause or "").strip().split("\n", 1)[0]
+    return _LOG_INTRO.sub("", first).strip() or NO_CAUSE
+
+
+def cause_log_lines(cause: str | None) -> list[str]:
+    """The log lines of a failure's cause (the lines after its first), blank ones left out."""
+    return [line.rstrip() for line in (cause or "").strip().splitlines()[1:] if line.strip()]
 
 
 def human_bytes(n: int | None) -> str:
@@ -87,12 +108,15 @@ def ram_fraction(res: Resources | None) -> float | None:
 
 
 def vram_meter(res: Resources | None, width: int) -> Text:
-    """VRAM use over all GPUs: a meter, 'no GPU' when the node has none, '—' when unknown."""
+    """VRAM use over all GPUs: a meter, 'no GPU' when the node has none, '—' when unknown.
+
+    A CPU-only node's memory for models is RAM: the RAM meter shows it, never this one.
+    """
     if res is None:
         return meter(None, width)
     total = sum(g.vram_total for g in res.gpus)
     if not res.gpus or total <= 0:
-        return Text("none".center(width), style="grey42")
+        return Text(fit("no GPU", width).center(width), style="grey42")
     return meter(sum(g.vram_used for g in res.gpus) / total, width)
 
 
