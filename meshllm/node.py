@@ -90,6 +90,8 @@ class Node:
             self.serving = ServingManager(cfg, self.gossip, self.identity, self.credentials.secret)
             self.serving.on_dropped = lambda model: self._exit_soon()
         self.proxy_mesh = NodeProxyMesh(self.gossip, self.serving, Forwarder())
+        if self.serving is not None:
+            self.serving.on_serving_changed = self.proxy_mesh.notify_changed
         try:
             host, port = split_addr(cfg.bind)
         except ValueError as exc:
@@ -188,7 +190,9 @@ class Node:
         return created, []
 
     def _on_mesh_events(self, events: list[StateEvent]) -> None:
-        """Membership changed: the hook where serving re-runs elections."""
+        """Membership changed: requests waiting for a model look again."""
+        if self.proxy_mesh is not None:
+            self.proxy_mesh.notify_changed()
 
     def _on_stream(self, link: Link, stream: QuicFrameStream, head: Frame) -> None:
         kind = head.get("t")

@@ -7,12 +7,19 @@ Each inference request is parsed once for its ``model``, planned with
 through a tunnel; a target that fails before the response head is skipped
 for the next.  SSE is relayed event by event as it comes.
 
+A request for a model that some node is still starting or fetching waits for
+it, up to ``load_timeout``: a streaming one answers at once with SSE comment
+lines (``: loading …``) until the first real event, so the client sees progress
+and its connection stays alive.  A model the mesh does not know gets 404 at
+once when nothing else could answer it.
+
 Run the app with ``handler_cancellation=True``: a client that goes away then
 cancels its handler, which aborts the upstream request (DESIGN.md §9).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import time
@@ -39,11 +46,13 @@ from meshllm.proxy.forward import (
     is_event_stream,
     split_events,
 )
-from meshllm.proxy.routing import Target, plan_route
+from meshllm.proxy.routing import RoutePlan, Target, plan_route
 from meshllm.proxy.tunnel import open_tunnel_request
 
 MAX_BODY_BYTES = 32 * 1024 * 1024  # a long chat with images fits; a runaway upload does not
 RETRY_AFTER_S = 5  # about the time a starting llama-server needs for a small model
+LOAD_TIMEOUT_S = 120.0  # how long a request waits for its model to start somewhere
+PROGRESS_INTERVAL_S = 1.0  # between ": loading" comment lines of a waiting stream
 MODEL_HEADER = "x-meshllm-model"
 NODE_HEADER = "x-meshllm-node"
 _REQUEST_DROP = REQUEST_DROP | {"content-type"}  # set anew, in one spelling
@@ -83,6 +92,19 @@ class ProxyMesh(Protocol):
         """A request to ``target`` is over: answered, failed or cancelled."""
         ...
 
+    def warming(self, model: str | None) -> Mapping[str, str]:
+        """``node_id -> state`` ("starting", "fetching") of the nodes getting ``model``
+        ready (``None``: any model), so a request can wait for it."""
+        ...
+
+    def failures(self, model: str) -> Mapping[str, str]:
+        """``node_id -> cause`` of the nodes that gave up serving ``model``."""
+        ...
+
+    async def wait_changed(self, timeout: float) -> None:
+        """Return when what is served in the mesh may have changed, or after ``timeout``."""
+        ...
+
 
 def add_proxy_routes(
     app: web.Application,
@@ -90,10 +112,11 @@ def add_proxy_routes(
     *,
     max_body_bytes: int = MAX_BODY_BYTES,
     retry_after_s: int = RETRY_AFTER_S,
+    load_timeout: float = LOAD_TIMEOUT_S,
     rng: random.Random | None = None,
 ) -> None:
     """Register ``GET /v1/models`` and the ``POST /v1/...`` inference routes on ``app``."""
-    proxy = _Proxy(mesh, max_body_bytes, retry_after_s, rng or random.Random())
+    proxy = _Proxy(mesh, max_body_bytes, retry_after_s, load_timeout, rng or random.Random())
     app.router.add_get("/v1/models", proxy.models)
     for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):
         app.router.add_post(path, proxy.relay)
@@ -101,11 +124,17 @@ def add_proxy_routes(
 
 class _Proxy:
     def __init__(
-        self, mesh: ProxyMesh, max_body: int, retry_after_s: int, rng: random.Random
+        self,
+        mesh: ProxyMesh,
+        max_body: int,
+        retry_after_s: int,
+        load_timeout: float,
+        rng: random.Random,
     ) -> None:
         self._mesh = mesh
         self._max_body = max_body
         self._retry_after = str(retry_after_s)
+        self._load_timeout = load_timeout
         self._rng = rng
         self._created = int(time.time())
 
@@ -144,14 +173,16 @@ class _Proxy:
         # A catalog model that is cold gets 503, not another model: its name was meant.
         known = model is not None and model not in targets and self._in_catalog(model)
         plan = plan_route(model, targets, self._rng, fallback=not known)
+        stream: web.StreamResponse | None = None  # prepared while waiting for a model
         if not plan.attempts:
-            what = f"model {model!r} is not served by any node" if known else "no model is served"
-            return error_response(
-                503,
-                f"{what} right now; try again shortly",
-                "no_target",
-                headers={"Retry-After": self._retry_after},
-            )
+            if model is not None and not known:
+                return error_response(
+                    404, f"model {model!r} is not in the mesh catalog", "model_not_found"
+                )
+            waited = await self._wait_for_model(request, model, payload.get("stream") is True)
+            if not isinstance(waited, _Waiting):
+                return waited
+            plan, stream = waited.plan, waited.stream
         if plan.model_used != model:
             payload["model"] = plan.model_used
             body = json.dumps(payload, separators=(",", ":")).encode()
@@ -171,15 +202,60 @@ class _Proxy:
                 self._mesh.request_finished(target)
                 raise
             try:
-                return await self._respond(request, upstream, target)
+                return await self._respond(request, upstream, target, stream)
             finally:
                 upstream.close()
                 self._mesh.request_finished(target)
-        return error_response(
-            502,
-            f"no replica of {plan.model_used!r} could be reached: " + "; ".join(failures),
-            "no_reachable_target",
-        )
+        message = f"no replica of {plan.model_used!r} could be reached: " + "; ".join(failures)
+        if stream is not None:
+            return await _end_stream(stream, message, "no_reachable_target")
+        return error_response(502, message, "no_reachable_target")
+
+    async def _wait_for_model(
+        self, request: web.Request, model: str | None, streaming: bool
+    ) -> _Waiting | web.StreamResponse:
+        """Hold a request while its model starts or is fetched somewhere, up to the load
+        timeout.  Returns the plan once a replica is ready, or the error to answer with.
+        A streaming request gets its SSE response at once, with ``: loading`` comments."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        deadline = started + self._load_timeout
+        stream: web.StreamResponse | None = None
+        while True:
+            warming = self._mesh.warming(model)
+            now = loop.time()
+            if not warming or now >= deadline:
+                message = self._unavailable(model, warming, now - started)
+                if stream is not None:
+                    return await _end_stream(stream, message, "no_target")
+                return error_response(
+                    503, message, "no_target", headers={"Retry-After": self._retry_after}
+                )
+            if streaming:
+                if stream is None:
+                    stream = web.StreamResponse(headers=_SSE_HEADERS)
+                    await stream.prepare(request)
+                what = ", ".join(f"{state} on {node}" for node, state in sorted(warming.items()))
+                line = f": loading {model or 'a model'}: {what} ({now - started:.0f} s)\n\n"
+                await stream.write(line.encode())
+            await self._mesh.wait_changed(min(PROGRESS_INTERVAL_S, deadline - now))
+            # A named model must be that model; a request naming none takes any.
+            plan = plan_route(model, self._mesh.targets(), self._rng, fallback=model is None)
+            if plan.attempts:
+                return _Waiting(plan, stream)
+
+    def _unavailable(self, model: str | None, warming: Mapping[str, str], waited: float) -> str:
+        if warming:
+            return (
+                f"model {model or 'a model'!r} is still loading after {waited:.0f} s "
+                "(--load-timeout); try again shortly"
+            )
+        what = f"model {model!r} is not served by any node" if model else "no model is served"
+        causes = self._mesh.failures(model) if model else {}
+        if causes:
+            first = next(iter(sorted(causes.items())))
+            what += f"; it failed on {first[0]}: {first[1].splitlines()[0]}"
+        return f"{what} right now; try again shortly"
 
     def _in_catalog(self, model: str) -> bool:
         return any(entry.get("model") == model for entry in self._mesh.catalog())
@@ -212,7 +288,11 @@ class _Proxy:
         return await open_tunnel_request(stream, "POST", path, headers, body, model=target.model)
 
     async def _respond(
-        self, request: web.Request, upstream: ProxiedResponse, target: Target
+        self,
+        request: web.Request,
+        upstream: ProxiedResponse,
+        target: Target,
+        stream: web.StreamResponse | None = None,
     ) -> web.StreamResponse:
         headers = CIMultiDict(filter_headers(upstream.headers.items(), RESPONSE_DROP))
         headers[MODEL_HEADER] = target.model
@@ -224,13 +304,18 @@ class _Proxy:
                 async with aclosing(upstream.iter_chunks()) as chunks:
                     data = b"".join([chunk async for chunk in chunks])
             except MeshError as exc:
+                if stream is not None:
+                    return await _end_stream(stream, f"upstream broke off: {exc}")
                 return error_response(502, f"upstream broke off: {exc}", "upstream_error")
+            if stream is not None:  # the SSE head is out: say it as an error event
+                text = data[:1000].decode(errors="replace")
+                return await _end_stream(stream, f"upstream answered {upstream.status}: {text}")
             return web.Response(status=upstream.status, body=data, headers=headers)
 
-        headers["Cache-Control"] = "no-cache"
-        headers["X-Accel-Buffering"] = "no"
-        resp = web.StreamResponse(status=upstream.status, headers=headers)
-        await resp.prepare(request)
+        if stream is None:
+            headers.update(_SSE_HEADERS)
+            stream = web.StreamResponse(status=upstream.status, headers=headers)
+            await stream.prepare(request)
         pending = b""
         try:
             try:
@@ -238,13 +323,41 @@ class _Proxy:
                     async for chunk in chunks:
                         events, pending = split_events(pending, chunk)
                         if events:
-                            await resp.write(events)
+                            await stream.write(events)
                 if pending:
-                    await resp.write(pending)
+                    await stream.write(pending)
             except MeshError as exc:
                 # Drop the partial event; end with an error the OpenAI SDK raises, never a hang.
-                await resp.write(sse_error_event(f"upstream broke off: {exc}"))
-            await resp.write_eof()
+                await stream.write(sse_error_event(f"upstream broke off: {exc}"))
+            await stream.write_eof()
         except ConnectionResetError:
             pass  # the client went away; the caller closes the upstream
-        return resp
+        return stream
+
+
+_SSE_HEADERS = {
+    "Content-Type": "text/event-stream",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+}
+
+
+class _Waiting:
+    """A request that waited for its model: the plan, and its SSE response if prepared."""
+
+    __slots__ = ("plan", "stream")
+
+    def __init__(self, plan: RoutePlan, stream: web.StreamResponse | None) -> None:
+        self.plan, self.stream = plan, stream
+
+
+async def _end_stream(
+    stream: web.StreamResponse, message: str, code: str = "upstream_error"
+) -> web.StreamResponse:
+    """End an SSE response whose head is already sent with an OpenAI error event."""
+    try:
+        await stream.write(sse_error_event(message, code))
+        await stream.write_eof()
+    except ConnectionResetError:
+        pass
+    return stream

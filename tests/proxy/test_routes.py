@@ -8,6 +8,7 @@ stream pairs, as the node's dispatcher would serve them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 from collections import Counter
@@ -45,12 +46,17 @@ class MemoryMesh:
     announced_load: dict[str, int] = field(default_factory=dict)
     cold: list[str] = field(default_factory=list)  # catalog models nobody serves
     unreachable: set[str] = field(default_factory=set)  # open_stream raises PeerError
+    loading: dict[tuple[str, str], str] = field(default_factory=dict)  # (node, model) -> state
+    failed: dict[tuple[str, str], str] = field(default_factory=dict)  # (node, model) -> cause
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
     in_flight: Counter[Target] = field(default_factory=Counter)
     started: list[Target] = field(default_factory=list)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def catalog(self) -> list[dict[str, Any]]:
         entries: dict[str, list[str]] = {m: [] for m in self.cold}
+        for _, model in [*self.loading, *self.failed]:
+            entries.setdefault(model, [])
         for node, model in self.replicas:
             entries.setdefault(model, []).append(node)
         return [{"model": m, "warm": bool(n), "nodes": n} for m, n in sorted(entries.items())]
@@ -90,6 +96,23 @@ class MemoryMesh:
         key = Target(target.node_id, target.model, target.local)
         self.in_flight[key] -= 1
         assert self.in_flight[key] >= 0
+
+    def warming(self, model: str | None) -> dict[str, str]:
+        return {n: st for (n, m), st in self.loading.items() if model is None or m == model}
+
+    def failures(self, model: str) -> dict[str, str]:
+        return {n: cause for (n, m), cause in self.failed.items() if m == model}
+
+    async def wait_changed(self, timeout: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.changed.wait(), timeout)
+        self.changed.clear()
+
+    def ready(self, node: str, model: str, url: str) -> None:
+        """A loading replica becomes ready."""
+        self.loading.pop((node, model), None)
+        self.replicas[(node, model)] = url
+        self.changed.set()
 
     def idle(self) -> bool:
         return all(v == 0 for v in self.in_flight.values())
@@ -393,15 +416,89 @@ async def test_body_over_the_cap_gives_413(mesh: MemoryMesh, make_client: MakeCl
     assert mesh.started == []
 
 
-@pytest.mark.parametrize("model", ["m", None])
 async def test_nothing_served_gives_503_with_retry_after(
-    mesh: MemoryMesh, make_client: MakeClient, model: str | None
+    mesh: MemoryMesh, make_client: MakeClient
 ) -> None:
     client = await make_client(retry_after_s=7)
-    resp = await client.post("/v1/chat/completions", json=chat(model=model))
+    resp = await client.post("/v1/chat/completions", json=chat(model=None))
     assert resp.status == 503
     assert resp.headers["Retry-After"] == "7"
     assert_openai_error(await resp.json())
+
+
+async def test_a_model_known_to_nobody_gives_404_at_once(
+    mesh: MemoryMesh, make_client: MakeClient
+) -> None:
+    mesh.loading = {("peer", "other"): "starting"}  # something warms, but not this model
+    client = await make_client(load_timeout=60)
+    async with asyncio.timeout(5):
+        resp = await client.post("/v1/chat/completions", json=chat(model="nobody-has-it"))
+    assert resp.status == 404
+    body = await resp.json()
+    assert_openai_error(body)
+    assert body["error"]["code"] == "model_not_found"
+
+
+@pytest.mark.parametrize("node", [SELF, "peer"])
+async def test_a_request_waits_for_its_model_to_start(
+    mesh: MemoryMesh, make_client: MakeClient, backends: dict[str, FakeBackend], node: str
+) -> None:
+    mesh.loading = {(node, "m"): "starting"}
+    client = await make_client(load_timeout=60)
+    request = asyncio.ensure_future(client.post("/v1/chat/completions", json=chat("hi")))
+    await asyncio.sleep(0.3)
+    assert not request.done()  # held, not refused
+    mesh.ready(node, "m", backends["local_m"].url)
+    resp = await asyncio.wait_for(request, 30)
+    assert resp.status == 200
+    assert resp.headers[NODE_HEADER] == node
+    assert (await resp.json())["choices"][0]["message"]["content"]
+
+
+async def test_a_stream_waiting_for_its_model_gets_loading_comments_then_tokens(
+    mesh: MemoryMesh, make_client: MakeClient, backends: dict[str, FakeBackend]
+) -> None:
+    mesh.loading = {("peer", "m"): "fetching"}
+    client = await make_client(load_timeout=60)
+    resp = await client.post("/v1/chat/completions", json=chat("hi", stream=True))
+    assert resp.status == 200
+    assert resp.headers["Content-Type"].startswith("text/event-stream")
+    first = await asyncio.wait_for(resp.content.readuntil(b"\n\n"), 10)
+    assert first.startswith(b": loading m: fetching on peer")
+    mesh.ready("peer", "m", backends["remote_m"].url)
+    events = sse_events(first + await asyncio.wait_for(resp.read(), 30))
+    comments = [e for e in events if e.startswith(b":")]
+    data = [e for e in events if e.startswith(b"data:")]
+    assert comments and events[: len(comments)] == comments  # all comments come first
+    assert data[-1] == b"data: [DONE]" and len(data) > 2
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_model_still_loading_after_the_timeout_gives_503(
+    mesh: MemoryMesh, make_client: MakeClient, stream: bool
+) -> None:
+    mesh.loading = {("peer", "m"): "starting"}
+    client = await make_client(load_timeout=0.5, retry_after_s=9)
+    resp = await client.post("/v1/chat/completions", json=chat(stream=stream))
+    if not stream:
+        assert resp.status == 503
+        assert resp.headers["Retry-After"] == "9"
+        assert "still loading" in (await resp.json())["error"]["message"]
+    else:  # the SSE head went out with the first comment: the error is an event
+        raw = await resp.read()
+        assert raw.startswith(b": loading m")
+        assert b'"error"' in raw and b"still loading" in raw
+    assert mesh.started == []
+
+
+async def test_a_model_that_failed_says_why(mesh: MemoryMesh, make_client: MakeClient) -> None:
+    mesh.failed = {("peer", "m"): "SIGILL while loading, 3 starts in a row\nlog line"}
+    client = await make_client()
+    resp = await client.post("/v1/chat/completions", json=chat())
+    assert resp.status == 503
+    message = (await resp.json())["error"]["message"]
+    assert "failed on peer: SIGILL while loading, 3 starts in a row" in message
+    assert "log line" not in message
 
 
 async def test_a_cold_catalog_model_gives_503_not_another_model(
