@@ -28,7 +28,7 @@ def create_app(node: Node) -> web.Application:
     app.router.add_get("/api/status", status)
     app.router.add_post("/api/drop", drop)
     if node.proxy_mesh is not None:
-        add_proxy_routes(app, node.proxy_mesh)
+        add_proxy_routes(app, node.proxy_mesh, load_timeout=node.config.load_timeout)
     return app
 
 
@@ -68,6 +68,8 @@ def status_snapshot(node: Node) -> dict[str, Any]:
         **me.to_wire(),
         "token": node.token,
         "uptime_s": round(time.time() - node.started_at, 1),
+        # Why auto-assignment serves nothing on this node (None: it serves, or was told what).
+        "idle_reason": node.serving.idle_reason if node.serving is not None else None,
         "peers": peers,
         "catalog": entries,
     }

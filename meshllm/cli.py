@@ -21,6 +21,7 @@ from meshllm import __version__
 from meshllm.config import DEFAULT_HTTP_PORT, Config
 from meshllm.errors import MeshError
 
+_DEFAULTS = Config()
 SUBCOMMANDS = ("token", "status", "models", "drop", "console")
 
 EPILOG = """\
@@ -88,6 +89,22 @@ def node_parser() -> argparse.ArgumentParser:
         action="store_true",
         default=_env_flag("split"),
         help="split a model across nodes (llama.cpp RPC; not built yet)",
+    )
+    serve.add_argument(
+        "--max-tokens-default",
+        type=int,
+        default=int(_env("max_tokens_default", _DEFAULTS.max_tokens_default)),
+        metavar="N",
+        help="tokens generated for a request without max_tokens; 0: no cap "
+        f"(default {_DEFAULTS.max_tokens_default})",
+    )
+    serve.add_argument(
+        "--load-timeout",
+        type=float,
+        default=float(_env("load_timeout", _DEFAULTS.load_timeout)),
+        metavar="S",
+        help="seconds a request waits for its model to start or arrive "
+        f"(default {_DEFAULTS.load_timeout:g})",
     )
     serve.add_argument(
         "--no-install",
@@ -192,6 +209,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         probe_timeout=args.probe_timeout,
         gossip_interval=args.gossip_interval,
         auto_install=not args.no_install,
+        max_tokens_default=args.max_tokens_default,
+        load_timeout=args.load_timeout,
     )
 
 
@@ -267,6 +286,12 @@ def print_status(status: dict) -> None:
     """Human-readable ``meshllm status``."""
     serving = ", ".join(f"{m} ({s})" for m, s in status["serving"].items()) or "nothing"
     print(f"node {status['node_id']}  {status['role']}  serving {serving}")
+    memory = status.get("memory_bytes")
+    if memory is not None:
+        kind = "VRAM" if status.get("memory_kind") == "vram" else "RAM"
+        print(f"memory for models {_format_bytes(memory)} of {kind}")
+    if status.get("idle_reason"):
+        print(f"serves nothing yet: {status['idle_reason']}")
     print(f"mesh {status['mesh_id']}  {len(status['peers'])} peer(s)")
     if status["peers"]:
         print(f"\n{'NODE':<18}{'ROLE':<8}{'ADDRESS':<24}{'RTT':>9}  SERVING")
@@ -283,6 +308,18 @@ def print_status(status: dict) -> None:
                 f"{m['model']:<36}{state:<7}{_format_bytes(m.get('size_bytes')):>8}  "
                 f"{len(m['nodes'])}"
             )
+    for node_id, model, cause in failures(status):
+        print(f"\nfailed: {model} on {node_id}: {cause}")
+
+
+def failures(status: dict) -> list[tuple[str, str, str]]:
+    """``(node id, model, cause)`` of every model a node of ``status`` gave up serving."""
+    nodes = [status, *status.get("peers", [])]
+    return [
+        (node["node_id"], model, cause)
+        for node in nodes
+        for model, cause in sorted((node.get("failures") or {}).items())
+    ]
 
 
 def run_subcommand(name: str, argv: list[str]) -> int:
@@ -304,8 +341,14 @@ def run_subcommand(name: str, argv: list[str]) -> int:
         else:
             print_status(status)
     elif name == "models":
-        for m in _request(args.port, "/api/status")["catalog"]:
-            print(f"{m['model']:<40}{'warm' if m['warm'] else 'cold':<6}{len(m['nodes'])} node(s)")
+        status = _request(args.port, "/api/status")
+        failed: dict[str, list[str]] = {}
+        for node_id, model, cause in failures(status):
+            failed.setdefault(model, []).append(f"{node_id}: {cause.splitlines()[0]}")
+        for m in status["catalog"]:
+            state = "warm" if m["warm"] else "failed" if m["model"] in failed else "cold"
+            line = f"{m['model']:<40}{state:<7}{len(m['nodes'])} node(s)"
+            print("  ".join([line, *failed.get(m["model"], [])]))
     elif name == "drop":
         token_file = args.state_dir.expanduser() / "admin_token"
         if not token_file.exists():

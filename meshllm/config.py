@@ -45,3 +45,10 @@ class Config:
     """Seconds between anti-entropy digests (changes are pushed at once anyway)."""
     auto_install: bool = True
     """Build llama-server / install the default model when they are missing."""
+    max_tokens_default: int = 1024
+    """Tokens generated for a request without ``max_tokens`` (llama-server ``-n``); 0: no
+    cap.  The default model is a base model that never stops by itself: 1,024 tokens
+    end within half a minute on 2 cores (about 44 tokens/s)."""
+    load_timeout: float = 120.0
+    """Seconds a request for a model that is starting or being fetched somewhere in the
+    mesh waits for it before a 503 with Retry-After."""

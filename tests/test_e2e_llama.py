@@ -67,7 +67,7 @@ def test_serve_fetch_stream_and_drop(mesh: Cluster, default_model: ModelFile, tm
     a_models.mkdir()
     os.link(default_model.path, a_models / f"{MODEL}.gguf")
     a = mesh.add("--model", MODEL, "--models-dir", str(a_models), name="a")
-    wait_for(lambda: serving_state(a) == "ready", SLOW, interval=0.5, what="A serving")
+    a.wait_serving(MODEL, SLOW)
 
     # A answers through its own port, with the mesh model name.
     client = openai.OpenAI(base_url=f"{a.url}/v1", api_key="unused", timeout=120)
@@ -80,7 +80,7 @@ def test_serve_fetch_stream_and_drop(mesh: Cluster, default_model: ModelFile, tm
     # B joins with nothing: auto-assigned, fetches the GGUF from A, serves it.
     b_models = tmp_path / "b-models"
     b = mesh.add("--models-dir", str(b_models), name="b")
-    wait_for(lambda: serving_state(b) == "ready", SLOW, interval=0.5, what="B serving")
+    b.wait_serving(MODEL, SLOW)
     copied = b_models / f"{MODEL}.gguf"
     assert copied.stat().st_size == default_model.size_bytes
     assert sha256(copied) == sha256(default_model.path)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import hmac
 import logging
 import os
@@ -26,6 +25,7 @@ from typing import Any
 
 from meshllm.errors import FrameError, TransferError
 from meshllm.gossip.frames import Frame, FrameDecoder, FrameType, encode_frame, make_frame
+from meshllm.serving.digests import FileDigests
 from meshllm.serving.transfer import (
     CHUNK_SIZE,
     DIGEST_SIZE,
@@ -74,6 +74,7 @@ class FileServer:
         *,
         grant_ttl: float = GRANT_TTL,
         clock: Callable[[], float] = time.time,
+        digests: FileDigests | None = None,
     ) -> None:
         self._resolve = resolve
         self._ssl = server_ssl_context(cert_pem, key_pem)
@@ -83,7 +84,7 @@ class FileServer:
         self._clock = clock  # wall clock: grants carry absolute expiry times
         self._lock = threading.Lock()  # grants and digests are touched from hashing threads
         self._grants: dict[bytes, _Issued] = {}
-        self._digests: dict[Path, tuple[int, int, bytes]] = {}  # path -> (size, mtime_ns, sha256)
+        self.digests = digests or FileDigests()
         self._server: asyncio.Server | None = None
         self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
 
@@ -142,7 +143,7 @@ class FileServer:
             st = path.stat()
             if not path.is_file():
                 return None
-            digest = self._digest(path, st.st_size, st.st_mtime_ns)
+            digest = self.digests.digest(path)
         except OSError as exc:
             logger.warning("cannot grant %s (%s): %s", name, path, exc)
             return None
@@ -165,21 +166,6 @@ class FileServer:
     async def issue_grant_async(self, name: str) -> Grant | None:
         """:meth:`issue_grant` on a worker thread, so hashing does not stall the loop."""
         return await asyncio.to_thread(self.issue_grant, name)
-
-    def _digest(self, path: Path, size: int, mtime_ns: int) -> bytes:
-        with self._lock:
-            cached = self._digests.get(path)
-        if cached is not None and cached[:2] == (size, mtime_ns):
-            return cached[2]
-        hasher = hashlib.sha256()
-        with open(path, "rb", buffering=0) as f:
-            buffer = memoryview(bytearray(CHUNK_SIZE))
-            while n := f.readinto(buffer):
-                hasher.update(buffer[:n])
-        digest = hasher.digest()
-        with self._lock:
-            self._digests[path] = (size, mtime_ns, digest)
-        return digest
 
     def _take_grant(self, token: bytes) -> _Issued | None:
         with self._lock:

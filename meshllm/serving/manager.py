@@ -3,7 +3,8 @@
 It scans the models dir, picks the model to serve (``--model`` flags, or
 auto-assignment for a node that joins without one), fetches a missing GGUF
 from a peer over the mesh, runs llama-server or fronts ``--endpoint`` servers,
-and publishes ``available_models``, ``serving`` and ``vram_bytes`` through gossip.
+and publishes ``available_models`` (with ``model_sha256``), ``serving``,
+``failures`` and ``memory_bytes``/``memory_kind`` through gossip.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from meshllm.config import Config
-from meshllm.election import assign, choose_startup_model
+from meshllm.election import assign, choose_startup_model, why_unassigned
 from meshllm.errors import PeerError, ServingError, TransferError
 from meshllm.gossip.announcement import ModelState, Role
 from meshllm.gossip.frames import Frame, FrameType, make_frame
@@ -25,13 +26,14 @@ from meshllm.gossip.service import Gossip
 from meshllm.gossip.stream import FrameStream
 from meshllm.gossip.transport import Link, split_addr
 from meshllm.identity import Identity
-from meshllm.resources import host_resources, model_capacity_bytes
+from meshllm.resources import host_resources, model_capacity_bytes, model_memory_kind
+from meshllm.serving.digests import FileDigests
 from meshllm.serving.external import ExternalEndpoint
 from meshllm.serving.file_client import fetch_file
 from meshllm.serving.file_server import FileServer
 from meshllm.serving.install import DEFAULT_MODEL
-from meshllm.serving.llama import LlamaServer
-from meshllm.serving.locate import find_llama_server
+from meshllm.serving.llama import FAILURE_MAX_CHARS, LlamaOptions, LlamaServer
+from meshllm.serving.locate import find_llama_server, proven_args
 from meshllm.serving.model_file import ModelFile
 from meshllm.serving.scan import scan_catalog
 from meshllm.serving.transfer import Grant
@@ -57,8 +59,12 @@ class ServingManager:
         self.endpoints: list[ExternalEndpoint] = []
         self.file_server: FileServer | None = None
         self.on_dropped: Callable[[str], None] = lambda model: None
+        self.on_serving_changed: Callable[[], None] = lambda: None
+        self.digests = FileDigests(config.state_dir / "model_digests.json")
+        self.idle_reason: str | None = None  # why auto-assignment serves nothing, if it does
         self._states: dict[str, ModelState] = {}
         self._resolved: dict[str, ModelFile | None] = {}
+        self._failures: dict[str, str] = {}  # failed before a server existed
         self._tasks: set[asyncio.Task[object]] = set()
 
     # lifecycle
@@ -67,7 +73,11 @@ class ServingManager:
         """Listen for model copies on TCP at the QUIC port's number.  Raises TransferError."""
         if self.file_server is None:
             self.file_server = FileServer(
-                self._resolve_file, self.identity.cert_pem, self.identity.key_pem, self.mesh_secret
+                self._resolve_file,
+                self.identity.cert_pem,
+                self.identity.key_pem,
+                self.mesh_secret,
+                digests=self.digests,
             )
         await self.file_server.start(quic_addr[0], quic_addr[1])
 
@@ -75,12 +85,17 @@ class ServingManager:
         """Scan models and start serving what this node should."""
         cfg = self.config
         self.models, self._resolved = await scan_catalog(cfg.models_dir, cfg.models)
+        for found in self._resolved.values():  # a --model path outside the models dir
+            if found is not None:
+                self.models.setdefault(found.name, found)
         resources = host_resources()
         self.gossip.publish(
             available_models={m.name: m.size_bytes for m in self.models.values()},
-            vram_bytes=model_capacity_bytes(resources),
+            memory_bytes=model_capacity_bytes(resources),
+            memory_kind=model_memory_kind(resources),
             resources=resources,
         )
+        self._spawn(self._publish_digests())
         for url in cfg.endpoints:
             endpoint = ExternalEndpoint(url, on_change=lambda _: self._publish_serving())
             self.endpoints.append(endpoint)
@@ -136,12 +151,8 @@ class ServingManager:
     async def _serve_requested(self) -> None:
         cfg = self.config
         local = {name: m.size_bytes for name, m in self.models.items()}
-        for spec in cfg.models:  # a path outside the models dir counts as local too
-            if (found := self._resolved.get(spec)) is not None:
-                self.models.setdefault(found.name, found)
-                local[found.name] = found.size_bytes
         names = [Path(spec).stem if spec.endswith(".gguf") else spec for spec in cfg.models]
-        capacity = self.gossip.state.me.vram_bytes
+        capacity = self.gossip.state.me.memory_bytes
         choice = choose_startup_model(names, local, capacity)
         self.gossip.publish(requested_models=list(choice.requested))
         if choice.serve is not None:
@@ -162,13 +173,17 @@ class ServingManager:
                 await self._serve(self.models[first])
                 return
         log.error("model %s is not in %s and no peer has it", first, cfg.models_dir)
+        self._fail(first, f"not in {cfg.models_dir} and no peer has it")
 
     async def _auto_assign(self) -> None:
         await asyncio.sleep(ASSIGN_SETTLE)
         while True:
             state = self.gossip.state
             assignment = assign(state.me, state.peers.values())
-            if assignment is not None:
+            if assignment is None:
+                self._set_idle_reason(why_unassigned(state.me, state.peers.values()))
+            else:
+                self._set_idle_reason(None)
                 log.warning("auto-assigned %s (%s)", assignment.model, assignment.reason)
                 if not assignment.needs_fetch:
                     await self._serve(self.models[assignment.model])
@@ -183,12 +198,17 @@ class ServingManager:
             binary = await self._llama_binary()
         except ServingError as exc:
             log.error("%s", exc)
-            self._set_state(model.name, ModelState.FAILED)
+            self._fail(model.name, str(exc))
             return
+        options = LlamaOptions(
+            max_tokens=self.config.max_tokens_default or None,
+            extra_args=proven_args(binary),
+        )
         server = LlamaServer(
             model,
             binary,
             log_dir=self.config.state_dir / "logs",
+            options=options,
             on_state=self._set_state,
             on_progress=lambda name, s: log.info("loading %s: %.0f s", name, s),
         )
@@ -198,7 +218,7 @@ class ServingManager:
             await server.start()
         except ServingError as exc:
             log.error("%s", exc)
-            self._set_state(model.name, ModelState.FAILED)
+            self._fail(model.name, str(exc))
 
     async def _llama_binary(self) -> Path:
         try:
@@ -211,16 +231,51 @@ class ServingManager:
 
         return await asyncio.to_thread(install_llama_server)
 
+    def failures(self) -> dict[str, str]:
+        """``model -> cause`` of every model this node gave up on."""
+        failed = {m: s.failure for m, s in self.llama.items() if s.failure is not None}
+        failed.update(self._failures)
+        return failed
+
     def _set_state(self, model: str, state: ModelState) -> None:
         if model in self.llama or state == ModelState.FETCHING:
             self._states[model] = state
             self._publish_serving()
 
+    def _fail(self, model: str, cause: str) -> None:
+        """``model`` cannot be served here, for ``cause`` (no binary, launch refused)."""
+        self._failures[model] = cause[:FAILURE_MAX_CHARS]
+        self._states[model] = ModelState.FAILED
+        self._publish_serving()
+
+    def _set_idle_reason(self, reason: str | None) -> None:
+        if reason != self.idle_reason:
+            if reason is not None:
+                log.warning("auto-assignment: nothing to serve yet: %s", reason)
+            self.idle_reason = reason
+
     def _publish_serving(self) -> None:
-        serving = self.serving()
-        role = Role.HOST if serving else Role.WORKER
-        if serving != self.gossip.state.me.serving or role != self.gossip.state.me.role:
-            self.gossip.publish(serving=serving, role=role)
+        me = self.gossip.state.me
+        serving, failures = self.serving(), self.failures()
+        role = Role.HOST if any(v != ModelState.FAILED for v in serving.values()) else Role.WORKER
+        if (serving, failures, role) != (me.serving, me.failures, me.role):
+            self.gossip.publish(serving=serving, failures=failures, role=role)
+        self.on_serving_changed()
+
+    async def _publish_digests(self) -> None:
+        """Announce each model's sha256, hashing on a worker thread where not cached."""
+        for model in list(self.models.values()):
+            await self._publish_digest(model)
+
+    async def _publish_digest(self, model: ModelFile) -> None:
+        try:
+            digest = await asyncio.to_thread(self.digests.digest, model.path)
+        except OSError as exc:
+            log.warning("cannot hash %s: %s", model.path, exc)
+            return
+        known = self.gossip.state.me.model_sha256
+        if known.get(model.name) != digest.hex():
+            self.gossip.publish(model_sha256={**known, model.name: digest.hex()})
 
     async def _add_local_model(self, path: Path) -> None:
         _, resolved = await scan_catalog(self.config.models_dir, [str(path)])
@@ -230,6 +285,7 @@ class ServingManager:
         self.models[found.name] = found
         available = dict(self.gossip.state.me.available_models, **{found.name: found.size_bytes})
         self.gossip.publish(available_models=available)
+        self._spawn(self._publish_digest(found))
 
     # model files over the mesh (DESIGN.md §5 `file`, §9)
 

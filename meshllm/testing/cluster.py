@@ -107,6 +107,20 @@ class NodeProcess:
     def status(self) -> dict[str, Any]:
         return self.get("/api/status")
 
+    def wait_serving(self, model: str, timeout: float) -> None:
+        """Wait until this node serves ``model``; fail at once, with the node's cause,
+        when it gives up on it (or the daemon exits), instead of waiting out ``timeout``."""
+
+        def ready() -> bool:
+            if not self.alive():
+                raise RuntimeError(f"node exited while starting {model}:\n{self.log()[-4000:]}")
+            status = self.status()
+            if (cause := status.get("failures", {}).get(model)) is not None:
+                raise RuntimeError(f"node {self.node_id} gave up on {model}: {cause}")
+            return status["serving"].get(model) == "ready"
+
+        wait_for(ready, timeout, interval=0.2, what=f"{self.state_dir.name} serving {model}")
+
     def peer_ids(self) -> set[str]:
         """Node ids this node lists as live peers."""
         return {p["node_id"] for p in self.status()["peers"]}
