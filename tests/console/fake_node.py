@@ -142,11 +142,24 @@ def sample_status() -> dict[str, Any]:
     }
 
 
+IDLE_REASON = (
+    f"no model fits this node's 0.5 GiB of RAM for models (the smallest, {GEMMA}, needs 0.8 GiB)"
+)
+
+
 def idle_status() -> dict[str, Any]:
-    """The sample mesh, but this node serves nothing: auto-assignment found it no model."""
+    """The sample mesh, but this node is a small CPU-only worker that serves nothing."""
     status = sample_status()
-    status["serving"] = {}
-    status["idle_reason"] = "no node has a copy of mistral-7b-instruct-v0.3-q4_k_m"
+    status.update(
+        role="worker",
+        serving={},
+        memory_bytes=GIB // 2,
+        memory_kind="ram",
+        resources=resources(3.0, 2.9, 3.8, []),
+        idle_reason=IDLE_REASON,
+    )
+    gemma = status["catalog"][0]
+    gemma["nodes"] = [n for n in gemma["nodes"] if n != status["node_id"]]
     return status
 
 

@@ -30,6 +30,7 @@ from .fake_node import (
     ANSWER,
     GEMMA,
     GIB,
+    IDLE_REASON,
     LLAMA,
     QWEN,
     SIGILL,
@@ -472,9 +473,7 @@ async def test_console_idle_notice(state_dir: Path) -> None:
         async with app.run_test(size=(80, 24)) as pilot:
             notice = app.query_one(IdleNotice)
             await wait_for(pilot, lambda: notice.display, "the idle notice")
-            assert notice.content.plain == (
-                "⚠ This node serves nothing: no node has a copy of mistral-7b-instruct-v0.3-q4_k_m"
-            )
+            assert notice.content.plain == f"⚠ This node serves nothing: {IDLE_REASON}"
             node.status["idle_reason"] = None
             node.status["serving"] = {GEMMA: "starting"}
             await wait_for(pilot, lambda: not notice.display, "the notice to go")
