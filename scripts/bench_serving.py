@@ -94,7 +94,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         binaries = [("native build", binary)]
-        binaries += [(f"alt {path.parent.name}", path) for path in args.alt_binary]
+        binaries += [(f"alt {path.parents[2].name}", path) for path in args.alt_binary]
         settings_table(binaries, source, Path(tmp) / "logs")
         print()
 
