@@ -8,7 +8,8 @@ from typing import Any
 
 from meshllm.serving.chat_template import builtin_chat_template
 from meshllm.serving.external import ExternalEndpoint
-from meshllm.serving.llama import LlamaOptions, LlamaServer, llama_argv
+from meshllm.serving.launch import LlamaOptions, llama_argv
+from meshllm.serving.llama import LlamaServer
 from meshllm.serving.locate import find_llama_server
 from meshllm.serving.model_file import ModelFile
 from meshllm.serving.scan import scan_catalog

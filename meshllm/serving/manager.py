@@ -32,7 +32,8 @@ from meshllm.serving.external import ExternalEndpoint
 from meshllm.serving.file_client import fetch_file
 from meshllm.serving.file_server import FileServer
 from meshllm.serving.install import DEFAULT_MODEL
-from meshllm.serving.llama import FAILURE_MAX_CHARS, LlamaOptions, LlamaServer
+from meshllm.serving.launch import LlamaOptions
+from meshllm.serving.llama import FAILURE_MAX_CHARS, LlamaServer
 from meshllm.serving.locate import find_llama_server, proven_args
 from meshllm.serving.model_file import ModelFile
 from meshllm.serving.scan import scan_catalog

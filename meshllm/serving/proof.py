@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from meshllm.errors import ServingError
+from meshllm.serving.launch import HOST, LlamaOptions, free_port, llama_argv, tail
+from meshllm.serving.model_file import ModelFile
 
 NO_REPACK = "--no-repack"
 # Tried in order; the first that completes wins.  As built first: repacked
@@ -210,9 +212,6 @@ def run_once(
     tokens: int = PROOF_TOKENS,
 ) -> Attempt:
     """Start llama-server with ``extra_args``, ask for one completion, stop it."""
-    # Imported here: llama.py pulls in aiohttp, which the installer does not need.
-    from meshllm.serving.llama import HOST, LlamaOptions, free_port, llama_argv
-    from meshllm.serving.model_file import ModelFile
 
     model = ModelFile(model_path.stem, model_path, model_path.stat().st_size, "")
     port = free_port(None)
@@ -269,8 +268,6 @@ def run_once(
 
 
 def _failed(extra_args: tuple[str, ...], cause: str, log_path: Path) -> Attempt:
-    from meshllm.serving.llama import tail
-
     return Attempt(extra_args, ok=False, cause=cause, log_tail=tail(log_path))
 
 

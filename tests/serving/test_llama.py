@@ -28,7 +28,8 @@ from meshllm.errors import ServingError
 from meshllm.gossip.announcement import ModelState
 from meshllm.serving import LlamaOptions, LlamaServer, ModelFile, find_llama_server, llama_argv
 from meshllm.serving import install as install_module
-from meshllm.serving.llama import Backoff, default_threads
+from meshllm.serving.launch import default_threads
+from meshllm.serving.llama import Backoff
 from meshllm.serving.locate import ENV_VAR, INSTALL_HINT
 
 REPO = Path(__file__).resolve().parents[2]

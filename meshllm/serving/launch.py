@@ -1,0 +1,119 @@
+"""How llama-server is launched: its options, its command line, a free port, its log.
+
+Shared by the supervisor (:mod:`meshllm.serving.llama`) and the proof of a build
+(:mod:`meshllm.serving.proof`), which runs llama-server the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from meshllm.errors import ServingError
+from meshllm.serving.chat_template import builtin_chat_template, chat_template_argv
+from meshllm.serving.model_file import ModelFile
+
+HOST = "127.0.0.1"
+FAILURE_TAIL_LINES = 8  # log lines kept in a failure's cause
+
+
+@dataclass(frozen=True, slots=True)
+class LlamaOptions:
+    """How llama-server is run and supervised."""
+
+    ctx_size: int = 8192
+    """Context (KV cache) in tokens, shared by all slots; capped at the model's own."""
+    parallel: int = 4
+    """Slots: requests decoded together in one batch."""
+    threads: int | None = None
+    """CPU threads; None: ``default_threads()``."""
+    max_tokens: int | None = 1024
+    """Tokens generated for a request that sets no ``max_tokens`` (llama-server ``-n``);
+    None: until the context is full.  A base model without an end token would
+    otherwise ramble for minutes (DESIGN.md §9)."""
+    extra_args: tuple[str, ...] = ()
+    """Appended to the command line as is (e.g. ("-ngl", "99"))."""
+    startup_timeout: float = 600.0
+    """A launch not healthy by then is killed and retried (large models load slowly)."""
+    backoff_initial: float = 1.0
+    """First delay before a restart; doubled after each failure up to backoff_max."""
+    backoff_max: float = 30.0
+    stable_after: float = 60.0
+    """A run that stayed ready this long resets the back-off."""
+    max_start_failures: int = 3
+    """Launches in a row that never get ready before the server is given up on."""
+    health_interval: float = 5.0
+    """While ready: seconds between /health checks."""
+    health_failures: int = 3
+    """Consecutive failed checks after which a live but stuck server is killed."""
+    stop_grace: float = 10.0
+    """Seconds between SIGTERM and SIGKILL on stop."""
+
+
+def default_threads() -> int:
+    """CPU threads for llama-server: the cores this process may run on, physical
+    cores only where there are hyper-threads (they slow token generation down)."""
+    allowed = len(os.sched_getaffinity(0))
+    return max(1, min(allowed, psutil.cpu_count(logical=False) or allowed))
+
+
+def llama_argv(binary: Path, model: ModelFile, port: int, options: LlamaOptions) -> list[str]:
+    """The llama-server command line for ``model`` on ``127.0.0.1:port``."""
+    ctx = options.ctx_size
+    if model.context_length:
+        ctx = min(ctx, model.context_length)
+    threads = options.threads or default_threads()
+    generation = ["-n", str(options.max_tokens)] if options.max_tokens else []
+    template = fallback_chat_template(model)
+    return [
+        str(binary),
+        *("-m", str(model.path)),
+        *("--host", HOST),
+        *("--port", str(port)),
+        *("--alias", model.name),
+        *("--ctx-size", str(ctx)),
+        *("--parallel", str(options.parallel)),
+        # One KV pool for all slots, so a single long request may use all of ctx.
+        "--kv-unified",
+        *("--threads", str(threads)),
+        "--metrics",
+        "--no-webui",
+        *generation,
+        *(chat_template_argv(template) if template else []),
+        *options.extra_args,
+    ]
+
+
+def fallback_chat_template(model: ModelFile) -> str | None:
+    """llama.cpp's built-in template for a GGUF that carries none, where its
+    architecture names one (else llama-server falls back to ChatML)."""
+    if model.has_chat_template:
+        return None
+    return builtin_chat_template(model.architecture, model.name)
+
+
+def free_port(preferred: int | None) -> int:
+    """``preferred`` when it can still be bound (keeps base_url stable), else a new one."""
+    for port in (preferred, 0) if preferred else (0,):
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((HOST, port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise ServingError("no free TCP port on 127.0.0.1")
+
+
+def tail(path: Path, lines: int = FAILURE_TAIL_LINES) -> str:
+    """The last ``lines`` lines of a log file ("" if unreadable)."""
+    try:
+        with path.open("rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+            return b"\n".join(f.read().splitlines()[-lines:]).decode(errors="replace")
+    except OSError:
+        return ""
