@@ -141,7 +141,7 @@ def test_drop_needs_the_admin_token(mesh: Cluster, tmp_path: Path):
 
     req = urllib.request.Request(
         f"{a.url}/api/drop", data=b'{"model": "x"}', method="POST",
-        headers={"Authorization": "Bearer nope"},
+        headers={"Authorization": "Bearer nope", "Content-Type": "application/json"},
     )  # fmt: skip
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(req, timeout=10)

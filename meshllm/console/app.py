@@ -158,6 +158,17 @@ class MeshConsole(App[int]):
         self.notify(f"{model}: dropped on {who}", title="Dropped")
         self._wake.set()
 
+    @work(exclusive=True, group="token", exit_on_error=False)
+    async def _show_token(self) -> None:
+        """Fetch the join token (`/api/token`, with the admin token), show and copy it."""
+        try:
+            token = await self.client.join_token()
+        except MeshError as exc:
+            self.notify(f"No join token: {exc}", severity="warning")
+            return
+        self.copy_to_clipboard(token)
+        self.notify(token, title="Join token (copied)", timeout=15)
+
     # What the workers bring.
 
     def on_status_updated(self, message: StatusUpdated) -> None:
@@ -239,11 +250,7 @@ class MeshConsole(App[int]):
 
     def action_token(self) -> None:
         """Show the join token and copy it to the clipboard."""
-        if self.status is None or not self.status.token:
-            self.notify("No join token: the node is not answering.", severity="warning")
-            return
-        self.copy_to_clipboard(self.status.token)
-        self.notify(self.status.token, title="Join token (copied)", timeout=15)
+        self._show_token()
 
     def drop_target(self) -> str | None:
         """The model `d` would drop: the row on Models, the node's model on Nodes, the chat's."""

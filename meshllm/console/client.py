@@ -1,7 +1,8 @@
 """The console's only link to the network: an async client of the local node's HTTP API.
 
-It speaks the routes of DESIGN.md §4 (`/api/status`, `/api/drop`, `/v1/chat/completions`,
-`/health`) and turns their JSON into the small frozen dataclasses the widgets render.
+It speaks the routes of DESIGN.md §4 (`/api/status`, `/api/token`, `/api/drop`,
+`/v1/chat/completions`, `/health`) and turns their JSON into the small frozen dataclasses
+the widgets render.
 aiohttp errors are translated here, at the edge, into `NodeUnreachable` (nothing answers)
 and `NodeAPIError` (the node answered with an error), both `MeshError`s.
 """
@@ -18,8 +19,8 @@ from typing import Any
 import aiohttp
 
 from meshllm.errors import MeshError
+from meshllm.paths import StatePaths
 
-ADMIN_TOKEN_FILE = "admin_token"
 MEMORY_KINDS = ("vram", "ram")
 """What a node's memory for models is: GPU memory, or RAM on a CPU-only node."""
 
@@ -98,7 +99,6 @@ class MeshStatus:
 
     node_id: str
     role: str
-    token: str
     http_port: int | None
     version: str
     nodes: tuple[NodeInfo, ...]
@@ -216,7 +216,6 @@ def parse_status(raw: Any) -> MeshStatus:
     return MeshStatus(
         node_id=me.node_id,
         role=me.role,
-        token=str(raw.get("token", "")),
         http_port=None if http_port is None else _int(http_port),
         version=me.version,
         nodes=(me, *peers),
@@ -312,11 +311,25 @@ class NodeClient:
 
     def admin_token(self) -> str:
         """The admin token, read from `<state_dir>/admin_token` at each use."""
-        path = self.state_dir / ADMIN_TOKEN_FILE
+        path = StatePaths(self.state_dir).admin_token
         try:
             return path.read_text().strip()
         except OSError as exc:
             raise NodeAPIError(f"cannot read the admin token {path}: {exc.strerror}") from exc
+
+    async def join_token(self) -> str:
+        """`GET /api/token`: the mesh's join token (it needs the admin token: it holds the
+        mesh secret, so `/api/status` does not carry it)."""
+        headers = {"Authorization": f"Bearer {self.admin_token()}"}
+        with map_exceptions(self.address):
+            async with self._http().get(
+                "/api/token", headers=headers, timeout=self._timeout
+            ) as resp:
+                body = await self._json(resp)
+        token = body.get("token") if isinstance(body, Mapping) else None
+        if not isinstance(token, str) or not token:
+            raise NodeAPIError("/api/token answered no token")
+        return token
 
     async def drop(self, model: str) -> list[str]:
         """`POST /api/drop`: ask the nodes serving `model` to stop; returns their ids."""

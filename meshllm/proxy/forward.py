@@ -48,13 +48,31 @@ REQUEST_DROP = HOP_BY_HOP | {
     "cookie",
     "expect",
 }
-# Not passed back: framing aiohttp redoes, and an encoding its client already undid.
-RESPONSE_DROP = HOP_BY_HOP | {"content-length", "content-encoding", "server", "date"}
+# Not passed back: framing aiohttp redoes, an encoding its client already undid, and what a
+# browser would act on for this node's origin: cookies and CORS grants (meshllm.proxy.guard
+# sets its own; it also strips these from every response, in case a route forgets).
+RESPONSE_DROP = HOP_BY_HOP | {
+    "content-length",
+    "content-encoding",
+    "server",
+    "date",
+    "set-cookie",
+    "set-cookie2",
+}
+RESPONSE_DROP_PREFIXES = ("access-control-",)
+"""Response headers dropped by the start of their lower-cased name."""
 
 
-def filter_headers(headers: Iterable[tuple[str, str]], drop: frozenset[str]) -> dict[str, str]:
-    """The ``(name, value)`` pairs whose lower-cased name is not in ``drop``."""
-    return {k: v for k, v in headers if k.lower() not in drop}
+def filter_headers(
+    headers: Iterable[tuple[str, str]], drop: frozenset[str], prefixes: tuple[str, ...] = ()
+) -> dict[str, str]:
+    """The ``(name, value)`` pairs whose lower-cased name is not in ``drop`` and does not
+    start with one of ``prefixes``."""
+    return {
+        k: v
+        for k, v in headers
+        if (lower := k.lower()) not in drop and not lower.startswith(prefixes)
+    }
 
 
 class ProxiedResponse(Protocol):
@@ -111,7 +129,9 @@ class UpstreamResponse:
         self._rename = rename  # (backend's model name, mesh model name)
         self._done = False
         self.status = resp.status
-        self.headers: dict[str, str] = filter_headers(resp.headers.items(), RESPONSE_DROP)
+        self.headers: dict[str, str] = filter_headers(
+            resp.headers.items(), RESPONSE_DROP, RESPONSE_DROP_PREFIXES
+        )
 
     async def iter_chunks(self) -> AsyncIterator[bytes]:
         """Body bytes as they arrive; raises :class:`ServingError` if the backend breaks off."""
@@ -171,7 +191,7 @@ def _rename_event(event: bytes, backend_model: str, mesh_model: str) -> bytes:
         if line.startswith(b"data:") and line[5:].strip() != b"[DONE]":
             try:
                 obj = json.loads(line[5:])
-            except ValueError:
+            except (ValueError, RecursionError):
                 continue
             if isinstance(obj, dict) and obj.get("model") == backend_model:
                 obj["model"] = mesh_model
@@ -187,7 +207,7 @@ async def _fix_json_model(chunks: AsyncIterator[bytes], mesh_model: str) -> Asyn
     if json.dumps(mesh_model).encode() not in body:
         try:
             obj = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):
             obj = None
         if isinstance(obj, dict) and isinstance(obj.get("model"), str):
             obj["model"] = mesh_model
@@ -274,9 +294,9 @@ def _with_model(body: bytes, model: str) -> bytes:
     """``body`` (a JSON object) with its ``model`` set; other bodies unchanged."""
     try:
         obj: Any = json.loads(body)
-    except ValueError:
+        if not isinstance(obj, dict):
+            return body
+        obj["model"] = model
+        return json.dumps(obj, separators=(",", ":")).encode()
+    except (ValueError, RecursionError):  # RecursionError: nested too deep to parse
         return body
-    if not isinstance(obj, dict):
-        return body
-    obj["model"] = model
-    return json.dumps(obj, separators=(",", ":")).encode()

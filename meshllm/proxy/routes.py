@@ -40,6 +40,7 @@ from meshllm.proxy.errors import (
 from meshllm.proxy.forward import (
     REQUEST_DROP,
     RESPONSE_DROP,
+    RESPONSE_DROP_PREFIXES,
     Forwarder,
     ProxiedResponse,
     filter_headers,
@@ -161,6 +162,8 @@ class _Proxy:
             )
         try:
             payload = json.loads(body)
+        except RecursionError:
+            return error_response(400, "request body is nested too deeply", "invalid_json")
         except ValueError:
             return error_response(400, "request body is not valid JSON", "invalid_json")
         if not isinstance(payload, dict):
@@ -185,7 +188,13 @@ class _Proxy:
             plan, stream = waited.plan, waited.stream
         if plan.model_used != model:
             payload["model"] = plan.model_used
-            body = json.dumps(payload, separators=(",", ":")).encode()
+            try:
+                body = json.dumps(payload, separators=(",", ":")).encode()
+            except RecursionError:  # parsed at the edge of the limit, one level short now
+                message = "request body is nested too deeply"
+                if stream is not None:
+                    return await _end_stream(stream, message, "invalid_json")
+                return error_response(400, message, "invalid_json")
 
         headers = filter_headers(request.headers.items(), _REQUEST_DROP)
         headers["Content-Type"] = "application/json"  # the body is JSON: we parsed it
@@ -294,7 +303,9 @@ class _Proxy:
         target: Target,
         stream: web.StreamResponse | None = None,
     ) -> web.StreamResponse:
-        headers = CIMultiDict(filter_headers(upstream.headers.items(), RESPONSE_DROP))
+        headers = CIMultiDict(
+            filter_headers(upstream.headers.items(), RESPONSE_DROP, RESPONSE_DROP_PREFIXES)
+        )
         headers[MODEL_HEADER] = target.model
         headers[NODE_HEADER] = target.node_id
         if not is_event_stream(upstream.headers):

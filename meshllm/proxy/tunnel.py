@@ -249,7 +249,7 @@ async def _read_body(stream: FrameStream, max_body: int) -> bytes:
 def _model_of(body: bytes) -> str | None:
     try:
         obj = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # a peer's deeply nested JSON is no model name
         return None
     model = obj.get("model") if isinstance(obj, dict) else None
     return model if isinstance(model, str) else None

@@ -11,6 +11,9 @@ A request may tune its own answer with a ``"fake"`` object in the body:
 ``status`` answers that HTTP status with an OpenAI error, ``abort_after`` cuts
 the connection after that many SSE events (a mid-stream failure).
 
+``headers`` (``--header "NAME: VALUE"``) are added to every response, to check
+what a proxy passes on (``Set-Cookie``, ``Access-Control-Allow-Origin: *``).
+
 In process::
 
     async with FakeBackend(models=["m1"]) as fb:
@@ -31,7 +34,7 @@ import signal
 import struct
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -55,6 +58,7 @@ class FakeBackend:
         port: int = 0,
         chunks: int = 4,
         delay: float = 0.0,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         if not models:
             raise ValueError("FakeBackend needs at least one model")
@@ -63,6 +67,8 @@ class FakeBackend:
         self.port = port
         self.chunks = chunks
         self.delay = delay
+        self.headers = dict(headers or {})
+        """Extra headers sent on every response."""
         self.requests = 0
         """Completion and embedding requests received."""
         self.in_flight = 0
@@ -90,7 +96,12 @@ class FakeBackend:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_post("/v1/embeddings", self._embeddings)
+        if self.headers:
+            app.on_response_prepare.append(self._add_headers)
         return app
+
+    async def _add_headers(self, request: web.Request, response: web.StreamResponse) -> None:
+        response.headers.update(self.headers)
 
     async def start(self) -> None:
         """Listen; ``url`` is valid afterwards."""
@@ -334,6 +345,7 @@ async def _serve(args: argparse.Namespace) -> None:
         port=args.port,
         chunks=args.chunks,
         delay=args.delay,
+        headers=dict(_parse_header(h) for h in args.header or ()),
     )
     await backend.start()
     stop = asyncio.Event()
@@ -349,6 +361,13 @@ async def _serve(args: argparse.Namespace) -> None:
         await backend.stop()
 
 
+def _parse_header(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition(":")
+    if not sep or not name.strip():
+        raise SystemExit(f"--header {text!r}: expected 'NAME: VALUE'")
+    return name.strip(), value.strip()
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Command-line entry: run a fake backend until interrupted."""
     parser = argparse.ArgumentParser(description="Fake OpenAI-compatible backend.")
@@ -359,6 +378,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--chunks", type=int, default=4, help="SSE events per streamed answer")
     parser.add_argument("--delay", type=float, default=0.0, help="seconds between SSE events")
+    parser.add_argument(
+        "--header",
+        action="append",
+        metavar="'NAME: VALUE'",
+        help="a header added to every response (repeatable)",
+    )
     parser.add_argument("--no-uvloop", action="store_true", help="use the asyncio event loop")
     args = parser.parse_args(argv)
     run: Any = asyncio.run

@@ -17,6 +17,8 @@ from typing import Any
 from aiohttp import web
 
 ADMIN_TOKEN = "admin-secret-0123"
+JOIN_TOKEN = "mesh1-ZmFrZS10b2tlbi1mb3ItdGVzdHM"
+"""What /api/token answers (with the admin token); /api/status never carries it."""
 GIB = 1024**3
 ANSWER_CHUNKS = ["Hello", " from", " the", " fake", " mesh", "!"]
 ANSWER = "".join(ANSWER_CHUNKS)
@@ -95,7 +97,6 @@ def sample_status() -> dict[str, Any]:
         "serving": {GEMMA: "ready"},
         "failures": {},
         "idle_reason": None,
-        "token": "mesh1-ZmFrZS10b2tlbi1mb3ItdGVzdHM",
         "addrs": ["127.0.0.1:9338"],
         "http_port": 9337,
         "version": "0.1.0",
@@ -178,6 +179,7 @@ class FakeNode:
         app = web.Application()
         app.router.add_get("/health", self._health)
         app.router.add_get("/api/status", self._status)
+        app.router.add_get("/api/token", self._token)
         app.router.add_get("/v1/models", self._models)
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/api/drop", self._drop)
@@ -222,6 +224,11 @@ class FakeNode:
 
     async def _status(self, _: web.Request) -> web.Response:
         return web.json_response(copy.deepcopy(self.status))
+
+    async def _token(self, request: web.Request) -> web.Response:
+        if request.headers.get("Authorization") != f"Bearer {self.admin_token}":
+            return self._error(401, "bad admin token", "unauthorized")
+        return web.json_response({"token": JOIN_TOKEN})
 
     async def _models(self, _: web.Request) -> web.Response:
         data = [

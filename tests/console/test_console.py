@@ -31,6 +31,7 @@ from .fake_node import (
     GEMMA,
     GIB,
     IDLE_REASON,
+    JOIN_TOKEN,
     LLAMA,
     QWEN,
     SIGILL,
@@ -359,8 +360,9 @@ async def test_console_token_key_copies_join_token(fake: FakeNode, state_dir: Pa
     app = app_for(fake.port, state_dir)
     async with app.run_test(size=(80, 24)) as pilot:
         await wait_for(pilot, lambda: app.status is not None, "a status")
+        assert "token" not in fake.status  # the join token is only at /api/token
         await pilot.press("t")
-        assert app.clipboard == fake.status["token"]
+        await wait_for(pilot, lambda: app.clipboard == JOIN_TOKEN, "the join token copied")
 
 
 async def test_console_drop_with_wrong_token_sends_it_and_survives(
@@ -392,10 +394,13 @@ async def test_client_parses_status_and_maps_errors(fake: FakeNode, state_dir: P
         assert len(chunks) > 1 and "".join(chunks) == ANSWER
         with pytest.raises(NodeAPIError, match="no node serves"):
             await client.drop(LLAMA)
+        assert await client.join_token() == JOIN_TOKEN
         (state_dir / "admin_token").write_text("wrong")
         with pytest.raises(NodeAPIError, match="bad admin token") as err:
             await client.drop(GEMMA)
         assert err.value.status == 401
+        with pytest.raises(NodeAPIError, match="bad admin token"):
+            await client.join_token()
         (state_dir / "admin_token").unlink()
         with pytest.raises(NodeAPIError, match="admin token"):
             await client.drop(GEMMA)

@@ -333,3 +333,10 @@ async def test_forwarder_reports_the_mesh_name_when_the_backend_differs(
 )
 def test_split_events_table(pending: bytes, chunk: bytes, complete: bytes, rest: bytes) -> None:
     assert split_events(pending, chunk) == (complete, rest)
+
+
+def test_a_peers_deeply_nested_body_names_no_model() -> None:
+    from meshllm.proxy.tunnel import _model_of
+
+    assert _model_of(b"[" * 100_000) is None
+    assert _model_of(b'{"model": "m"}') == "m"
