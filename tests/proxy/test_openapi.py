@@ -1,0 +1,265 @@
+"""``GET /openapi.json`` is true to the node's HTTP API.
+
+(a) its paths and methods are exactly the routes ``create_app`` registers, and a live
+node serves it; (b) it validates as OpenAPI 3.1; (c) schemathesis runs live nodes against
+it (real daemons: one fronting a fake OpenAI backend with ``--endpoint``, one serving
+nothing, whose /v1 routes answer 404 and 503): no 5xx (but the idle node's 503),
+documented status codes, content types, headers, bodies and SSE events, admin routes
+refusing a missing or wrong token, 405 for undocumented methods.  Bounded and seeded:
+``EXAMPLES_PER_OPERATION`` fuzzed cases per operation, plus schemathesis' coverage cases.
+Every process started here is ended by pid, in the fixtures.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import jsonschema_rs
+import pytest
+import schemathesis
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    ignored_auth,
+    missing_required_header,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+    unsupported_method,
+)
+
+from meshllm import __version__
+from meshllm.config import Config
+from meshllm.proxy import create_app
+from meshllm.proxy.guard import GuardSettings
+from meshllm.proxy.openapi import ADMIN_SCHEME, openapi_spec
+from meshllm.testing.cluster import BackendProcess, Cluster, NodeProcess, wait_for
+
+MODEL = "openapi-model"
+METHODS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})
+EXAMPLES_PER_OPERATION = 25
+SEED = 20_240_601
+
+
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    ignored_auth,
+    unsupported_method,
+    missing_required_header,
+]
+
+
+def spec_operations(spec: dict[str, Any]) -> set[tuple[str, str]]:
+    return {
+        (path, method.upper())
+        for path, item in spec["paths"].items()
+        for method in item
+        if method in METHODS
+    }
+
+
+# --- (a) the document lists the app's routes ---------------------------------------------------
+
+
+def test_spec_lists_exactly_the_apps_routes() -> None:
+    # The app as the node builds it; the proxy routes only keep the mesh, never call it here.
+    app = create_app(
+        SimpleNamespace(),  # type: ignore[arg-type]
+        object(),  # type: ignore[arg-type]
+        GuardSettings.from_config(Config()),
+    )
+    routes = {(r.resource.canonical, r.method) for r in app.router.routes() if r.resource}
+    # aiohttp answers HEAD for every GET route (RFC 9110: GET without the body); the spec
+    # leaves HEAD implied.
+    heads = {(path, "GET") for path, method in routes if method == "HEAD"}
+    gets = {(path, method) for path, method in routes if method == "GET"}
+    assert heads == gets
+    assert spec_operations(openapi_spec(__version__)) == {r for r in routes if r[1] != "HEAD"}
+
+
+def test_spec_is_a_new_document_each_call() -> None:
+    spec = openapi_spec("9.9.9")
+    assert spec["info"]["version"] == "9.9.9"
+    spec["paths"].clear()
+    spec["components"]["schemas"]["Error"]["required"].append("x")
+    again = openapi_spec("9.9.9")
+    assert "/health" in again["paths"]
+    assert again["components"]["schemas"]["Error"]["required"] == ["error"]
+
+
+# --- (b) it is valid OpenAPI 3.1 ---------------------------------------------------------------
+
+
+def _refs(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "$ref" and isinstance(value, str):
+                yield value
+            else:
+                yield from _refs(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _refs(value)
+
+
+def test_spec_is_valid_openapi_3_1() -> None:
+    spec = openapi_spec(__version__)
+    assert spec["openapi"].startswith("3.1.")
+    # Raises on a document the OpenAPI 3.1 meta-schema rejects.
+    schemathesis.openapi.from_dict(openapi_spec(__version__)).validate()
+    # The meta-schema leaves Schema Objects alone: each is JSON Schema 2020-12.
+    for name, schema in spec["components"]["schemas"].items():
+        assert jsonschema_rs.meta.is_valid(schema), name
+    for ref in set(_refs(spec)):
+        target: Any = spec
+        assert ref.startswith("#/"), ref
+        for part in ref[2:].split("/"):
+            assert isinstance(target, dict) and part in target, f"unresolved {ref}"
+            target = target[part]
+    # The admin routes, and only they, need the admin token.
+    secured = {
+        (path, method.upper())
+        for path, item in spec["paths"].items()
+        for method, operation in item.items()
+        if operation.get("security") == [{ADMIN_SCHEME: []}]
+    }
+    assert secured == {("/api/token", "GET"), ("/api/drop", "POST")}
+
+
+# --- live nodes ---------------------------------------------------------------------------------
+
+
+def wait_models(node: NodeProcess, warm: set[str]) -> None:
+    wait_for(
+        lambda: {m["id"] for m in node.get("/v1/models")["data"] if m["meshllm"]["warm"]} == warm,
+        30,
+        what=f"{sorted(warm)} warm on {node.state_dir.name}",
+    )
+
+
+@pytest.fixture(scope="module")
+def live_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
+    """A real daemon fronting a fake OpenAI backend serving ``MODEL``."""
+    root: Path = tmp_path_factory.mktemp("openapi")
+    backend = BackendProcess(root / "backend.log", [MODEL]).start()
+    try:
+        with Cluster(root) as cluster:
+            node = cluster.add("--endpoint", backend.url)
+            wait_models(node, {MODEL})
+            yield node
+    finally:
+        backend.kill()
+
+
+@pytest.fixture(scope="module")
+def idle_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
+    """A real daemon alone in its mesh, with no model anywhere: /v1 answers 404 and 503."""
+    with Cluster(tmp_path_factory.mktemp("openapi-idle")) as cluster:
+        node = cluster.add()
+        wait_models(node, set())
+        yield node
+
+
+def test_live_node_serves_the_spec(live_node: NodeProcess) -> None:
+    with urllib.request.urlopen(live_node.url + "/openapi.json", timeout=10) as resp:
+        assert resp.headers["Content-Type"].startswith("application/json")
+        assert json.loads(resp.read()) == openapi_spec(__version__)
+    # Every documented operation is routed (none is a 404 or 405 of the router) ...
+    for path, method in sorted(spec_operations(openapi_spec(__version__))):
+        body = b"{}" if method == "POST" else None
+        request = urllib.request.Request(live_node.url + path, body, method=method)
+        request.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as resp:
+                status = resp.status
+        except urllib.error.HTTPError as exc:
+            status, payload = exc.code, json.loads(exc.read())
+            assert payload["error"]["code"] not in ("404", "405"), (method, path, payload)
+        assert status < 500, (method, path, status)
+    # ... and a path the spec does not list is not found, in OpenAI's error shape.
+    with pytest.raises(urllib.error.HTTPError) as missing:
+        urllib.request.urlopen(live_node.url + "/api/nothing-here", timeout=10)
+    assert missing.value.code == 404
+    assert set(json.loads(missing.value.read())["error"]) == {"message", "type", "code"}
+
+
+# --- (c) schemathesis against live nodes ----------------------------------------------------------
+
+
+def load_schema(node: NodeProcess) -> schemathesis.BaseSchema:
+    """``node``'s /openapi.json, set for a bounded, seeded run that can pass the admin token."""
+    admin_token = (node.state_dir / "admin_token").read_text().strip()
+    config = schemathesis.Config.from_dict(
+        {
+            "seed": SEED,
+            "base-url": node.url,
+            "request-timeout": 30,
+            "generation": {
+                # Negative cases too: a wrong body must get a 4xx, never a 5xx.  Not checked:
+                # that it is refused (negative_data_rejection), as the proxy passes fields
+                # it does not read on to the backend.
+                "mode": "all",
+                "max-examples": EXAMPLES_PER_OPERATION,
+                "deterministic": True,
+                "database": "none",
+            },
+            "phases": {"stateful": {"enabled": False}},
+            # /api/drop and /api/token get the real admin token (ignored_auth sends a
+            # missing and a wrong one too).  No example names MODEL, so no drop stops it.
+            "auth": {"openapi": {ADMIN_SCHEME: {"bearer": admin_token}}},
+        }
+    )
+    return schemathesis.openapi.from_url(node.url + "/openapi.json", config=config)
+
+
+@pytest.fixture(scope="module")
+def live_schema(live_node: NodeProcess) -> schemathesis.BaseSchema:
+    return load_schema(live_node)
+
+
+@pytest.fixture(scope="module")
+def idle_schema(idle_node: NodeProcess) -> schemathesis.BaseSchema:
+    return load_schema(idle_node)
+
+
+# `path_regex` selects every operation: without it, /openapi.json itself is left out.
+live = schemathesis.pytest.from_fixture("live_schema").include(path_regex="^/")
+idle = schemathesis.pytest.from_fixture("idle_schema").include(path_regex="^/v1/")
+
+
+@live.parametrize()
+def test_live_node_conforms_to_the_spec(case: schemathesis.Case) -> None:
+    case.call_and_validate(checks=CHECKS)
+
+
+def no_server_error_but_unavailable(ctx: Any, response: Any, case: Any) -> bool | None:
+    """``not_a_server_error``, but for 503: a node serving nothing answers it, with
+    ``Retry-After`` (response_headers_conformance checks that header)."""
+    if response.status_code == 503:
+        return None
+    return not_a_server_error(ctx, response, case)
+
+
+IDLE_CHECKS = [no_server_error_but_unavailable, *CHECKS[1:]]
+
+
+@idle.parametrize()
+def test_idle_node_conforms_to_the_spec(case: schemathesis.Case) -> None:
+    case.call_and_validate(checks=IDLE_CHECKS)
+
+
+def test_nodes_survived_the_run(live_node: NodeProcess, idle_node: NodeProcess) -> None:
+    # Tests of a module run in order: after the runs, both nodes are up as they were.
+    assert live_node.alive() and idle_node.alive()
+    assert live_node.status()["serving"] == {MODEL: "ready"}
+    assert idle_node.status()["serving"] == {}
