@@ -1,7 +1,8 @@
 """Exceptions raised by meshllm.
 
     MeshError
-    ├── ConfigError      bad flags, environment or config file; bad join token
+    ├── AuthError        an owner statement that fails verification; an act only the owner may do
+    ├── ConfigError      bad flags, environment or config file; bad join token or owner key
     ├── FrameError       a frame that cannot be decoded, is too large or has a bad shape
     ├── PeerError        a peer that failed the hello, timed out or closed the link
     │   └── HelloError   wrong mesh, wrong secret or wrong key in the membership hello
@@ -17,6 +18,11 @@ exception escaping the daemon.
 
 class MeshError(Exception):
     """Base of every meshllm error."""
+
+
+class AuthError(MeshError):
+    """A mesh-owner statement refused (bad signature, stale, replayed, another mesh), or an
+    admin act that only the holder of the mesh owner key may do."""
 
 
 class ConfigError(MeshError):

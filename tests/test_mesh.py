@@ -14,7 +14,7 @@ import pytest
 from meshllm.gossip.frames import FrameType, encode_frame, make_frame
 from meshllm.gossip.transport import QuicTransport
 from meshllm.identity import Identity
-from meshllm.join_token import JoinToken, MeshCredentials
+from meshllm.join_token import JoinToken
 from meshllm.testing.cluster import Cluster, NodeProcess, wait_for
 
 CONVERGE = 30.0  # generous: these are behaviour tests, timings live in scripts/bench_gossip.py
@@ -87,7 +87,7 @@ def test_wrong_secret_is_admitted_nowhere_and_learns_nothing(cluster: Cluster) -
     a, b = cluster.add(), cluster.add()
     wait_for(cluster.converged, CONVERGE, what="convergence")
     real = JoinToken.decode(a.token)
-    forged = JoinToken(real.mesh_id, os.urandom(32), real.addrs, real.node_id).encode()
+    forged = JoinToken(real.mesh_id, os.urandom(32), real.owner, real.addrs, real.node_id).encode()
     intruder = cluster.add("--join", forged)
     time.sleep(3)  # give it every chance to get in
     assert intruder.status()["peers"] == []
@@ -115,7 +115,7 @@ async def _abuse(token: str) -> None:
         def frame_received(self, link, frame): ...
         def stream_opened(self, link, stream, head): ...
 
-    t = QuicTransport(Identity.generate(), MeshCredentials(join.mesh_id, join.secret), Quiet())
+    t = QuicTransport(Identity.generate(), join.credentials, Quiet())
     await t.start("127.0.0.1", 0)
     rng = random.Random(7)
     try:
