@@ -12,17 +12,19 @@ import json
 import logging
 import os
 import sys
+import typing
 import urllib.error
 import urllib.request
+from dataclasses import Field, fields
 from pathlib import Path
 from typing import Any
 
 from meshllm import __version__
-from meshllm.config import DEFAULT_HTTP_PORT, Config
+from meshllm.config import Config
 from meshllm.errors import MeshError
+from meshllm.paths import StatePaths
 
-_DEFAULTS = Config()
-SUBCOMMANDS = ("token", "status", "models", "drop", "console")
+SUBCOMMANDS = ("token", "status", "models", "drop", "console", "owner")
 
 EPILOG = """\
 examples:
@@ -30,24 +32,57 @@ examples:
   meshllm --join mesh1-…                    join; the mesh picks the model this node serves
   meshllm --client --join mesh1-… --port 9555   lite client: proxy only
   meshllm status | token | models | drop MODEL | console   talk to the local node
+  meshllm owner export | import KEY         move the mesh owner key to another admin machine
 """
 
 
-def _env(name: str, default: Any = None) -> Any:
-    return os.environ.get(f"MESHLLM_{name.upper().replace('-', '_')}", default)
+def _env(name: str) -> str | None:
+    return os.environ.get(f"MESHLLM_{name.upper().replace('-', '_')}")
 
 
-def _env_list(name: str) -> list[str]:
-    value = _env(name)
-    return [v.strip() for v in value.split(",") if v.strip()] if value else []
+_TRUE = ("1", "true", "yes", "on")
+_FIELDS = {f.name: f for f in fields(Config)}
+_TYPES = typing.get_type_hints(Config)
+_GROUPS = ("serving", "mesh", "local")
 
 
-def _env_flag(name: str) -> bool:
-    return str(_env(name, "")).lower() in ("1", "true", "yes", "on")
+def _flag(f: Field[Any]) -> str:
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def add_setting(parser: argparse._ActionsContainer, name: str) -> None:
+    """The flag of Config field ``name``, defaulting to ``MESHLLM_<FLAG>``, then to the
+    field's default: generated from the field's declaration in ``meshllm.config``."""
+    f = _FIELDS[name]
+    flag, kind, doc = _flag(f), _TYPES[name], f.metadata["doc"]
+    env = _env(flag.removeprefix("--"))
+    options: dict[str, Any] = {"dest": name}
+    if f.metadata.get("metavar"):
+        options["metavar"] = f.metadata["metavar"]
+    if kind is bool:
+        negated = flag.startswith("--no-")
+        on = env is not None and env.lower() in _TRUE
+        parser.add_argument(
+            flag,
+            dest=name,
+            action="store_false" if negated else "store_true",
+            default=(not on) if negated else on,
+            help=f"do not {doc}" if negated else doc,
+        )
+        return
+    if typing.get_origin(kind) is list:
+        items = [v.strip() for v in env.split(",") if v.strip()] if env else None
+        parser.add_argument(flag, action="append", default=items, help=doc, **options)
+        return
+    scalar = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
+    default = f.default if env is None else scalar(env)
+    shown = f" (default {default:g})" if isinstance(default, float) else f" (default {default})"
+    help_text = doc + ("" if default in (None, "") else shown)
+    parser.add_argument(flag, type=scalar, default=default, help=help_text, **options)
 
 
 def node_parser() -> argparse.ArgumentParser:
-    """Flags of ``meshllm`` (running a node)."""
+    """Flags of ``meshllm`` (running a node), one per Config field."""
     p = argparse.ArgumentParser(
         prog="meshllm",
         description="Pool many machines' LLMs into one OpenAI-compatible endpoint.",
@@ -55,163 +90,22 @@ def node_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--version", action="version", version=f"meshllm {__version__}")
-    serve = p.add_argument_group("serving")
-    serve.add_argument(
-        "--model",
-        action="append",
-        dest="models",
-        metavar="NAME|PATH",
-        default=None,
-        help="model to serve (repeat: serve the first that fits, the others seed the mesh catalog)",
-    )
-    serve.add_argument(
-        "--endpoint",
-        action="append",
-        dest="endpoints",
-        metavar="URL",
-        default=None,
-        help="front an existing OpenAI-compatible or Ollama server",
-    )
-    serve.add_argument(
-        "--models-dir",
-        type=Path,
-        default=Path(_env("models_dir", "~/.models")),
-        help="where GGUF models live (default ~/.models)",
-    )
-    serve.add_argument(
-        "--llama-server",
-        default=_env("llama_server"),
-        metavar="PATH",
-        help="llama-server binary (default: env, cache, then PATH)",
-    )
-    serve.add_argument(
-        "--split",
-        action="store_true",
-        default=_env_flag("split"),
-        help="split a model across nodes (llama.cpp RPC; not built yet)",
-    )
-    serve.add_argument(
-        "--max-tokens-default",
-        type=int,
-        default=int(_env("max_tokens_default", _DEFAULTS.max_tokens_default)),
-        metavar="N",
-        help="tokens generated for a request without max_tokens; 0: no cap "
-        f"(default {_DEFAULTS.max_tokens_default})",
-    )
-    serve.add_argument(
-        "--load-timeout",
-        type=float,
-        default=float(_env("load_timeout", _DEFAULTS.load_timeout)),
-        metavar="S",
-        help="seconds a request waits for its model to start or arrive "
-        f"(default {_DEFAULTS.load_timeout:g})",
-    )
-    serve.add_argument(
-        "--no-install",
-        action="store_true",
-        default=_env_flag("no_install"),
-        help="never build llama-server or install the default model",
-    )
-    mesh = p.add_argument_group("mesh")
-    mesh.add_argument(
-        "--join",
-        default=_env("join"),
-        metavar="TOKEN",
-        help="join the mesh of this token (from `meshllm token`)",
-    )
-    mesh.add_argument(
-        "--client",
-        action="store_true",
-        default=_env_flag("client"),
-        help="lite client: ephemeral identity, serves nothing",
-    )
-    mesh.add_argument(
-        "--bind",
-        default=_env("bind", "0.0.0.0:9338"),
-        metavar="HOST:PORT",
-        help="QUIC address (UDP; model copies use TCP on the same port)",
-    )
-    mesh.add_argument(
-        "--advertise",
-        action="append",
-        default=None,
-        metavar="HOST:PORT",
-        help="address peers should dial, if not the bound one",
-    )
-    mesh.add_argument(
-        "--probe-interval",
-        type=float,
-        default=float(_env("probe_interval", 15.0)),
-        metavar="S",
-        help="seconds between health probes of each peer (default 15)",
-    )
-    mesh.add_argument(
-        "--probe-timeout",
-        type=float,
-        default=float(_env("probe_timeout", 5.0)),
-        metavar="S",
-        help="seconds without an answer before a peer is dead (default 5)",
-    )
-    mesh.add_argument(
-        "--gossip-interval",
-        type=float,
-        default=float(_env("gossip_interval", 5.0)),
-        metavar="S",
-        help="seconds between anti-entropy rounds (default 5)",
-    )
-    local = p.add_argument_group("local")
-    _port_argument(local)
-    local.add_argument(
-        "--listen-all",
-        action="store_true",
-        default=_env_flag("listen_all"),
-        help="expose the HTTP port on every interface, not just 127.0.0.1",
-    )
-    _state_dir_argument(local)
-    local.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    groups = {name: p.add_argument_group(name) for name in _GROUPS}
+    for f in fields(Config):
+        add_setting(groups[f.metadata["group"]], f.name)
+    groups["local"].add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     return p
 
 
-def _port_argument(p: argparse._ActionsContainer) -> None:
-    p.add_argument(
-        "--port",
-        type=int,
-        default=int(_env("port", DEFAULT_HTTP_PORT)),
-        help=f"local HTTP port: proxy and node API (default {DEFAULT_HTTP_PORT})",
-    )
-
-
-def _state_dir_argument(p: argparse._ActionsContainer) -> None:
-    p.add_argument(
-        "--state-dir",
-        type=Path,
-        default=Path(_env("state_dir", "~/.meshllm")),
-        help="node key, mesh credentials, admin token (default ~/.meshllm)",
-    )
-
-
 def config_from_args(args: argparse.Namespace) -> Config:
-    """Flags (already defaulted from the environment) → :class:`Config`."""
-    return Config(
-        port=args.port,
-        listen_all=args.listen_all,
-        bind=args.bind,
-        advertise=args.advertise or _env_list("advertise"),
-        state_dir=args.state_dir.expanduser(),
-        models_dir=args.models_dir.expanduser(),
-        join=args.join,
-        client=args.client,
-        models=args.models or _env_list("model"),
-        endpoints=args.endpoints or _env_list("endpoint"),
-        llama_server=args.llama_server,
-        split=args.split,
-        probe_interval=args.probe_interval,
-        probe_timeout=args.probe_timeout,
-        gossip_interval=args.gossip_interval,
-        auto_install=not args.no_install,
-        max_tokens_default=args.max_tokens_default,
-        load_timeout=args.load_timeout,
-    )
+    """Flags (already defaulted from the environment) → :class:`Config`; raises
+    ``ConfigError`` for an ``--allowed-host`` or ``--cors-origin`` that is not one."""
+    from meshllm.proxy.guard import GuardSettings
+
+    values = {name: getattr(args, name) for name in _FIELDS}
+    config = Config(**{k: v for k, v in values.items() if v is not None})  # None: the default
+    GuardSettings.create(config.allowed_hosts, config.cors_origins)  # check them now
+    return config
 
 
 def run_node(argv: list[str]) -> int:
@@ -322,18 +216,83 @@ def failures(status: dict) -> list[tuple[str, str, str]]:
     ]
 
 
+def _admin_token(state_dir: Path) -> str:
+    """The node's admin token, from ``<state_dir>/admin_token`` (written by the node)."""
+    token_file = StatePaths(state_dir.expanduser()).admin_token
+    if not token_file.exists():
+        raise SystemExit(f"meshllm: no admin token at {token_file}; is --state-dir right?")
+    return token_file.read_text().strip()
+
+
+def run_owner(argv: list[str]) -> int:
+    """``meshllm owner export|import KEY``: move the mesh owner key between admin machines
+    (files only: no node needs to run)."""
+    from meshllm.errors import ConfigError
+    from meshllm.join_token import MeshCredentials
+    from meshllm.owner import OwnerKey
+
+    p = argparse.ArgumentParser(
+        prog="meshllm owner",
+        description="The mesh owner key commands the mesh (drop a model on any node); the node "
+        "that seeded the mesh holds it.  Members without it use the mesh but cannot command it.",
+    )
+    actions = p.add_subparsers(dest="action", required=True)
+    export = actions.add_parser("export", help="print the owner key (a secret), one line")
+    add_setting(export, "state_dir")
+    imp = actions.add_parser("import", help="install an owner key from `meshllm owner export`")
+    imp.add_argument("key", metavar="KEY", help="the exported key, or - to read it from stdin")
+    add_setting(imp, "state_dir")
+    args = p.parse_args(argv)
+    state_dir = args.state_dir.expanduser()
+    path = StatePaths(state_dir).owner_key
+    try:
+        creds = MeshCredentials.load(state_dir)
+        if args.action == "export":
+            key = OwnerKey.load(state_dir)
+            if key is None:
+                raise SystemExit(
+                    f"meshllm: no owner key at {path}: only the node that seeded the mesh, "
+                    "or a machine it was imported to, holds it"
+                )
+            if creds is not None and key.public_key != creds.owner:
+                raise SystemExit(f"meshllm: the owner key at {path} is not mesh {creds.mesh_id}'s")
+            print(
+                "meshllm: this is the mesh owner key, a secret: whoever holds it can stop any "
+                "model in the mesh",
+                file=sys.stderr,
+            )
+            print(key.text)
+        else:
+            key = OwnerKey.from_text(sys.stdin.readline() if args.key == "-" else args.key)
+            if creds is None:
+                raise SystemExit(
+                    f"meshllm: no mesh credentials in {state_dir}: run a node of the mesh "
+                    "with this --state-dir first (meshllm --join TOKEN)"
+                )
+            if key.public_key != creds.owner:
+                raise SystemExit(f"meshllm: that key is not the owner key of mesh {creds.mesh_id}")
+            key.save(state_dir)
+            print(f"owner key of mesh {creds.mesh_id} saved to {path}")
+    except ConfigError as exc:
+        print(f"meshllm: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def run_subcommand(name: str, argv: list[str]) -> int:
+    if name == "owner":
+        return run_owner(argv)
     p = argparse.ArgumentParser(prog=f"meshllm {name}")
-    _port_argument(p)
+    add_setting(p, "port")
     if name == "status":
         p.add_argument("--json", action="store_true", help="print the raw /api/status JSON")
     if name == "drop":
         p.add_argument("model", help="model to stop serving, wherever it is served")
-    if name in ("drop", "console"):
-        _state_dir_argument(p)
+    if name in ("token", "drop", "console"):
+        add_setting(p, "state_dir")
     args = p.parse_args(argv)
     if name == "token":
-        print(_request(args.port, "/api/status")["token"])
+        print(_request(args.port, "/api/token", token=_admin_token(args.state_dir))["token"])
     elif name == "status":
         status = _request(args.port, "/api/status")
         if args.json:
@@ -350,11 +309,8 @@ def run_subcommand(name: str, argv: list[str]) -> int:
             line = f"{m['model']:<40}{state:<7}{len(m['nodes'])} node(s)"
             print("  ".join([line, *failed.get(m["model"], [])]))
     elif name == "drop":
-        token_file = args.state_dir.expanduser() / "admin_token"
-        if not token_file.exists():
-            raise SystemExit(f"meshllm: no admin token at {token_file}; is --state-dir right?")
         result = _request(
-            args.port, "/api/drop", {"model": args.model}, token=token_file.read_text().strip()
+            args.port, "/api/drop", {"model": args.model}, token=_admin_token(args.state_dir)
         )
         print(f"dropped {result['dropped']} on {', '.join(result['nodes']) or 'no node'}")
     elif name == "console":

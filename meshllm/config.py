@@ -1,54 +1,145 @@
-"""Node configuration: one dataclass, filled from flags > ``MESHLLM_*`` env > defaults."""
+"""Node configuration: one dataclass, filled from flags > ``MESHLLM_*`` env > defaults.
+
+Every setting is declared once, here, with :func:`setting`: its default, what it
+means, and how the command line spells it.  ``meshllm.cli`` generates the flags
+(and their environment variables) from these declarations, so a default or a
+description is never written twice.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 DEFAULT_HTTP_PORT = 9337
 DEFAULT_QUIC_PORT = 9338
+
+
+def setting(
+    default: Any,
+    doc: str,
+    *,
+    group: str,
+    flag: str | None = None,
+    metavar: str | None = None,
+) -> Any:
+    """A Config field: ``default`` (a list default is copied per instance), ``doc`` (also
+    the flag's help), the ``--help`` group, and the flag when it is not ``--field-name``
+    (a repeatable list flag is singular: ``--model``; a true-by-default switch is
+    spelled by its negation: ``--no-install``)."""
+    meta = {"doc": doc, "group": group, "flag": flag, "metavar": metavar}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
 class Config:
     """Everything a node needs to start."""
 
-    port: int = DEFAULT_HTTP_PORT
-    """Local HTTP port: the OpenAI-compatible proxy and the node API."""
-    listen_all: bool = False
-    """Expose the HTTP port on every interface instead of 127.0.0.1 only."""
-    bind: str = f"0.0.0.0:{DEFAULT_QUIC_PORT}"
-    """QUIC (UDP) address; model copies use TCP on the same port number."""
-    advertise: list[str] = field(default_factory=list)
-    """Addresses peers should dial (``host:port``); derived from ``bind`` if empty."""
-    state_dir: Path = field(default_factory=lambda: Path.home() / ".meshllm")
-    """Node key, mesh credentials, admin token and logs."""
-    models_dir: Path = field(default_factory=lambda: Path.home() / ".models")
-    """Where GGUF models are found and fetched to."""
-    join: str | None = None
-    """Join token of the mesh to join; none seeds a new mesh (or rejoins the saved one)."""
-    client: bool = False
-    """Lite client: ephemeral identity, serves nothing, never elected."""
-    models: list[str] = field(default_factory=list)
-    """Models to serve (the first that fits); the others seed the mesh catalog."""
-    endpoints: list[str] = field(default_factory=list)
-    """Existing OpenAI-compatible or Ollama servers this node fronts."""
-    llama_server: str | None = None
-    """Path of the llama-server binary (else env, cache, then PATH)."""
-    split: bool = False
-    """Ask for split serving across nodes (llama.cpp RPC); not yet built."""
-    probe_interval: float = 15.0
-    """Seconds between health probes of each peer."""
-    probe_timeout: float = 5.0
-    """Seconds without a pong before a peer is declared dead."""
-    gossip_interval: float = 5.0
-    """Seconds between anti-entropy digests (changes are pushed at once anyway)."""
-    auto_install: bool = True
-    """Build llama-server / install the default model when they are missing."""
-    max_tokens_default: int = 1024
-    """Tokens generated for a request without ``max_tokens`` (llama-server ``-n``); 0: no
-    cap.  The default model is a base model that never stops by itself: 1,024 tokens
-    end within half a minute on 2 cores (about 44 tokens/s)."""
-    load_timeout: float = 120.0
-    """Seconds a request for a model that is starting or being fetched somewhere in the
-    mesh waits for it before a 503 with Retry-After."""
+    # serving
+    models: list[str] = setting(
+        [],
+        "model to serve, by name or path (repeat: the first that fits is served, the others "
+        "seed the mesh catalog)",
+        group="serving", flag="--model", metavar="NAME|PATH",
+    )  # fmt: skip
+    endpoints: list[str] = setting(
+        [], "front an existing OpenAI-compatible or Ollama server (repeatable)",
+        group="serving", flag="--endpoint", metavar="URL",
+    )  # fmt: skip
+    models_dir: Path = setting(
+        Path("~/.models"), "where GGUF models are found and fetched to", group="serving"
+    )
+    llama_server: str | None = setting(
+        None,
+        "llama-server binary (default: $MESHLLM_LLAMA_SERVER, the proved build, then PATH)",
+        group="serving", metavar="PATH",
+    )  # fmt: skip
+    split: bool = setting(
+        False, "split a model across nodes (llama.cpp RPC; not built yet)", group="serving"
+    )
+    # The default model is a base model that never stops by itself: 1,024 tokens end
+    # within half a minute on 2 cores (about 44 tokens/s).
+    max_tokens_default: int = setting(
+        1024,
+        "tokens generated for a request without max_tokens (llama-server -n); 0: no cap",
+        group="serving", metavar="N",
+    )  # fmt: skip
+    # A small model loads in seconds, a large one or a copy from a peer in a minute or two.
+    load_timeout: float = setting(
+        120.0,
+        "seconds a request for a model that is starting or being fetched somewhere in the "
+        "mesh waits for it, before a 503 with Retry-After",
+        group="serving", metavar="S",
+    )  # fmt: skip
+    auto_install: bool = setting(
+        True,
+        "build llama-server or install the default model when missing",
+        group="serving", flag="--no-install",
+    )  # fmt: skip
+
+    # mesh
+    join: str | None = setting(
+        None,
+        "join the mesh of this token (from `meshllm token`); none seeds a new mesh "
+        "(or rejoins the saved one)",
+        group="mesh", metavar="TOKEN",
+    )  # fmt: skip
+    client: bool = setting(
+        False, "lite client: ephemeral identity, serves nothing, never elected", group="mesh"
+    )
+    bind: str = setting(
+        f"0.0.0.0:{DEFAULT_QUIC_PORT}",
+        "QUIC (UDP) address; model copies use TCP on the same port number",
+        group="mesh", metavar="HOST:PORT",
+    )  # fmt: skip
+    advertise: list[str] = setting(
+        [], "address peers should dial, if not the bound one (repeatable)",
+        group="mesh", metavar="HOST:PORT",
+    )  # fmt: skip
+    probe_interval: float = setting(
+        15.0, "seconds between health probes of each peer", group="mesh", metavar="S"
+    )
+    probe_timeout: float = setting(
+        5.0, "seconds without a pong before a peer is declared dead", group="mesh", metavar="S"
+    )
+    gossip_interval: float = setting(
+        5.0,
+        "seconds between anti-entropy digests (changes are pushed at once anyway)",
+        group="mesh", metavar="S",
+    )  # fmt: skip
+
+    # local
+    port: int = setting(
+        DEFAULT_HTTP_PORT, "local HTTP port: the OpenAI-compatible proxy and the node API",
+        group="local",
+    )  # fmt: skip
+    listen_all: bool = setting(
+        False, "expose the HTTP port on every interface, not just 127.0.0.1", group="local"
+    )
+    # Any other Host gets 421, which defeats DNS rebinding (meshllm.proxy.guard).
+    allowed_hosts: list[str] = setting(
+        [],
+        "a Host name that reaches this node, besides localhost and loopback addresses (and, "
+        "with --listen-all, the machine's interface addresses); repeatable",
+        group="local", flag="--allowed-host", metavar="NAME",
+    )  # fmt: skip
+    cors_origins: list[str] = setting(
+        [],
+        "a web origin (scheme://host[:port]) whose pages may call the HTTP API; repeatable; "
+        "none by default: a request with any Origin gets 403",
+        group="local", flag="--cors-origin", metavar="ORIGIN",
+    )  # fmt: skip
+    state_dir: Path = setting(
+        Path("~/.meshllm"),
+        "node key, mesh credentials, owner key, admin token, logs",
+        group="local",
+    )  # fmt: skip
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Path):
+                setattr(self, f.name, value.expanduser())

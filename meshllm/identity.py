@@ -21,8 +21,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.x509.oid import NameOID
 
 from meshllm.errors import ConfigError
+from meshllm.paths import StatePaths
 
-KEY_FILE = "node.key"
 NODE_ID_HEX_CHARS = 16  # 64 bits: collisions need ~4 billion nodes
 
 
@@ -51,7 +51,7 @@ class Identity:
     @classmethod
     def load_or_create(cls, state_dir: Path) -> Identity:
         """The identity persisted in ``state_dir``, created (mode 0600) on first use."""
-        path = state_dir / KEY_FILE
+        path = StatePaths(state_dir).node_key
         if path.exists():
             try:
                 key = serialization.load_pem_private_key(path.read_bytes(), password=None)

@@ -1,7 +1,9 @@
 """Join tokens and the mesh credentials they carry (DESIGN.md §5).
 
-A token is ``mesh1-`` + base64url(msgpack ``{v: 1, mesh_id, secret, addrs, node_id}``).
-Anyone holding it can join, as with a Tailscale auth key: treat it as a secret.
+A token is ``mesh1-`` + base64url(msgpack ``{v: 1, mesh_id, secret, owner, addrs, node_id}``),
+``owner`` the mesh owner's 32-byte public key (:mod:`meshllm.owner`): members obey only
+statements it signs.  Anyone holding a token can join, as with a Tailscale auth key: treat it
+as a secret.  Joining gives no command of the mesh; only the owner key does.
 """
 
 from __future__ import annotations
@@ -16,44 +18,61 @@ from pathlib import Path
 import msgpack
 
 from meshllm.errors import ConfigError
+from meshllm.paths import StatePaths
 
 TOKEN_PREFIX = "mesh1-"
-MESH_FILE = "mesh.json"
 SECRET_BYTES = 32
+OWNER_KEY_BYTES = 32
 
 
 @dataclass(frozen=True)
 class MeshCredentials:
-    """Which mesh a node belongs to, and the shared secret that proves it."""
+    """Which mesh a node belongs to, the shared secret that proves it, and the public key
+    of the mesh owner, whose signed statements alone command the mesh."""
 
     mesh_id: str
     secret: bytes
+    owner: bytes
 
     @classmethod
-    def create(cls) -> MeshCredentials:
-        """A new mesh."""
-        return cls(mesh_id=secrets.token_hex(8), secret=secrets.token_bytes(SECRET_BYTES))
+    def create(cls, owner: bytes) -> MeshCredentials:
+        """A new mesh owned by the holder of the private key of ``owner``."""
+        return cls(
+            mesh_id=secrets.token_hex(8), secret=secrets.token_bytes(SECRET_BYTES), owner=owner
+        )
 
     @classmethod
     def load(cls, state_dir: Path) -> MeshCredentials | None:
         """The mesh persisted in ``state_dir``, if any."""
-        path = state_dir / MESH_FILE
+        path = StatePaths(state_dir).mesh
         if not path.exists():
             return None
         try:
             data = json.loads(path.read_text())
-            return cls(mesh_id=data["mesh_id"], secret=bytes.fromhex(data["secret"]))
-        except (ValueError, KeyError, TypeError) as exc:
+            mesh_id, secret = data["mesh_id"], bytes.fromhex(data["secret"])
+            owner = bytes.fromhex(data["owner"]) if "owner" in data else None
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ConfigError(f"cannot read {path}: {exc}") from None
+        if owner is None:
+            raise ConfigError(
+                f"{path} names no mesh owner key (made by an older meshllm): remove it and "
+                "join with a new token, or start a new mesh"
+            )
+        if len(owner) != OWNER_KEY_BYTES:
+            raise ConfigError(f"cannot read {path}: the owner key is not {OWNER_KEY_BYTES} bytes")
+        return cls(mesh_id=mesh_id, secret=secret, owner=owner)
 
     def save(self, state_dir: Path) -> None:
         """Persist (mode 0600) so a restart stays in the same mesh."""
         state_dir.mkdir(parents=True, exist_ok=True)
-        path = state_dir / MESH_FILE
+        path = StatePaths(state_dir).mesh
         tmp = path.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
-            json.dump({"mesh_id": self.mesh_id, "secret": self.secret.hex()}, f)
+            json.dump(
+                {"mesh_id": self.mesh_id, "secret": self.secret.hex(), "owner": self.owner.hex()},
+                f,
+            )
         tmp.replace(path)
 
 
@@ -63,13 +82,14 @@ class JoinToken:
 
     mesh_id: str
     secret: bytes
+    owner: bytes
     addrs: list[str]
     node_id: str
 
     @property
     def credentials(self) -> MeshCredentials:
         """The mesh this token admits to."""
-        return MeshCredentials(self.mesh_id, self.secret)
+        return MeshCredentials(self.mesh_id, self.secret, self.owner)
 
     def encode(self) -> str:
         """The ``mesh1-…`` text form."""
@@ -78,6 +98,7 @@ class JoinToken:
                 "v": 1,
                 "mesh_id": self.mesh_id,
                 "secret": self.secret,
+                "owner": self.owner,
                 "addrs": list(self.addrs),
                 "node_id": self.node_id,
             },
@@ -111,4 +132,12 @@ class JoinToken:
             and isinstance(node_id, str)
         ):
             raise ConfigError("bad join token: missing or malformed fields")
-        return cls(mesh_id=mesh_id, secret=secret, addrs=addrs, node_id=node_id)
+        owner = data.get("owner")
+        if owner is None:
+            raise ConfigError(
+                "bad join token: it names no mesh owner key (made by an older meshllm); "
+                "get a new one with `meshllm token` on a current node of the mesh"
+            )
+        if not (isinstance(owner, bytes) and len(owner) == OWNER_KEY_BYTES):
+            raise ConfigError(f"bad join token: the owner key is not {OWNER_KEY_BYTES} bytes")
+        return cls(mesh_id=mesh_id, secret=secret, owner=owner, addrs=addrs, node_id=node_id)

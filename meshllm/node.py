@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import secrets
 import signal
 import socket
 import time
-from pathlib import Path
+from typing import Any
 
 import psutil
 from aiohttp import web
 
 from meshllm import __version__
 from meshllm.config import Config
-from meshllm.errors import ConfigError, TransferError
+from meshllm.errors import AuthError, ConfigError, TransferError
 from meshllm.gossip.announcement import PeerAnnouncement, Role
 from meshllm.gossip.frames import Frame, FrameType, make_frame
 from meshllm.gossip.service import Gossip, GossipSettings
@@ -24,14 +22,17 @@ from meshllm.gossip.state import MeshState, StateEvent
 from meshllm.gossip.transport import Link, QuicFrameStream, QuicTransport, split_addr
 from meshllm.identity import Identity
 from meshllm.join_token import JoinToken, MeshCredentials
-from meshllm.proxy import Forwarder, serve_tunnel
-from meshllm.proxy_mesh import NodeProxyMesh
-from meshllm.resources import host_resources
+from meshllm.owner import OwnerKey, SeenNonces, sign_statement, verify_statement
+from meshllm.paths import load_admin_token
+from meshllm.ports import GossipMeshPort, NodeProxyMesh, status_snapshot
+from meshllm.proxy import Forwarder, create_app, serve_tunnel
+from meshllm.proxy.guard import GuardSettings
+from meshllm.resources import host_resources, model_capacity_bytes, model_memory_kind
 from meshllm.serving.manager import ServingManager
+from meshllm.serving.port import ServingSettings
 
 log = logging.getLogger(__name__)
 
-ADMIN_TOKEN_FILE = "admin_token"
 RESOURCES_INTERVAL = 10.0  # seconds between refreshes of cpu/ram/gpu figures
 
 
@@ -39,70 +40,82 @@ class Node:
     """One meshllm daemon."""
 
     def __init__(self, config: Config) -> None:
+        """Build every part and connect their ports; nothing is bound or started yet.
+        Call from inside the event loop that will run the node."""
         self.config = config
         self.identity = (
             Identity.generate() if config.client else Identity.load_or_create(config.state_dir)
         )
         self.credentials, self.seeds = self._mesh_credentials()
+        self.seen_statements = SeenNonces()  # owner statements accepted lately: no replays
         self.admin_token = "" if config.client else load_admin_token(config.state_dir)
+        self.started_at = time.time()
         self.stopped = asyncio.Event()
-        self.gossip: Gossip | None = None
-        self.serving: ServingManager | None = None
-        self.proxy_mesh: NodeProxyMesh | None = None
         self.request_exit = self.stopped.set  # replaced by run() with its signal-aware stop
-        self.transport: QuicTransport | None = None
+
+        self.gossip = Gossip(
+            MeshState(self._first_announcement()),
+            GossipSettings(
+                probe_interval=config.probe_interval,
+                probe_timeout=config.probe_timeout,
+                gossip_interval=config.gossip_interval,
+            ),
+            on_events=self._on_mesh_events,
+            on_stream=self._on_stream,
+        )
+        self.gossip.add_handler(FrameType.DROP, self._on_drop_frame)
+        self.transport = QuicTransport(self.identity, self.credentials, self.gossip)
+        self.transport.incarnation = lambda: self.gossip.state.me.incarnation
+        self.serving = (
+            None
+            if config.client
+            else ServingManager(
+                serving_settings(config),
+                GossipMeshPort(self.gossip),
+                self.identity,
+                self.credentials.secret,
+                on_serving_changed=lambda: self.proxy_mesh.notify_changed(),
+                on_dropped=lambda model: self._exit_soon(),
+            )
+        )
+        self.proxy_mesh = NodeProxyMesh(self.gossip, Forwarder(), self.serving)
+
+        # Known once start() has bound the ports.
         self.quic_addr: tuple[str, int] | None = None
         self.http_port: int | None = None
         self.token = ""
         self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task[object]] = set()
-        self.started_at = time.time()
 
-    # lifecycle
-
-    async def start(self) -> None:
-        """Bind the QUIC port and the HTTP port, join the mesh."""
+    def _first_announcement(self) -> PeerAnnouncement:
         cfg = self.config
-        me = PeerAnnouncement(
+        return PeerAnnouncement(
             node_id=self.identity.node_id,
             mesh_id=self.credentials.mesh_id,
             role=Role.CLIENT if cfg.client else Role.WORKER,
             requested_models=[] if cfg.client else list(cfg.models),
-            resources=host_resources(),
+            **resource_fields(),
             version=__version__,
             incarnation=time.time_ns() // 1_000_000,  # a restart always outranks the past
         )
-        state = MeshState(me)
-        self.gossip = Gossip(
-            state,
-            GossipSettings(
-                probe_interval=cfg.probe_interval,
-                probe_timeout=cfg.probe_timeout,
-                gossip_interval=cfg.gossip_interval,
-            ),
-            on_events=self._on_mesh_events,
-            on_stream=self._on_stream,
-        )
-        self.transport = QuicTransport(self.identity, self.credentials, self.gossip)
-        self.transport.incarnation = lambda: state.me.incarnation
-        self.gossip.add_handler(FrameType.DROP, self._on_drop_frame)
-        if not cfg.client:
-            self.serving = ServingManager(cfg, self.gossip, self.identity, self.credentials.secret)
-            self.serving.on_dropped = lambda model: self._exit_soon()
-        self.proxy_mesh = NodeProxyMesh(self.gossip, self.serving, Forwarder())
-        if self.serving is not None:
-            self.serving.on_serving_changed = self.proxy_mesh.notify_changed
+
+    # lifecycle
+
+    async def start(self) -> None:
+        """Bind the QUIC port and the HTTP port, join the mesh, start serving."""
+        cfg = self.config
         try:
             host, port = split_addr(cfg.bind)
         except ValueError as exc:
             raise ConfigError(f"--bind: {exc}") from None
         self.quic_addr = await self._bind(host, port)
         addrs = cfg.advertise or advertised_addrs(self.quic_addr)
+        creds = self.credentials
         self.token = JoinToken(
-            self.credentials.mesh_id, self.credentials.secret, addrs, self.identity.node_id
+            creds.mesh_id, creds.secret, creds.owner, addrs, self.identity.node_id
         ).encode()
         await self._start_http()
-        state.me = state.me.bump(addrs=addrs, http_port=self.http_port)
+        self.gossip.publish(addrs=addrs, http_port=self.http_port)
         self.gossip.start(self.transport, self.seeds)
         if self.serving is not None:
             await self.serving.start()
@@ -127,16 +140,13 @@ class Node:
 
     async def stop(self) -> None:
         """Leave the mesh cleanly and release every port and task."""
-        if self.gossip is not None:
-            await self.gossip.leave()
+        await self.gossip.leave()
         for task in list(self._tasks):
             task.cancel()
         if self.serving is not None:
             await self.serving.stop()
-        if self.proxy_mesh is not None:
-            await self.proxy_mesh.forwarder.close()
-        if self.transport is not None:
-            await self.transport.close()
+        await self.proxy_mesh.forwarder.close()
+        await self.transport.close()
         if self._runner is not None:
             await self._runner.cleanup()
         self.stopped.set()
@@ -170,8 +180,17 @@ class Node:
 
     @property
     def state(self) -> MeshState:
-        assert self.gossip is not None
         return self.gossip.state
+
+    # what the HTTP app sees (meshllm.proxy.NodeAPI)
+
+    @property
+    def node_id(self) -> str:
+        return self.identity.node_id
+
+    def status(self) -> dict[str, Any]:
+        """``/api/status``: this node, its live peers and the catalog; never a secret."""
+        return status_snapshot(self.gossip, self.serving, time.time() - self.started_at)
 
     def _mesh_credentials(self) -> tuple[MeshCredentials, list[str]]:
         cfg = self.config
@@ -185,27 +204,45 @@ class Node:
         saved = MeshCredentials.load(cfg.state_dir)
         if saved is not None:
             return saved, []
-        created = MeshCredentials.create()
+        # The seed: a new mesh, owned by a key that stays on this machine.
+        owner = OwnerKey.load_or_create(cfg.state_dir)
+        created = MeshCredentials.create(owner.public_key)
         created.save(cfg.state_dir)
         return created, []
 
+    def owner_key(self) -> OwnerKey | None:
+        """The mesh owner key, if this machine holds it (read afresh: ``meshllm owner import``
+        takes effect at once)."""
+        if self.config.client:
+            return None
+        try:
+            key = OwnerKey.load(self.config.state_dir)
+        except ConfigError as exc:
+            log.warning("ignoring the owner key: %s", exc)
+            return None
+        if key is not None and key.public_key != self.credentials.owner:
+            log.warning("ignoring the owner key in %s: not this mesh's", self.config.state_dir)
+            return None
+        return key
+
     def _on_mesh_events(self, events: list[StateEvent]) -> None:
-        """Membership changed: requests waiting for a model look again."""
-        if self.proxy_mesh is not None:
-            self.proxy_mesh.notify_changed()
+        """The mesh changed: requests waiting for a model, and a node waiting for
+        something to serve, look again."""
+        self.proxy_mesh.notify_changed()
+        if self.serving is not None:
+            self.serving.mesh_changed()
 
     def _on_stream(self, link: Link, stream: QuicFrameStream, head: Frame) -> None:
         kind = head.get("t")
-        if kind == FrameType.TUNNEL and self.proxy_mesh is not None:
+        if kind == FrameType.TUNNEL:
             self._spawn(self._serve_tunnel(stream, head))
         elif kind == FrameType.FILE and self.serving is not None:
-            self._spawn(self.serving.handle_file_request(link, stream, head))
+            self._spawn(self.serving.handle_file_request(stream, head))
         else:
             stream.reset()
 
     async def _serve_tunnel(self, stream: QuicFrameStream, head: Frame) -> None:
         mesh = self.proxy_mesh
-        assert mesh is not None
         mesh.backend_started()
         try:
             await serve_tunnel(stream, head, mesh.forwarder, mesh.local_base_url)
@@ -215,23 +252,59 @@ class Node:
     # drop
 
     async def drop(self, model: str) -> list[str]:
-        """Stop ``model`` where it is served: here if this node serves it (then exit),
-        else on every peer serving it.  Returns the node ids told to drop it."""
+        """Stop ``model`` where it is served: here if this node serves it (then exit), else,
+        when this machine holds the owner key, on every peer serving it, each told by a
+        statement signed by that key.  Returns the node ids told to drop it; raises
+        :class:`AuthError` when peers serve it and this machine is not the owner."""
         if self.serving is not None and model in self.serving.llama:
             await self.serving.drop(model)
             return [self.identity.node_id]
-        assert self.gossip is not None
         nodes = sorted(n for n, p in self.state.peers.items() if model in p.serving)
+        if not nodes:
+            return []
+        owner = self.owner_key()
+        if owner is None:
+            raise AuthError(
+                f"only the mesh owner can drop a model on other nodes ({model} is served by "
+                f"{', '.join(nodes)}): this machine has no owner key; run `meshllm owner "
+                "import KEY` here with the key `meshllm owner export` prints on the seed"
+            )
         for node_id in nodes:
             if (link := self.gossip.link(node_id)) is not None:
-                link.send(make_frame(FrameType.DROP, model=model))
+                statement = sign_statement(
+                    owner,
+                    FrameType.DROP.value,
+                    {"model": model, "node_id": node_id},
+                    time.time(),
+                    mesh_id=self.credentials.mesh_id,
+                )
+                link.send(make_frame(FrameType.DROP, model=model, statement=statement))
         return nodes
 
     def _on_drop_frame(self, link: Link, frame: Frame) -> None:
+        """Drop a model only on a fresh statement, signed by the mesh owner, naming this
+        node and that model; anything else is logged and ignored."""
         model = frame.get("model")
-        if isinstance(model, str) and self.serving is not None and model in self.serving.llama:
-            log.warning("peer %s asks this node to drop %s", link.node_id, model)
-            self._spawn(self.serving.drop(model))
+        if not (isinstance(model, str) and self.serving is not None):
+            return
+        if model not in self.serving.llama:
+            return
+        try:
+            body = verify_statement(
+                self.credentials.owner,
+                frame.get("statement"),
+                time.time(),
+                mesh_id=self.credentials.mesh_id,
+                kind=FrameType.DROP.value,
+                seen=self.seen_statements,
+            )
+            if body.get("node_id") != self.identity.node_id or body.get("model") != model:
+                raise AuthError("the owner's statement names another node or model")
+        except AuthError as exc:
+            log.warning("ignoring a drop of %s from peer %s: %s", model, link.node_id, exc)
+            return
+        log.warning("the mesh owner asks this node to drop %s (via peer %s)", model, link.node_id)
+        self._spawn(self.serving.drop(model))
 
     def _exit_soon(self) -> None:
         # Let the HTTP answer and the new announcement go out before leaving.
@@ -240,15 +313,17 @@ class Node:
     async def _refresh_resources(self) -> None:
         while True:
             await asyncio.sleep(RESOURCES_INTERVAL)
-            assert self.gossip is not None
-            self.gossip.publish(resources=host_resources())
+            self.gossip.publish(**resource_fields())
 
     # HTTP
 
     async def _start_http(self) -> None:
-        from meshllm.api import create_app
-
-        app = create_app(self)
+        app = create_app(
+            self,
+            self.proxy_mesh,
+            GuardSettings.from_config(self.config),
+            load_timeout=self.config.load_timeout,
+        )
         self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
         await self._runner.setup()
         host = "0.0.0.0" if self.config.listen_all else "127.0.0.1"
@@ -264,6 +339,30 @@ class Node:
         task.add_done_callback(self._tasks.discard)
 
 
+def resource_fields() -> dict[str, Any]:
+    """This host's resources and the memory it has for models, as announcement fields."""
+    resources = host_resources()
+    return {
+        "resources": resources,
+        "memory_bytes": model_capacity_bytes(resources),
+        "memory_kind": model_memory_kind(resources),
+    }
+
+
+def serving_settings(cfg: Config) -> ServingSettings:
+    """The part of ``cfg`` that serving reads."""
+    return ServingSettings(
+        models_dir=cfg.models_dir,
+        state_dir=cfg.state_dir,
+        models=tuple(cfg.models),
+        endpoints=tuple(cfg.endpoints),
+        llama_server=cfg.llama_server,
+        auto_install=cfg.auto_install,
+        joined=cfg.join is not None,
+        max_tokens_default=cfg.max_tokens_default,
+    )
+
+
 def advertised_addrs(bound: tuple[str, int]) -> list[str]:
     """Addresses peers can dial: the bound one, or every IPv4 address for 0.0.0.0."""
     host, port = bound
@@ -276,16 +375,3 @@ def advertised_addrs(bound: tuple[str, int]) -> list[str]:
         if a.family == socket.AF_INET and not a.address.startswith("127.")
     ]
     return [f"{h}:{port}" for h in hosts] or [f"127.0.0.1:{port}"]
-
-
-def load_admin_token(state_dir: Path) -> str:
-    """The node's admin token (for ``/api/drop``), created (mode 0600) on first use."""
-    path = state_dir / ADMIN_TOKEN_FILE
-    if path.exists():
-        return path.read_text().strip()
-    state_dir.mkdir(parents=True, exist_ok=True)
-    token = secrets.token_urlsafe(24)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(token)
-    return token

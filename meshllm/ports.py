@@ -1,4 +1,9 @@
-"""NodeProxyMesh: what the proxy routes see of the node (the ``ProxyMesh`` protocol)."""
+"""The node's side of its parts' ports, over the gossip service.
+
+:class:`GossipMeshPort` is serving's :class:`~meshllm.serving.port.MeshPort`;
+:class:`NodeProxyMesh` is the proxy's :class:`~meshllm.proxy.ProxyMesh`.  The
+parts define what they need; only this module and ``node.py`` know both sides.
+"""
 
 from __future__ import annotations
 
@@ -8,21 +13,56 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from meshllm.api import catalog
-from meshllm.gossip.announcement import ModelState, Role
+from meshllm.election import catalog, elect
+from meshllm.errors import PeerError
+from meshllm.gossip.announcement import ModelState, PeerAnnouncement, Role
 from meshllm.gossip.service import Gossip
 from meshllm.gossip.stream import FrameStream
+from meshllm.gossip.transport import split_addr
 from meshllm.proxy import Forwarder, Target
 from meshllm.serving.manager import ServingManager
+
+
+class GossipMeshPort:
+    """What serving sees of the mesh: this node's announcement, its peers, streams."""
+
+    def __init__(self, gossip: Gossip) -> None:
+        self._gossip = gossip
+
+    @property
+    def me(self) -> PeerAnnouncement:
+        return self._gossip.state.me
+
+    def peers(self) -> Mapping[str, PeerAnnouncement]:
+        return self._gossip.state.peers
+
+    def publish(self, **changes: Any) -> None:
+        self._gossip.publish(**changes)
+
+    async def open_stream(self, node_id: str) -> FrameStream:
+        link = await self._gossip.ensure_link(node_id)
+        return await link.open_stream()
+
+    def file_address(self, node_id: str) -> tuple[str, int]:
+        # The host we reach it at (its link), the port it announced (file port = QUIC port).
+        link = self._gossip.link(node_id)
+        if link is None:
+            raise PeerError(f"no link to {node_id}")
+        host, link_port = split_addr(link.remote_addr)
+        peer = self._gossip.state.peers.get(node_id)
+        port = split_addr(peer.addrs[0])[1] if peer and peer.addrs else 0
+        return host, port or link_port
 
 
 class NodeProxyMesh:
     """Routing inputs from the mesh state, load accounting, and streams to peers."""
 
-    def __init__(self, gossip: Gossip, serving: ServingManager | None, forwarder: Forwarder):
+    def __init__(
+        self, gossip: Gossip, forwarder: Forwarder, serving: ServingManager | None = None
+    ) -> None:
         self.gossip = gossip
-        self.serving = serving
         self.forwarder = forwarder
+        self.serving = serving  # None on a lite client
         self.in_flight: Counter[str] = Counter()  # node id -> our requests to it
         self.backend_load = 0  # requests our own backend is answering (ours and peers')
         self._changed = asyncio.Event()
@@ -100,3 +140,36 @@ class NodeProxyMesh:
 
 
 _WARMING = (ModelState.STARTING, ModelState.FETCHING)
+
+
+def status_snapshot(
+    gossip: Gossip, serving: ServingManager | None, uptime_s: float
+) -> dict[str, Any]:
+    """``/api/status``: this node, its live peers and the mesh catalog (DESIGN.md §4).
+    No join token here, nor anything else derived from the mesh secret."""
+    state = gossip.state
+    probes, now = gossip.probes, gossip.now()
+    peers = []
+    for peer in sorted(state.peers.values(), key=lambda p: p.node_id):
+        rtt, heard = probes.rtt(peer.node_id), probes.last_heard(peer.node_id)
+        peers.append(
+            {
+                **peer.to_wire(),
+                "rtt_ms": round(rtt * 1000, 3) if rtt is not None else None,
+                "last_seen_s": round(now - heard, 3) if heard is not None else None,
+                "linked": gossip.link(peer.node_id) is not None,
+            }
+        )
+    groups = elect(state.all())
+    entries = catalog(state.all())
+    for entry in entries:
+        group = groups.get(entry["model"])
+        entry["host"] = group.host if group else None
+    return {
+        **state.me.to_wire(),
+        "uptime_s": round(uptime_s, 1),
+        # Why auto-assignment serves nothing on this node (None: it serves, or was told what).
+        "idle_reason": serving.idle_reason if serving is not None else None,
+        "peers": peers,
+        "catalog": entries,
+    }

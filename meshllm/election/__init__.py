@@ -10,6 +10,7 @@ from meshllm.election.assignment import (
     fits,
     why_unassigned,
 )
+from meshllm.election.catalog import catalog, catalog_models
 from meshllm.election.groups import ElectionGroup, elect
 
 __all__ = [
@@ -18,6 +19,8 @@ __all__ = [
     "ElectionGroup",
     "StartupChoice",
     "assign",
+    "catalog",
+    "catalog_models",
     "choose_startup_model",
     "elect",
     "estimate_model_memory",

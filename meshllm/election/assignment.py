@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
+from meshllm.election.catalog import catalog_models
 from meshllm.gossip.announcement import ModelState, PeerAnnouncement, Role
 
 MIB = 1 << 20
@@ -119,7 +120,7 @@ def assign(me: PeerAnnouncement, peers: Iterable[PeerAnnouncement]) -> Assignmen
     others = [p for p in peers if p.node_id != me.node_id]
     servers = [p for p in others if p.role != Role.CLIENT]
     requested = {m for node in [me, *others] for m in node.requested_models}
-    catalog = requested | {m for node in [me, *others] for m in node.available_models}
+    catalog = catalog_models([me, *others])
 
     best: tuple[tuple[int, int, bool, int, str], Assignment] | None = None
     for model in catalog:
@@ -174,7 +175,7 @@ def why_unassigned(me: PeerAnnouncement, peers: Iterable[PeerAnnouncement]) -> s
         return "a lite client serves nothing"
     others = [p for p in peers if p.node_id != me.node_id and p.role != Role.CLIENT]
     nodes = [me, *others]
-    catalog = {m for node in nodes for m in (*node.requested_models, *node.available_models)}
+    catalog = catalog_models(nodes)
     if not catalog:
         return "the mesh has no models yet (start a node with --model NAME)"
     sizes = {

@@ -10,22 +10,36 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import Protocol
+
+from aioquic.quic.connection import QuicConnection
 
 from meshllm.errors import PeerError
 from meshllm.gossip.frames import Frame, FrameDecoder, encode_frame
-
-if TYPE_CHECKING:
-    from meshllm.gossip.transport import _Connection
 
 ERROR_STREAM_CANCELLED = 0x104  # a request stream abandoned by its reader
 SEND_HIGH_WATER = 1 << 20  # unacknowledged bytes per stream before send() waits
 
 
+class StreamOwner(Protocol):
+    """What a stream needs of its connection (the transport's connection implements it)."""
+
+    quic: QuicConnection
+    peer_id: str | None
+
+    def transmit_soon(self) -> None:
+        """Send what the QUIC connection has queued, soon."""
+        ...
+
+    def forget_stream(self, stream_id: int) -> None:
+        """The stream is over: drop it from the connection's table."""
+        ...
+
+
 class QuicFrameStream:
     """A :class:`~meshllm.gossip.stream.FrameStream` over one QUIC bidirectional stream."""
 
-    def __init__(self, conn: _Connection, stream_id: int, max_frame_size: int) -> None:
+    def __init__(self, conn: StreamOwner, stream_id: int, max_frame_size: int) -> None:
         self._conn = conn
         self.stream_id = stream_id
         self._decoder = FrameDecoder(max_frame_size)

@@ -102,11 +102,6 @@ class Link:
         return f"{host}:{port}"
 
     @property
-    def outbound(self) -> bool:
-        """Whether this node dialled the connection."""
-        return self._conn.quic._is_client
-
-    @property
     def closed(self) -> bool:
         return self._conn.closed
 

@@ -1,5 +1,6 @@
 """The OpenAI-compatible proxy: routing decision, HTTP-over-stream tunnel, forwarding, routes."""
 
+from meshllm.proxy.app import NodeAPI, create_app
 from meshllm.proxy.errors import (
     BackendUnavailable,
     TunnelUnavailable,
@@ -31,6 +32,7 @@ __all__ = [
     "TUNNEL_ROUTES",
     "BackendUnavailable",
     "Forwarder",
+    "NodeAPI",
     "ProxiedResponse",
     "ProxyMesh",
     "RoutePlan",
@@ -39,6 +41,7 @@ __all__ = [
     "TunnelUnavailable",
     "UpstreamResponse",
     "add_proxy_routes",
+    "create_app",
     "error_body",
     "error_response",
     "fallback_model",

@@ -3,8 +3,9 @@
 It scans the models dir, picks the model to serve (``--model`` flags, or
 auto-assignment for a node that joins without one), fetches a missing GGUF
 from a peer over the mesh, runs llama-server or fronts ``--endpoint`` servers,
-and publishes ``available_models`` (with ``model_sha256``), ``serving``,
-``failures`` and ``memory_bytes``/``memory_kind`` through gossip.
+and publishes ``available_models`` (with ``model_sha256``), ``serving``
+and ``failures``.  It reaches the mesh only through a :class:`MeshPort`
+and reads only its :class:`ServingSettings` (``meshllm.serving.port``).
 """
 
 from __future__ import annotations
@@ -17,56 +18,64 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from meshllm.config import Config
 from meshllm.election import assign, choose_startup_model, why_unassigned
 from meshllm.errors import PeerError, ServingError, TransferError
 from meshllm.gossip.announcement import ModelState, Role
-from meshllm.gossip.frames import Frame, FrameType, make_frame
-from meshllm.gossip.service import Gossip
+from meshllm.gossip.frames import Frame
 from meshllm.gossip.stream import FrameStream
-from meshllm.gossip.transport import Link, split_addr
 from meshllm.identity import Identity
-from meshllm.resources import host_resources, model_capacity_bytes, model_memory_kind
+from meshllm.paths import StatePaths
 from meshllm.serving.digests import FileDigests
 from meshllm.serving.external import ExternalEndpoint
 from meshllm.serving.file_client import fetch_file
+from meshllm.serving.file_request import Offer, answer_file_request, request_grant
 from meshllm.serving.file_server import FileServer
 from meshllm.serving.install import DEFAULT_MODEL
 from meshllm.serving.launch import LlamaOptions
 from meshllm.serving.llama import FAILURE_MAX_CHARS, LlamaServer
 from meshllm.serving.locate import find_llama_server, proven_args
 from meshllm.serving.model_file import ModelFile
+from meshllm.serving.port import MeshPort, ServingSettings
 from meshllm.serving.scan import scan_catalog
-from meshllm.serving.transfer import Grant
 
 log = logging.getLogger(__name__)
 
 ASSIGN_SETTLE = 2.0  # seconds to hear the mesh's state before auto-assignment
-ASSIGN_RETRY = 5.0  # seconds between tries while nothing can be assigned
+ASSIGN_RETRY = 10.0  # seconds between tries while nothing changes and nothing can be assigned
 
 
 class ServingManager:
     """Runs this node's model servers and answers peers' model-file requests."""
 
     def __init__(
-        self, config: Config, gossip: Gossip, identity: Identity, mesh_secret: bytes
+        self,
+        settings: ServingSettings,
+        mesh: MeshPort,
+        identity: Identity,
+        mesh_secret: bytes,
+        *,
+        on_serving_changed: Callable[[], None] = lambda: None,
+        on_dropped: Callable[[str], None] = lambda model: None,
     ) -> None:
-        self.config = config
-        self.gossip = gossip
+        """``on_serving_changed``: what this node serves may have changed; ``on_dropped``:
+        a model was dropped here (the node then exits)."""
+        self.settings = settings
+        self.mesh = mesh
         self.identity = identity
         self.mesh_secret = mesh_secret
         self.models: dict[str, ModelFile] = {}
         self.llama: dict[str, LlamaServer] = {}
         self.endpoints: list[ExternalEndpoint] = []
         self.file_server: FileServer | None = None
-        self.on_dropped: Callable[[str], None] = lambda model: None
-        self.on_serving_changed: Callable[[], None] = lambda: None
-        self.digests = FileDigests(config.state_dir / "model_digests.json")
+        self.on_dropped = on_dropped
+        self.on_serving_changed = on_serving_changed
+        self.digests = FileDigests(StatePaths(settings.state_dir).model_digests)
         self.idle_reason: str | None = None  # why auto-assignment serves nothing, if it does
         self._states: dict[str, ModelState] = {}
         self._resolved: dict[str, ModelFile | None] = {}
         self._failures: dict[str, str] = {}  # failed before a server existed
         self._tasks: set[asyncio.Task[object]] = set()
+        self._mesh_changed = asyncio.Event()
 
     # lifecycle
 
@@ -84,18 +93,12 @@ class ServingManager:
 
     async def start(self) -> None:
         """Scan models and start serving what this node should."""
-        cfg = self.config
+        cfg = self.settings
         self.models, self._resolved = await scan_catalog(cfg.models_dir, cfg.models)
         for found in self._resolved.values():  # a --model path outside the models dir
             if found is not None:
                 self.models.setdefault(found.name, found)
-        resources = host_resources()
-        self.gossip.publish(
-            available_models={m.name: m.size_bytes for m in self.models.values()},
-            memory_bytes=model_capacity_bytes(resources),
-            memory_kind=model_memory_kind(resources),
-            resources=resources,
-        )
+        self.mesh.publish(available_models={m.name: m.size_bytes for m in self.models.values()})
         self._spawn(self._publish_digests())
         for url in cfg.endpoints:
             endpoint = ExternalEndpoint(url, on_change=lambda _: self._publish_serving())
@@ -103,7 +106,7 @@ class ServingManager:
             await endpoint.start()
         if cfg.models:
             self._spawn(self._serve_requested())
-        elif cfg.join and not cfg.endpoints:
+        elif cfg.joined and not cfg.endpoints:
             self._spawn(self._auto_assign())
         self._publish_serving()
 
@@ -150,12 +153,11 @@ class ServingManager:
     # choosing and starting
 
     async def _serve_requested(self) -> None:
-        cfg = self.config
+        cfg = self.settings
         local = {name: m.size_bytes for name, m in self.models.items()}
         names = [Path(spec).stem if spec.endswith(".gguf") else spec for spec in cfg.models]
-        capacity = self.gossip.state.me.memory_bytes
-        choice = choose_startup_model(names, local, capacity)
-        self.gossip.publish(requested_models=list(choice.requested))
+        choice = choose_startup_model(names, local, self.mesh.me.memory_bytes)
+        self.mesh.publish(requested_models=list(choice.requested))
         if choice.serve is not None:
             await self._serve(self.models[choice.serve])
             return
@@ -168,7 +170,7 @@ class ServingManager:
             await self._add_local_model(path)
             await self._serve(self.models[first])
             return
-        if cfg.join:  # someone in the mesh may have it
+        if cfg.joined:  # someone in the mesh may have it
             await asyncio.sleep(ASSIGN_SETTLE)
             if await self._fetch_from_peers(first):
                 await self._serve(self.models[first])
@@ -176,13 +178,17 @@ class ServingManager:
         log.error("model %s is not in %s and no peer has it", first, cfg.models_dir)
         self._fail(first, f"not in {cfg.models_dir} and no peer has it")
 
+    def mesh_changed(self) -> None:
+        """The mesh changed: a node waiting for something to serve looks again now."""
+        self._mesh_changed.set()
+
     async def _auto_assign(self) -> None:
         await asyncio.sleep(ASSIGN_SETTLE)
         while True:
-            state = self.gossip.state
-            assignment = assign(state.me, state.peers.values())
+            me, peers = self.mesh.me, self.mesh.peers().values()
+            assignment = assign(me, peers)
             if assignment is None:
-                self._set_idle_reason(why_unassigned(state.me, state.peers.values()))
+                self._set_idle_reason(why_unassigned(me, peers))
             else:
                 self._set_idle_reason(None)
                 log.warning("auto-assigned %s (%s)", assignment.model, assignment.reason)
@@ -192,7 +198,10 @@ class ServingManager:
                 if await self._fetch_from_peers(assignment.model, list(assignment.sources)):
                     await self._serve(self.models[assignment.model])
                     return
-            await asyncio.sleep(ASSIGN_RETRY)
+            # Again when the mesh changes (a peer joins, announces a model), or after a while.
+            self._mesh_changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._mesh_changed.wait(), ASSIGN_RETRY)
 
     async def _serve(self, model: ModelFile) -> None:
         try:
@@ -202,13 +211,13 @@ class ServingManager:
             self._fail(model.name, str(exc))
             return
         options = LlamaOptions(
-            max_tokens=self.config.max_tokens_default or None,
+            max_tokens=self.settings.max_tokens_default or None,
             extra_args=proven_args(binary),
         )
         server = LlamaServer(
             model,
             binary,
-            log_dir=self.config.state_dir / "logs",
+            log_dir=StatePaths(self.settings.state_dir).logs,
             options=options,
             on_state=self._set_state,
             on_progress=lambda name, s: log.info("loading %s: %.0f s", name, s),
@@ -223,9 +232,9 @@ class ServingManager:
 
     async def _llama_binary(self) -> Path:
         try:
-            return find_llama_server(self.config.llama_server)
+            return find_llama_server(self.settings.llama_server)
         except ServingError:
-            if not self.config.auto_install:
+            if not self.settings.auto_install:
                 raise
         print("llama-server not found: building it (about 10 minutes)", file=sys.stderr)
         from meshllm.serving.install import install_llama_server
@@ -256,11 +265,11 @@ class ServingManager:
             self.idle_reason = reason
 
     def _publish_serving(self) -> None:
-        me = self.gossip.state.me
+        me = self.mesh.me
         serving, failures = self.serving(), self.failures()
         role = Role.HOST if any(v != ModelState.FAILED for v in serving.values()) else Role.WORKER
         if (serving, failures, role) != (me.serving, me.failures, me.role):
-            self.gossip.publish(serving=serving, failures=failures, role=role)
+            self.mesh.publish(serving=serving, failures=failures, role=role)
         self.on_serving_changed()
 
     async def _publish_digests(self) -> None:
@@ -274,24 +283,24 @@ class ServingManager:
         except OSError as exc:
             log.warning("cannot hash %s: %s", model.path, exc)
             return
-        known = self.gossip.state.me.model_sha256
+        known = self.mesh.me.model_sha256
         if known.get(model.name) != digest.hex():
-            self.gossip.publish(model_sha256={**known, model.name: digest.hex()})
+            self.mesh.publish(model_sha256={**known, model.name: digest.hex()})
 
     async def _add_local_model(self, path: Path) -> None:
-        _, resolved = await scan_catalog(self.config.models_dir, [str(path)])
+        _, resolved = await scan_catalog(self.settings.models_dir, [str(path)])
         found = resolved.get(str(path))
         if found is None:
             raise ServingError(f"{path} is not a usable GGUF model")
         self.models[found.name] = found
-        available = dict(self.gossip.state.me.available_models, **{found.name: found.size_bytes})
-        self.gossip.publish(available_models=available)
+        available = dict(self.mesh.me.available_models, **{found.name: found.size_bytes})
+        self.mesh.publish(available_models=available)
         self._spawn(self._publish_digest(found))
 
     # model files over the mesh (DESIGN.md §5 `file`, §9)
 
     async def _fetch_from_peers(self, model: str, sources: list[str] | None = None) -> bool:
-        peers = self.gossip.state.peers
+        peers = self.mesh.peers()
         if sources is None:
             sources = sorted(n for n, p in peers.items() if model in p.available_models)
         for node_id in sources:
@@ -311,24 +320,14 @@ class ServingManager:
         return False
 
     async def _fetch_from(self, node_id: str, model: str) -> Path:
-        link = await self.gossip.ensure_link(node_id)
-        stream = await link.open_stream()
-        try:
-            await stream.send(make_frame(FrameType.FILE, name=model))
-            reply = await asyncio.wait_for(stream.recv(), 60)
-        finally:
-            stream.reset()
-        if not reply or reply.get("t") != FrameType.FILE or not reply.get("grant"):
-            reason = (reply or {}).get("message", "no grant")
-            raise TransferError(f"{node_id} refused to send {model}: {reason}")
-        grant = Grant.from_wire(reply["grant"])
-        pin = reply.get("cert_sha256")
-        if not isinstance(pin, bytes):
-            raise TransferError("grant without a certificate pin")
-        host = split_addr(link.remote_addr)[0]
-        peer = self.gossip.state.peers.get(node_id)
-        port = split_addr(peer.addrs[0])[1] if peer and peer.addrs else 0
-        port = port or split_addr(link.remote_addr)[1]
+        holder = self.mesh.peers().get(node_id)
+        offer = Offer(
+            model,
+            size=holder.available_models.get(model) if holder else None,
+            sha256_hex=holder.model_sha256.get(model) if holder else None,
+        )
+        grant, pin = await request_grant(await self.mesh.open_stream(node_id), offer)
+        host, port = self.mesh.file_address(node_id)
         log.warning("fetching %s (%.0f MB) from %s", model, grant.size / 1e6, node_id)
         return await fetch_file(
             host,
@@ -336,28 +335,16 @@ class ServingManager:
             grant=grant,
             pinned_cert_sha256=pin,
             mesh_secret=self.mesh_secret,
-            dest_dir=self.config.models_dir,
+            dest_dir=self.settings.models_dir,
             progress=_progress_printer(model),
         )
 
-    async def handle_file_request(self, link: Link, stream: FrameStream, head: Frame) -> None:
-        """A peer asks for a model file: answer with a one-time grant (or why not)."""
-        name = head.get("name")
-        grant = None
-        if isinstance(name, str) and self.file_server is not None:
-            grant = await self.file_server.issue_grant_async(name)
-        with contextlib.suppress(PeerError):
-            if grant is None:
-                await stream.send(make_frame(FrameType.FILE, message=f"no model {name!r} here"))
-            else:
-                await stream.send(
-                    make_frame(
-                        FrameType.FILE,
-                        grant=grant.to_wire(),
-                        cert_sha256=self.file_server.cert_sha256,  # type: ignore[union-attr]
-                    )
-                )
-            await stream.end()
+    async def handle_file_request(self, stream: FrameStream, head: Frame) -> None:
+        """A peer asks for a model file: a one-time grant, or why not."""
+        if self.file_server is None:
+            stream.reset()
+            return
+        await answer_file_request(stream, head, self.file_server)
 
     def _resolve_file(self, name: str) -> Path | None:
         model = self.models.get(name)

@@ -1,0 +1,126 @@
+"""The node's local HTTP app: ``/health``, ``/api/*``, ``/openapi.json`` and the
+OpenAI-compatible proxy routes.  It reaches the node only through :class:`NodeAPI`
+and the proxy's :class:`~meshllm.proxy.routes.ProxyMesh`.
+
+Every route sits behind :mod:`meshllm.proxy.guard` (Host allow-list, Origin, JSON-only
+POST bodies; no cookie or foreign CORS header out).  ``/api/status`` carries no secret:
+the join token, which holds the mesh secret, is only at ``GET /api/token``, which like
+``POST /api/drop`` takes the admin token (``<state-dir>/admin_token``) from this machine.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from meshllm.errors import AuthError
+from meshllm.proxy.errors import error_response, openai_error_middleware
+from meshllm.proxy.guard import GuardSettings, install_guard
+from meshllm.proxy.openapi import openapi_handler
+from meshllm.proxy.routes import LOAD_TIMEOUT_S, MAX_BODY_BYTES, ProxyMesh, add_proxy_routes
+
+
+class NodeAPI(Protocol):
+    """What the app needs of the node."""
+
+    node_id: str
+    admin_token: str
+    """The secret of the admin routes (``<state-dir>/admin_token``); "" refuses them all."""
+    token: str
+    """The mesh's join token: a secret, only at ``/api/token``."""
+
+    def status(self) -> dict[str, Any]:
+        """``/api/status``: this node, its live peers and the catalog; never a secret."""
+        ...
+
+    async def drop(self, model: str) -> list[str]:
+        """Stop ``model`` where it is served; the node ids told.  Raises AuthError when
+        only the mesh owner may (it is served elsewhere)."""
+        ...
+
+
+NODE_KEY = web.AppKey("node", NodeAPI)
+
+
+def create_app(
+    node: NodeAPI,
+    mesh: ProxyMesh | None,
+    guard: GuardSettings,
+    *,
+    load_timeout: float = LOAD_TIMEOUT_S,
+) -> web.Application:
+    """The aiohttp application served on the node's ``--port``.
+
+    The guard comes first: its refusals are OpenAI-shaped responses of its own, answered
+    before routing errors, the body cap or any handler.
+    """
+    app = web.Application(middlewares=[openai_error_middleware], client_max_size=MAX_BODY_BYTES)
+    install_guard(app, guard)
+    app[NODE_KEY] = node
+    app.router.add_get("/health", health)
+    app.router.add_get("/api/status", status)
+    app.router.add_get("/api/token", token)
+    app.router.add_post("/api/drop", drop)
+    app.router.add_get("/openapi.json", openapi_handler)
+    if mesh is not None:
+        add_proxy_routes(app, mesh, load_timeout=load_timeout)
+    return app
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"ok": True, "node_id": request.app[NODE_KEY].node_id})
+
+
+async def status(request: web.Request) -> web.Response:
+    return web.json_response(request.app[NODE_KEY].status())
+
+
+def admin_refusal(request: web.Request, node: NodeAPI, what: str) -> web.Response | None:
+    """The error for a caller that is not on this machine or lacks the admin token
+    (``Authorization: Bearer <state-dir>/admin_token``); ``None`` when it may go on."""
+    remote = request.remote or ""
+    try:
+        local_caller = ipaddress.ip_address(remote).is_loopback
+    except ValueError:
+        local_caller = False
+    if not local_caller:
+        return error_response(403, f"{what} is only allowed from this machine", "forbidden")
+    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    if not node.admin_token or not hmac.compare_digest(given, node.admin_token):
+        return error_response(401, f"{what} needs this node's admin token", "unauthorized")
+    return None
+
+
+async def token(request: web.Request) -> web.Response:
+    """``GET /api/token``: the mesh's join token (localhost + admin token only): it holds
+    the mesh secret, so it is never in ``/api/status``."""
+    node = request.app[NODE_KEY]
+    if (refused := admin_refusal(request, node, "the join token")) is not None:
+        return refused
+    return web.json_response({"token": node.token})
+
+
+async def drop(request: web.Request) -> web.Response:
+    """``POST /api/drop {"model"}``: stop serving a model (localhost + admin token only);
+    on other nodes only with the mesh owner key on this machine, else 403."""
+    node = request.app[NODE_KEY]
+    if (refused := admin_refusal(request, node, "drop")) is not None:
+        return refused
+    try:
+        body = json.loads(await request.read())
+    except (ValueError, RecursionError):  # RecursionError: nested too deep to parse
+        return error_response(400, "body is not JSON", "invalid_json")
+    model = body.get("model") if isinstance(body, dict) else None
+    if not isinstance(model, str) or not model:
+        return error_response(400, 'body must be {"model": NAME}', "invalid_request")
+    try:
+        nodes = await node.drop(model)
+    except AuthError as exc:  # served elsewhere, and this machine lacks the mesh owner key
+        return error_response(403, str(exc), "not_mesh_owner")
+    if not nodes:
+        return error_response(404, f"no node serves {model}", "model_not_found")
+    return web.json_response({"dropped": model, "nodes": nodes})

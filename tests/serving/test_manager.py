@@ -1,0 +1,161 @@
+"""ServingManager in-process, over a fake of its mesh port and a fake llama-server.
+
+The manager reaches the mesh only through ``MeshPort``: here a small in-memory
+port records what it publishes, holds peers the test sets, and has no links.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import sys
+from collections.abc import AsyncIterator, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from meshllm.errors import PeerError
+from meshllm.gossip.announcement import PeerAnnouncement
+from meshllm.gossip.stream import FrameStream
+from meshllm.identity import Identity
+from meshllm.serving.manager import ServingManager
+from meshllm.serving.port import ServingSettings
+from tests.serving.test_catalog import make_gguf
+from tests.serving.test_llama import FAKE_LLAMA
+
+GIB = 1 << 30
+
+
+class FakeMeshPort:
+    """A MeshPort in memory: ``publish`` updates ``me``; peers are whatever the test says."""
+
+    def __init__(self) -> None:
+        self.me = PeerAnnouncement("me", "mesh", memory_bytes=8 * GIB, memory_kind="ram")
+        self.peer_table: dict[str, PeerAnnouncement] = {}
+        self.published: list[dict[str, Any]] = []
+
+    def peers(self) -> Mapping[str, PeerAnnouncement]:
+        return self.peer_table
+
+    def publish(self, **changes: Any) -> None:
+        self.published.append(changes)
+        self.me = self.me.bump(**changes)
+
+    async def open_stream(self, node_id: str) -> FrameStream:
+        raise PeerError(f"no link to {node_id} in this test")
+
+    def file_address(self, node_id: str) -> tuple[str, int]:
+        raise PeerError(f"no link to {node_id} in this test")
+
+
+async def until(condition: Callable[[], Any], timeout: float = 60.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+def fake_llama(tmp_path: Path) -> Path:
+    path = tmp_path / "bin" / "llama-server"
+    path.parent.mkdir()
+    path.write_text(FAKE_LLAMA.format(python=sys.executable))
+    path.chmod(0o755)
+    return path
+
+
+@pytest.fixture
+def settings(tmp_path: Path, fake_llama: Path) -> ServingSettings:
+    models = tmp_path / "models"
+    models.mkdir()
+    make_gguf(models / "tiny.gguf")
+    return ServingSettings(
+        models_dir=models,
+        state_dir=tmp_path / "state",
+        llama_server=str(fake_llama),
+        auto_install=False,
+    )
+
+
+@pytest.fixture
+async def run() -> AsyncIterator[Callable[..., Any]]:
+    managers: list[ServingManager] = []
+
+    async def start(settings: ServingSettings, port: FakeMeshPort) -> ServingManager:
+        changed: list[None] = []
+        manager = ServingManager(
+            settings,
+            port,
+            Identity.generate(),
+            b"s" * 32,
+            on_serving_changed=lambda: changed.append(None),
+        )
+        managers.append(manager)
+        await manager.start()
+        return manager
+
+    yield start
+    for manager in managers:
+        await manager.stop()
+
+
+async def test_a_requested_model_is_offered_served_and_hashed(
+    settings: ServingSettings, run: Callable[..., Any], tmp_path: Path
+) -> None:
+    port = FakeMeshPort()
+    elsewhere = tmp_path / "elsewhere" / "by-path.gguf"
+    elsewhere.parent.mkdir()
+    make_gguf(elsewhere)
+    settings = dataclasses.replace(settings, models=(str(elsewhere), "tiny"))
+    manager = await run(settings, port)
+
+    # Both the models-dir model and the one given by path are offered, with their sizes.
+    assert port.me.available_models == {
+        "tiny": (settings.models_dir / "tiny.gguf").stat().st_size,
+        "by-path": elsewhere.stat().st_size,
+    }
+    await until(lambda: port.me.serving.get("by-path") == "ready")
+    assert port.me.role == "host" and port.me.requested_models == ["tiny"]
+    assert manager.local_base_url("by-path") is not None
+    digest = hashlib.sha256(elsewhere.read_bytes()).hexdigest()
+    await until(lambda: port.me.model_sha256.get("by-path") == digest)
+    await until(lambda: len(port.me.model_sha256) == 2)
+
+
+async def test_a_model_that_cannot_start_is_published_failed_with_its_cause(
+    settings: ServingSettings, run: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_LLAMA_SIGNAL", "SIGBUS")
+    port = FakeMeshPort()
+    manager = await run(dataclasses.replace(settings, models=("tiny",)), port)
+    await until(lambda: "tiny" in port.me.failures, timeout=120)
+    assert port.me.serving["tiny"] == "failed"
+    assert port.me.failures["tiny"].startswith("SIGBUS while loading, 3 starts in a row")
+    assert port.me.role == "worker"  # a failed model is not served
+    assert manager.local_base_url("tiny") is None
+
+
+async def test_a_missing_model_without_peers_fails_at_once(
+    settings: ServingSettings, run: Callable[..., Any]
+) -> None:
+    port = FakeMeshPort()
+    await run(dataclasses.replace(settings, models=("nowhere",)), port)
+    await until(lambda: "nowhere" in port.me.failures)
+    assert "no peer has it" in port.me.failures["nowhere"]
+
+
+async def test_a_joined_node_with_nothing_to_serve_says_why_and_looks_again(
+    settings: ServingSettings, run: Callable[..., Any], tmp_path: Path
+) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    port = FakeMeshPort()
+    manager = await run(dataclasses.replace(settings, models_dir=empty, joined=True), port)
+    await until(lambda: manager.idle_reason is not None)
+    assert manager.idle_reason.startswith("the mesh has no models yet")
+
+    # A peer announces a model nobody has a copy of: the reason changes at once.
+    port.peer_table["p"] = PeerAnnouncement("p", "mesh", requested_models=["ghost"])
+    manager.mesh_changed()
+    await until(lambda: manager.idle_reason == "no node has a copy of ghost", timeout=5)
