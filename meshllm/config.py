@@ -143,3 +143,10 @@ class Config:
             value = getattr(self, f.name)
             if isinstance(value, Path):
                 setattr(self, f.name, value.expanduser())
+
+
+def default(name: str) -> Any:
+    """The default of Config field ``name``: for parts that take the setting as a
+    parameter, so that the value is still written only here."""
+    f = next(f for f in fields(Config) if f.name == name)
+    return f.default_factory() if callable(f.default_factory) else f.default

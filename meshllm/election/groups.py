@@ -1,8 +1,8 @@
 """Election groups: which nodes serve a model, and which of them hosts it (DESIGN.md §6).
 
-Pure: a function of the announcements it is given.  The node calls :func:`elect` again
-on every membership change; nothing is carried over from the previous result, so two
-nodes with the same view of the mesh always agree on every group and host.
+Pure: a function of the announcements it is given, computed afresh wherever a view
+needs it (``/api/status`` today); nothing is carried over from a previous result, so
+two nodes with the same view of the mesh always agree on every group and host.
 """
 
 from __future__ import annotations

@@ -14,11 +14,14 @@ from typing import Protocol
 
 from aioquic.quic.connection import QuicConnection
 
-from meshllm.errors import PeerError
+from meshllm.errors import FrameError, PeerError
 from meshllm.gossip.frames import Frame, FrameDecoder, encode_frame
 
 ERROR_STREAM_CANCELLED = 0x104  # a request stream abandoned by its reader
 SEND_HIGH_WATER = 1 << 20  # unacknowledged bytes per stream before send() waits
+MAX_BUFFERED = 16 << 20
+"""Bytes received and not yet taken by ``recv`` before the stream is reset (see
+:meth:`QuicFrameStream.limit_buffer`); tunnels set their own."""
 
 
 class StreamOwner(Protocol):
@@ -44,6 +47,9 @@ class QuicFrameStream:
         self.stream_id = stream_id
         self._decoder = FrameDecoder(max_frame_size)
         self._frames: deque[Frame] = deque()
+        self._sizes: deque[int] = deque()  # bytes of each queued frame, at most: see _feed
+        self._buffered = 0  # bytes received and not yet taken by recv()
+        self._max_buffered = MAX_BUFFERED
         self._ended = False  # the peer ended its side
         self._sent_end = False
         self._error: PeerError | None = None
@@ -82,7 +88,19 @@ class QuicFrameStream:
                 return None
             self._readable.clear()
             await self._readable.wait()
+        # The transport takes a peer's head frame off _frames itself: settle its size.
+        while len(self._sizes) > len(self._frames):
+            self._buffered -= self._sizes.popleft()
+        self._buffered -= self._sizes.popleft()
         return self._frames.popleft()
+
+    def limit_buffer(self, max_bytes: int) -> None:
+        """Fail the stream once more than ``max_bytes`` sit received but unread.
+
+        aioquic raises a stream's flow-control window as bytes arrive, not as they are
+        read, so it never holds a fast peer back from a slow reader: this does.
+        """
+        self._max_buffered = max_bytes
 
     async def end(self) -> None:
         if self._error or self._sent_end:
@@ -115,7 +133,23 @@ class QuicFrameStream:
     def _feed(self, data: bytes, end_stream: bool) -> None:
         if self._error:
             return
-        self._frames.extend(self._decoder.feed(data))  # FrameError handled by the connection
+        before = self._decoder.pending
+        frames = self._decoder.feed(data)  # FrameError handled by the connection
+        if frames:
+            # The bytes the new frames took, all counted on the last: released when it
+            # is read, so the count errs on the high side for at most one read.
+            self._sizes.extend([0] * (len(frames) - 1))
+            self._sizes.append(before + len(data) - self._decoder.pending)
+            self._frames.extend(frames)
+        self._buffered += len(data)
+        if self._buffered > self._max_buffered:
+            unread, self._buffered = self._buffered, 0
+            self._frames.clear()  # let the memory go now: the connection resets the stream
+            self._sizes.clear()
+            raise FrameError(
+                f"peer sent {unread} bytes the stream's reader has not taken "
+                f"(budget {self._max_buffered})"
+            )
         if end_stream:
             self._ended = True
             if self._sent_end:

@@ -41,6 +41,11 @@ class FrameStream(Protocol):
         """Abort the stream both ways; the peer's pending ``recv`` raises.  Idempotent."""
         ...
 
+    def limit_buffer(self, max_bytes: int) -> None:
+        """Reset the stream once the peer has sent more than ``max_bytes`` not yet taken
+        by ``recv`` (a memory budget: the transport may not hold the peer back)."""
+        ...
+
 
 class MemoryFrameStream:
     """In-memory :class:`FrameStream` end; make pairs with :func:`memory_stream_pair`."""
@@ -68,6 +73,9 @@ class MemoryFrameStream:
     async def end(self) -> None:
         if self._other is not None and not self._broken:
             await self._other._inbox.put(None)
+
+    def limit_buffer(self, max_bytes: int) -> None:
+        pass  # bounded already: a full inbox makes the sender wait (real backpressure)
 
     def reset(self) -> None:
         if self._broken:

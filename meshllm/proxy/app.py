@@ -20,6 +20,7 @@ from aiohttp import web
 from meshllm.errors import AuthError
 from meshllm.proxy.errors import error_response, openai_error_middleware
 from meshllm.proxy.guard import GuardSettings, install_guard
+from meshllm.proxy.limits import DEFAULT_LIMITS, ByteBudget, HttpLimits
 from meshllm.proxy.openapi import openapi_handler
 from meshllm.proxy.routes import LOAD_TIMEOUT_S, MAX_BODY_BYTES, ProxyMesh, add_proxy_routes
 
@@ -52,11 +53,17 @@ def create_app(
     guard: GuardSettings,
     *,
     load_timeout: float = LOAD_TIMEOUT_S,
+    limits: HttpLimits = DEFAULT_LIMITS,
+    budget: ByteBudget | None = None,
 ) -> web.Application:
     """The aiohttp application served on the node's ``--port``.
 
     The guard comes first: its refusals are OpenAI-shaped responses of its own, answered
-    before routing errors, the body cap or any handler.
+    before routing errors, the body cap or any handler.  ``limits`` are the budgets of the
+    proxy routes (bodies, buffered answers, tunnels); ``budget`` the bytes of request
+    bodies in flight, to share with :func:`~meshllm.proxy.tunnel.serve_tunnel` (default:
+    one for this app alone).  Serve it with :func:`meshllm.proxy.server.start_http`, which
+    applies the connection budgets of the same ``limits``.
     """
     app = web.Application(middlewares=[openai_error_middleware], client_max_size=MAX_BODY_BYTES)
     install_guard(app, guard)
@@ -67,7 +74,7 @@ def create_app(
     app.router.add_post("/api/drop", drop)
     app.router.add_get("/openapi.json", openapi_handler)
     if mesh is not None:
-        add_proxy_routes(app, mesh, load_timeout=load_timeout)
+        add_proxy_routes(app, mesh, load_timeout=load_timeout, limits=limits, budget=budget)
     return app
 
 

@@ -61,6 +61,9 @@ RESPONSE_DROP = HOP_BY_HOP | {
 }
 RESPONSE_DROP_PREFIXES = ("access-control-",)
 """Response headers dropped by the start of their lower-cased name."""
+JSON_REWRITE_MAX = 16 * 1024 * 1024
+"""A JSON answer bigger than this keeps the backend's model name: renaming it would
+mean holding it whole."""
 
 
 def filter_headers(
@@ -199,19 +202,39 @@ def _rename_event(event: bytes, backend_model: str, mesh_model: str) -> bytes:
     return b"\n".join(lines) + b"\n\n"
 
 
-async def _fix_json_model(chunks: AsyncIterator[bytes], mesh_model: str) -> AsyncIterator[bytes]:
-    """A JSON body whose ``model`` field, if any, is set to ``mesh_model``."""
-    body = b"".join([c async for c in chunks])
-    # Fast path: the name already appears as a JSON string, so the field most likely
-    # carries it (llama-server with --alias); parse only when it cannot.
-    if json.dumps(mesh_model).encode() not in body:
-        try:
-            obj = json.loads(body)
-        except (ValueError, RecursionError):
-            obj = None
-        if isinstance(obj, dict) and isinstance(obj.get("model"), str):
-            obj["model"] = mesh_model
-            body = json.dumps(obj, separators=(",", ":")).encode()
+async def _fix_json_model(
+    chunks: AsyncIterator[bytes], mesh_model: str, max_bytes: int = JSON_REWRITE_MAX
+) -> AsyncIterator[bytes]:
+    """A JSON body whose ``model`` field, if any, is set to ``mesh_model``.
+
+    Fast path: once the name appears as a JSON string, the field most likely carries it
+    (llama-server with --alias): the rest streams through untouched.  Else the body is
+    gathered and parsed, up to ``max_bytes``; a bigger one passes through as it is, so
+    a huge answer is never held here whole (the proxy caps what it buffers).
+    """
+    needle = json.dumps(mesh_model).encode()
+    parts: list[bytes] = []
+    size = 0
+    tail = b""  # the last bytes seen, for a name cut across two chunks
+    async for chunk in chunks:
+        parts.append(chunk)
+        size += len(chunk)
+        if needle in tail + chunk[: len(needle)] or needle in chunk or size > max_bytes:
+            for part in parts:
+                yield part
+            parts.clear()
+            async for rest in chunks:
+                yield rest
+            return
+        tail = (tail + chunk)[-len(needle) :]
+    body = b"".join(parts)
+    try:
+        obj = json.loads(body)
+    except (ValueError, RecursionError):
+        obj = None
+    if isinstance(obj, dict) and isinstance(obj.get("model"), str):
+        obj["model"] = mesh_model
+        body = json.dumps(obj, separators=(",", ":")).encode()
     yield body
 
 

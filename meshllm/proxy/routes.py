@@ -15,6 +15,13 @@ once when nothing else could answer it.
 
 Run the app with ``handler_cancellation=True``: a client that goes away then
 cancels its handler, which aborts the upstream request (DESIGN.md §9).
+
+Budgets (:class:`~meshllm.proxy.limits.HttpLimits`): a request body must keep coming
+(``body_idle_timeout``, ``body_timeout``: else 408) and fit in the node's bytes of bodies
+in flight (:class:`~meshllm.proxy.limits.ByteBudget`, held from its first byte until the
+answer's head is in: else 503 with ``Retry-After`` after ``body_budget_wait``); a
+non-streamed answer is buffered up to ``max_response_bytes`` (else 502 and the upstream
+is closed).
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from typing import Any, Protocol
 from aiohttp import web
 from multidict import CIMultiDict
 
+from meshllm.config import default
 from meshllm.errors import MeshError, PeerError
 from meshllm.gossip.stream import FrameStream
 from meshllm.proxy.errors import (
@@ -47,12 +55,13 @@ from meshllm.proxy.forward import (
     is_event_stream,
     split_events,
 )
+from meshllm.proxy.limits import DEFAULT_LIMITS, BudgetHold, ByteBudget, HttpLimits
 from meshllm.proxy.routing import RoutePlan, Target, plan_route
 from meshllm.proxy.tunnel import open_tunnel_request
 
 MAX_BODY_BYTES = 32 * 1024 * 1024  # a long chat with images fits; a runaway upload does not
 RETRY_AFTER_S = 5  # about the time a starting llama-server needs for a small model
-LOAD_TIMEOUT_S = 120.0  # how long a request waits for its model to start somewhere
+LOAD_TIMEOUT_S: float = default("load_timeout")  # a request waits this long for its model
 PROGRESS_INTERVAL_S = 1.0  # between ": loading" comment lines of a waiting stream
 MODEL_HEADER = "x-meshllm-model"
 NODE_HEADER = "x-meshllm-node"
@@ -115,9 +124,20 @@ def add_proxy_routes(
     retry_after_s: int = RETRY_AFTER_S,
     load_timeout: float = LOAD_TIMEOUT_S,
     rng: random.Random | None = None,
+    limits: HttpLimits = DEFAULT_LIMITS,
+    budget: ByteBudget | None = None,
 ) -> None:
-    """Register ``GET /v1/models`` and the ``POST /v1/...`` inference routes on ``app``."""
-    proxy = _Proxy(mesh, max_body_bytes, retry_after_s, load_timeout, rng or random.Random())
+    """Register ``GET /v1/models`` and the ``POST /v1/...`` inference routes on ``app``.
+
+    ``budget`` counts the bytes of request bodies in flight; share one with
+    :func:`~meshllm.proxy.tunnel.serve_tunnel` (default: one of
+    ``limits.max_body_bytes_in_flight`` for these routes alone).
+    """
+    if budget is None:
+        budget = ByteBudget(limits.max_body_bytes_in_flight)
+    proxy = _Proxy(
+        mesh, max_body_bytes, retry_after_s, load_timeout, rng or random.Random(), limits, budget
+    )
     app.router.add_get("/v1/models", proxy.models)
     for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):
         app.router.add_post(path, proxy.relay)
@@ -131,8 +151,12 @@ class _Proxy:
         retry_after_s: int,
         load_timeout: float,
         rng: random.Random,
+        limits: HttpLimits,
+        budget: ByteBudget,
     ) -> None:
         self._mesh = mesh
+        self._limits = limits
+        self._budget = budget
         self._max_body = max_body
         self._retry_after = str(retry_after_s)
         self._load_timeout = load_timeout
@@ -155,13 +179,17 @@ class _Proxy:
 
     async def relay(self, request: web.Request) -> web.StreamResponse:
         """Route one inference request and relay its answer."""
-        body = await self._read_body(request)
-        if body is None:
-            return error_response(
-                413, f"request body over {self._max_body} bytes", "request_too_large"
-            )
+        with self._budget.hold() as hold:
+            read = await self._read_body(request, hold)
+            if isinstance(read, web.StreamResponse):
+                return read
+            box = _Body(read, hold)
+            del read  # from here on only the box holds the body, so it can let it go
+            return await self._route(request, box)
+
+    async def _route(self, request: web.Request, box: _Body) -> web.StreamResponse:
         try:
-            payload = json.loads(body)
+            payload = json.loads(box.data)
         except RecursionError:
             return error_response(400, "request body is nested too deeply", "invalid_json")
         except ValueError:
@@ -189,12 +217,13 @@ class _Proxy:
         if plan.model_used != model:
             payload["model"] = plan.model_used
             try:
-                body = json.dumps(payload, separators=(",", ":")).encode()
+                box.data = json.dumps(payload, separators=(",", ":")).encode()
             except RecursionError:  # parsed at the edge of the limit, one level short now
                 message = "request body is nested too deeply"
                 if stream is not None:
                     return await _end_stream(stream, message, "invalid_json")
                 return error_response(400, message, "invalid_json")
+        del payload  # parsed copy of the body: not needed any more
 
         headers = filter_headers(request.headers.items(), _REQUEST_DROP)
         headers["Content-Type"] = "application/json"  # the body is JSON: we parsed it
@@ -202,7 +231,7 @@ class _Proxy:
         for target in plan.attempts:
             self._mesh.request_started(target)
             try:
-                upstream = await self._open(target, request.path_qs, headers, body)
+                upstream = await self._open(target, request.path_qs, headers, box.data)
             except (PeerError, BackendUnavailable) as exc:
                 self._mesh.request_finished(target)
                 failures.append(f"{target.node_id}: {exc}")
@@ -210,6 +239,7 @@ class _Proxy:
             except BaseException:
                 self._mesh.request_finished(target)
                 raise
+            box.drop()  # the head is in: no retry needs the body now
             try:
                 return await self._respond(request, upstream, target, stream)
             finally:
@@ -269,18 +299,50 @@ class _Proxy:
     def _in_catalog(self, model: str) -> bool:
         return any(entry.get("model") == model for entry in self._mesh.catalog())
 
-    async def _read_body(self, request: web.Request) -> bytes | None:
-        """The request body, or ``None`` when it is over the cap."""
-        if request.content_length is not None and request.content_length > self._max_body:
-            return None
+    async def _read_body(self, request: web.Request, hold: BudgetHold) -> bytes | web.Response:
+        """The request body, counted in ``hold``; or the error to answer: 413 over the cap,
+        503 when the bodies in flight leave no room, 408 when it does not come in time."""
+        limits = self._limits
+        length = request.content_length
+        if length is not None and length > self._max_body:
+            return self._too_large()
+        if length is not None and not await hold.grow_to(length, limits.body_budget_wait):
+            return self._busy()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limits.body_timeout
         parts: list[bytes] = []
         size = 0
-        async for data in request.content.iter_any():
-            size += len(data)
-            if size > self._max_body:
-                return None
-            parts.append(data)
-        return b"".join(parts)
+        try:
+            while True:
+                idle_deadline = loop.time() + limits.body_idle_timeout
+                async with asyncio.timeout_at(min(deadline, idle_deadline)):
+                    data = await request.content.readany()
+                if not data:
+                    break
+                size += len(data)
+                if size > self._max_body:
+                    return self._too_large()
+                if not await hold.grow_to(size, limits.body_budget_wait):
+                    return self._busy()
+                parts.append(data)
+        except TimeoutError:
+            response = error_response(408, "request body not received in time", "request_timeout")
+            response.force_close()
+            return response
+        body = b"".join(parts)
+        parts.clear()
+        return body
+
+    def _too_large(self) -> web.Response:
+        return error_response(413, f"request body over {self._max_body} bytes", "request_too_large")
+
+    def _busy(self) -> web.Response:
+        return error_response(
+            503,
+            "this node holds too many request bodies right now; try again shortly",
+            "server_busy",
+            headers={"Retry-After": self._retry_after},
+        )
 
     async def _open(
         self, target: Target, path: str, headers: dict[str, str], body: bytes
@@ -294,7 +356,9 @@ class _Proxy:
                 base_url, "POST", path, headers, body, model=target.model
             )
         stream = await self._mesh.open_stream(target.node_id)
-        return await open_tunnel_request(stream, "POST", path, headers, body, model=target.model)
+        return await open_tunnel_request(
+            stream, "POST", path, headers, body, model=target.model, limits=self._limits
+        )
 
     async def _respond(
         self,
@@ -312,12 +376,17 @@ class _Proxy:
             # A JSON answer is complete before it is useful: take it whole, so a
             # break-off can still become a clean 502 instead of a truncated body.
             try:
-                async with aclosing(upstream.iter_chunks()) as chunks:
-                    data = b"".join([chunk async for chunk in chunks])
+                data = await self._buffer(upstream)
             except MeshError as exc:
                 if stream is not None:
                     return await _end_stream(stream, f"upstream broke off: {exc}")
                 return error_response(502, f"upstream broke off: {exc}", "upstream_error")
+            if data is None:  # the caller closes the upstream: its rest is never read
+                cap = self._limits.max_response_bytes
+                message = f"upstream answer too large (over {cap} bytes)"
+                if stream is not None:
+                    return await _end_stream(stream, message, "upstream_too_large")
+                return error_response(502, message, "upstream_too_large")
             if stream is not None:  # the SSE head is out: say it as an error event
                 text = data[:1000].decode(errors="replace")
                 return await _end_stream(stream, f"upstream answered {upstream.status}: {text}")
@@ -344,6 +413,32 @@ class _Proxy:
         except ConnectionResetError:
             pass  # the client went away; the caller closes the upstream
         return stream
+
+    async def _buffer(self, upstream: ProxiedResponse) -> bytes | None:
+        """A non-streamed answer whole, or ``None`` once it is over ``max_response_bytes``."""
+        cap = self._limits.max_response_bytes
+        parts: list[bytes] = []
+        size = 0
+        async with aclosing(upstream.iter_chunks()) as chunks:
+            async for chunk in chunks:
+                size += len(chunk)
+                if size > cap:
+                    return None
+                parts.append(chunk)
+        return b"".join(parts)
+
+
+class _Body:
+    """A request's body and its share of the bodies-in-flight budget, until dropped."""
+
+    __slots__ = ("data", "hold")
+
+    def __init__(self, data: bytes, hold: BudgetHold) -> None:
+        self.data, self.hold = data, hold
+
+    def drop(self) -> None:
+        self.data = b""
+        self.hold.release()
 
 
 _SSE_HEADERS = {

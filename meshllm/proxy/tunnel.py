@@ -15,6 +15,13 @@ its backend (or no longer serves the model): the client raises
 :class:`~meshllm.errors.PeerError` mid-stream.  Either side ends its half with
 ``FrameStream.end()`` once done; a client that gives up resets the stream, and
 the server then cancels its upstream request at once.
+
+Budgets (:class:`~meshllm.proxy.limits.HttpLimits`): each side caps what a peer may
+have sent on the stream unread (``tunnel_stream_buffer_bytes``, else reset); the serving
+side resets a request whose next frame is ``tunnel_request_idle_timeout`` late and counts
+its body in the node's bytes of bodies in flight (no room: an ``error`` frame, so the
+client tries another node); the client gives up on an answer whose head or next frame is
+``tunnel_response_idle_timeout`` late.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from meshllm.gossip.frames import Frame, FrameType, make_frame
 from meshllm.gossip.stream import FrameStream
 from meshllm.proxy.errors import BackendUnavailable, TunnelUnavailable
 from meshllm.proxy.forward import Forwarder
+from meshllm.proxy.limits import DEFAULT_LIMITS, BudgetHold, ByteBudget, HttpLimits
 
 CHUNK_SIZE = 64 * 1024  # body bytes per frame: far below the 1 MiB frame cap
 MAX_BODY_SIZE = 32 * 1024 * 1024  # request body a peer may send (the proxy caps it first)
@@ -43,7 +51,26 @@ TUNNEL_ROUTES = frozenset(
 """What a peer may ask of our backend: the inference routes, not llama-server's admin ones."""
 
 
-_Request = tuple[str, str, dict[str, str], bytes, str | None]  # method, path, headers, body, model
+class _Request:
+    """A tunnelled request for the backend; its body is let go once forwarded."""
+
+    __slots__ = ("body", "headers", "hold", "method", "model", "path")
+
+    def __init__(
+        self,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        body: bytes,
+        model: str | None,
+        hold: BudgetHold,
+    ) -> None:
+        self.method, self.path, self.headers, self.model = method, path, headers, model
+        self.body, self.hold = body, hold
+
+    def drop_body(self) -> None:
+        self.body = b""
+        self.hold.release()
 
 
 def _tunnel(kind: str, **fields: Any) -> Frame:
@@ -69,9 +96,16 @@ class TunnelResponse:
     remote request.
     """
 
-    def __init__(self, stream: FrameStream, status: int, headers: dict[str, str]) -> None:
+    def __init__(
+        self,
+        stream: FrameStream,
+        status: int,
+        headers: dict[str, str],
+        idle_timeout: float | None = None,
+    ) -> None:
         self._stream = stream
         self._done = False
+        self._idle_timeout = idle_timeout  # for each next frame; None: no limit
         self.status = status
         self.headers = headers
 
@@ -81,7 +115,7 @@ class TunnelResponse:
             return
         try:
             while True:
-                frame = await self._stream.recv()
+                frame = await _recv(self._stream, self._idle_timeout)
                 if frame is None:
                     raise PeerError("tunnel closed before its end frame")
                 kind = frame.get("k")
@@ -127,23 +161,27 @@ async def open_tunnel_request(
     body: bytes,
     *,
     model: str | None = None,
+    limits: HttpLimits = DEFAULT_LIMITS,
 ) -> TunnelResponse:
     """Send a request over ``stream``; return once the response head is in.
 
     ``model`` names the mesh model, so the serving node picks its backend
     without parsing the body.  Raises :class:`TunnelUnavailable` if no head
-    comes (link gone, stream reset, remote backend down): nothing reached the
-    client yet, so the caller may retry elsewhere.  Cancelling resets the stream.
+    comes (link gone, stream reset, remote backend down, nothing within
+    ``limits.tunnel_response_idle_timeout``): nothing reached the client yet, so
+    the caller may retry elsewhere.  Cancelling resets the stream.
     """
     head = _tunnel("head", method=method, path=path, headers=dict(headers))
     if model is not None:
         head["model"] = model
+    stream.limit_buffer(limits.tunnel_stream_buffer_bytes)
+    idle = limits.tunnel_response_idle_timeout
     try:
         await stream.send(head)
         for i in range(0, len(body), CHUNK_SIZE):
             await stream.send(_tunnel("body", d=body[i : i + CHUNK_SIZE]))
         await stream.send(_tunnel("end"))
-        frame = await stream.recv()
+        frame = await _recv(stream, idle)
         if frame is None:
             raise TunnelUnavailable("tunnel closed before the response head")
         if frame.get("t") != FrameType.TUNNEL or frame.get("k") != "head":
@@ -164,7 +202,18 @@ async def open_tunnel_request(
     except BaseException:
         stream.reset()
         raise
-    return TunnelResponse(stream, status, resp_headers)
+    return TunnelResponse(stream, status, resp_headers, idle)
+
+
+async def _recv(stream: FrameStream, timeout: float | None) -> Frame | None:
+    """``stream.recv()``, or :class:`PeerError` when no frame comes within ``timeout`` s."""
+    if timeout is None:
+        return await stream.recv()
+    try:
+        async with asyncio.timeout(timeout):
+            return await stream.recv()
+    except TimeoutError:
+        raise PeerError(f"tunnel silent for {timeout:g} s") from None
 
 
 def _describe(frame: Frame) -> str:
@@ -183,8 +232,14 @@ async def serve_tunnel(
     local_base_url: Callable[[str], str | None],
     *,
     max_body: int = MAX_BODY_SIZE,
+    limits: HttpLimits = DEFAULT_LIMITS,
+    budget: ByteBudget | None = None,
 ) -> None:
     """Answer one tunnelled request whose ``head`` frame the dispatcher already read.
+
+    ``budget`` counts request-body bytes in flight: pass the node's one, shared with the
+    HTTP routes (``None``: only ``max_body`` per stream bounds them).  No room within
+    ``limits.body_budget_wait``: an ``error`` frame, so the client tries another node.
 
     Reads the body, forwards it to the local backend for the head's model
     (``local_base_url(model)``; ``None``: not served here, answered with an
@@ -193,9 +248,16 @@ async def serve_tunnel(
     the upstream request at once.  Never raises for peer or backend trouble:
     a misbehaving client gets its stream reset.
     """
+    stream.limit_buffer(limits.tunnel_stream_buffer_bytes)
+    hold = (budget or ByteBudget(max(1, max_body))).hold()
     try:
         method, path, headers, model = _parse_head(head)
-        body = await _read_body(stream, max_body)
+        body = await _read_body(stream, max_body, limits, hold)
+        if body is None:
+            message = "this node holds too many request bodies right now"
+            await stream.send(_tunnel("error", message=message))
+            await stream.end()
+            return
         if (method, path.split("?", 1)[0]) not in TUNNEL_ROUTES:
             await _answer(stream, 404, f"no tunnel route {method} {path}")
             return
@@ -206,12 +268,16 @@ async def serve_tunnel(
             await stream.send(_tunnel("error", message=f"model {model!r} is not served here"))
             await stream.end()
             return
-        await _relay_watching(stream, forward, base_url, (method, path, headers, body, model))
+        request = _Request(method, path, headers, body, model, hold)
+        del body  # only the request holds it now, and lets it go once forwarded
+        await _relay_watching(stream, forward, base_url, request)
     except (PeerError, FrameError):
         stream.reset()
     except BaseException:  # cancelled (the node stops): the client must not wait on us
         stream.reset()
         raise
+    finally:
+        hold.release()
 
 
 def _parse_head(head: Frame) -> tuple[str, str, dict[str, str], str | None]:
@@ -225,11 +291,14 @@ def _parse_head(head: Frame) -> tuple[str, str, dict[str, str], str | None]:
     return method.upper(), path, _check_headers(head.get("headers", {})), model
 
 
-async def _read_body(stream: FrameStream, max_body: int) -> bytes:
+async def _read_body(
+    stream: FrameStream, max_body: int, limits: HttpLimits, hold: BudgetHold
+) -> bytes | None:
+    """The request body, counted in ``hold``; ``None`` when the budget has no room."""
     parts: list[bytes] = []
     size = 0
     while True:
-        frame = await stream.recv()
+        frame = await _recv(stream, limits.tunnel_request_idle_timeout)
         if frame is None:
             raise PeerError("tunnel request ended without its end frame")
         if frame.get("t") != FrameType.TUNNEL:
@@ -243,6 +312,8 @@ async def _read_body(stream: FrameStream, max_body: int) -> bytes:
         size += len(data)
         if size > max_body:
             raise FrameError(f"tunnel request body over {max_body} bytes")
+        if not await hold.grow_to(size, limits.body_budget_wait):
+            return None
         parts.append(data)
 
 
@@ -295,13 +366,21 @@ async def _watch_reset(stream: FrameStream) -> bool:
 
 
 async def _relay(stream: FrameStream, forward: Forwarder, base_url: str, request: _Request) -> None:
-    method, path, headers, body, model = request
     try:
-        upstream = await forward.forward(base_url, method, path, headers, body, model=model)
+        upstream = await forward.forward(
+            base_url,
+            request.method,
+            request.path,
+            request.headers,
+            request.body,
+            model=request.model,
+        )
     except BackendUnavailable as exc:
         await stream.send(_tunnel("error", message=str(exc)))
         await stream.end()
         return
+    finally:
+        request.drop_body()
     try:
         await stream.send(_tunnel("head", status=upstream.status, headers=dict(upstream.headers)))
         try:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import psutil
 
+from meshllm.config import default
 from meshllm.errors import ServingError
 from meshllm.serving.chat_template import builtin_chat_template, chat_template_argv
 from meshllm.serving.model_file import ModelFile
@@ -31,7 +32,7 @@ class LlamaOptions:
     """Slots: requests decoded together in one batch."""
     threads: int | None = None
     """CPU threads; None: ``default_threads()``."""
-    max_tokens: int | None = 1024
+    max_tokens: int | None = default("max_tokens_default") or None
     """Tokens generated for a request that sets no ``max_tokens`` (llama-server ``-n``);
     None: until the context is full.  A base model without an end token would
     otherwise ramble for minutes (DESIGN.md §9)."""

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from meshllm.config import default
 from meshllm.gossip.announcement import PeerAnnouncement
 from meshllm.gossip.stream import FrameStream
 
@@ -30,11 +31,11 @@ class ServingSettings:
     """OpenAI-compatible or Ollama servers this node fronts."""
     llama_server: str | None = None
     """llama-server binary (else env, the proved build, then PATH)."""
-    auto_install: bool = True
+    auto_install: bool = default("auto_install")
     """Build llama-server / install the default model when missing."""
     joined: bool = False
     """The node joined a mesh: peers may have what it lacks, auto-assignment runs."""
-    max_tokens_default: int = 1024
+    max_tokens_default: int = default("max_tokens_default")
     """llama-server ``-n`` for requests without ``max_tokens``; 0: no cap."""
 
 

@@ -7,9 +7,11 @@ Routes: ``GET /health``, ``GET /v1/models``, ``POST /v1/chat/completions`` and
 into ``chunks`` SSE events, ``delay`` seconds apart.
 
 A request may tune its own answer with a ``"fake"`` object in the body:
-``{"chunks": int, "delay": float, "status": int, "abort_after": int}`` —
+``{"chunks": int, "delay": float, "status": int, "abort_after": int, "pad": int}`` —
 ``status`` answers that HTTP status with an OpenAI error, ``abort_after`` cuts
-the connection after that many SSE events (a mid-stream failure).
+the connection after that many SSE events (a mid-stream failure), ``pad`` makes a
+non-streamed answer that many bytes bigger (a ``"pad"`` string field, sent 1 MiB at a
+time, never held whole: a huge answer for the proxy's buffer cap).
 
 ``headers`` (``--header "NAME: VALUE"``) are added to every response, to check
 what a proxy passes on (``Set-Cookie``, ``Access-Control-Allow-Origin: *``).
@@ -237,16 +239,18 @@ class FakeBackend:
                 }
             else:
                 choice = {"index": 0, "text": content, "logprobs": None, "finish_reason": "stop"}
-            return _json(
-                {
-                    "id": rid,
-                    "object": "chat.completion" if chat else "text_completion",
-                    "created": self._created,
-                    "model": model,
-                    "choices": [choice],
-                    "usage": usage,
-                }
-            )
+            answer = {
+                "id": rid,
+                "object": "chat.completion" if chat else "text_completion",
+                "created": self._created,
+                "model": model,
+                "choices": [choice],
+                "usage": usage,
+            }
+            pad = fake.get("pad")
+            if isinstance(pad, int) and pad > 0:
+                return await self._padded(request, answer, pad)
+            return _json(answer)
         abort_after = fake.get("abort_after")
         resp = web.StreamResponse(headers=_SSE_HEADERS)
         self.in_flight += 1
@@ -273,6 +277,31 @@ class FakeBackend:
             else:
                 last = {"index": 0, "text": "", "logprobs": None, "finish_reason": "stop"}
             await resp.write(_event(rid, obj, self._created, model, last, usage) + _DONE)
+            await resp.write_eof()
+            return resp
+        except (asyncio.CancelledError, ConnectionResetError):
+            self.disconnects += 1
+            raise
+        finally:
+            self.in_flight -= 1
+
+    async def _padded(
+        self, request: web.Request, answer: dict[str, Any], pad: int
+    ) -> web.StreamResponse:
+        """``answer`` with a ``"pad"`` field of ``pad`` bytes, written 1 MiB at a time."""
+        head = json.dumps(answer)[:-1].encode() + b', "pad": "'
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        resp.content_length = len(head) + pad + 2
+        self.in_flight += 1
+        try:
+            await resp.prepare(request)
+            await resp.write(head)
+            piece = b"x" * (1 << 20)
+            left = pad
+            while left > 0:
+                await resp.write(piece[: min(left, len(piece))])
+                left -= len(piece)
+            await resp.write(b'"}')
             await resp.write_eof()
             return resp
         except (asyncio.CancelledError, ConnectionResetError):
