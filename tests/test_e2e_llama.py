@@ -8,7 +8,6 @@ mesh with the real openai SDK; ``meshllm drop`` on A stops A and leaves B servin
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -19,6 +18,7 @@ import psutil
 import pytest
 
 from meshllm.serving import ModelFile
+from meshllm.serving.digests import FileDigests
 from meshllm.testing.cluster import Cluster, NodeProcess, wait_for
 
 MODEL = "gemma-3-270m-q4_k_m"
@@ -44,11 +44,7 @@ def replicas(node: NodeProcess) -> list[str]:
 
 
 def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+    return FileDigests(None).digest(path).hex()
 
 
 @pytest.fixture

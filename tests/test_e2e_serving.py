@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import json
 import os
@@ -25,6 +24,7 @@ import openai
 import pytest
 
 from meshllm.serving import ModelFile
+from meshllm.serving.digests import FileDigests
 from meshllm.testing.cluster import Cluster, NodeProcess, wait_for
 
 MODEL = "gemma-3-270m-q4_k_m"
@@ -60,11 +60,7 @@ def cli(node: NodeProcess, *args: str) -> str:
 
 
 def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+    return FileDigests(None).digest(path).hex()
 
 
 def test_a_llama_server_dying_of_sigill_is_reported_failed_with_its_cause(

@@ -6,10 +6,8 @@ port records what it publishes, holds peers the test sets, and has no links.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import hashlib
-import sys
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -22,8 +20,8 @@ from meshllm.gossip.stream import FrameStream
 from meshllm.identity import Identity
 from meshllm.serving.manager import ServingManager
 from meshllm.serving.port import ServingSettings
+from tests.serving.fake_llama import until
 from tests.serving.test_catalog import make_gguf
-from tests.serving.test_llama import FAKE_LLAMA
 
 GIB = 1 << 30
 
@@ -50,30 +48,15 @@ class FakeMeshPort:
         raise PeerError(f"no link to {node_id} in this test")
 
 
-async def until(condition: Callable[[], Any], timeout: float = 60.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.05)
-
-
 @pytest.fixture
-def fake_llama(tmp_path: Path) -> Path:
-    path = tmp_path / "bin" / "llama-server"
-    path.parent.mkdir()
-    path.write_text(FAKE_LLAMA.format(python=sys.executable))
-    path.chmod(0o755)
-    return path
-
-
-@pytest.fixture
-def settings(tmp_path: Path, fake_llama: Path) -> ServingSettings:
+def settings(tmp_path: Path, fake_binary: Path) -> ServingSettings:
     models = tmp_path / "models"
     models.mkdir()
     make_gguf(models / "tiny.gguf")
     return ServingSettings(
         models_dir=models,
         state_dir=tmp_path / "state",
-        llama_server=str(fake_llama),
+        llama_server=str(fake_binary),
         auto_install=False,
     )
 

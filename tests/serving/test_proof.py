@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 from pathlib import Path
 
 import pytest
@@ -25,16 +24,6 @@ from meshllm.serving.proof import (
     prove,
     save_proof,
 )
-from tests.serving.test_llama import FAKE_LLAMA
-
-
-@pytest.fixture
-def fake_binary(tmp_path: Path) -> Path:
-    path = tmp_path / "bin" / "llama-server"
-    path.parent.mkdir()
-    path.write_text(FAKE_LLAMA.format(python=sys.executable))
-    path.chmod(0o755)
-    return path
 
 
 @pytest.fixture
