@@ -25,7 +25,7 @@ from meshllm.join_token import JoinToken, MeshCredentials
 from meshllm.owner import OwnerKey, SeenNonces, sign_statement, verify_statement
 from meshllm.paths import load_admin_token
 from meshllm.ports import GossipMeshPort, NodeProxyMesh, status_snapshot
-from meshllm.proxy import Forwarder, create_app, serve_tunnel
+from meshllm.proxy import ByteBudget, Forwarder, HttpLimits, create_app, serve_tunnel, start_http
 from meshllm.proxy.guard import GuardSettings
 from meshllm.resources import host_resources, model_capacity_bytes, model_memory_kind
 from meshllm.serving.manager import ServingManager
@@ -79,6 +79,9 @@ class Node:
             )
         )
         self.proxy_mesh = NodeProxyMesh(self.gossip, Forwarder(), self.serving)
+        # Request bodies held in memory, from our HTTP clients and peers' tunnels together.
+        self.http_limits = HttpLimits()
+        self.body_budget = ByteBudget(self.http_limits.max_body_bytes_in_flight)
 
         # Known once start() has bound the ports.
         self.quic_addr: tuple[str, int] | None = None
@@ -245,7 +248,14 @@ class Node:
         mesh = self.proxy_mesh
         mesh.backend_started()
         try:
-            await serve_tunnel(stream, head, mesh.forwarder, mesh.local_base_url)
+            await serve_tunnel(
+                stream,
+                head,
+                mesh.forwarder,
+                mesh.local_base_url,
+                limits=self.http_limits,
+                budget=self.body_budget,
+            )
         finally:
             mesh.backend_finished()
 
@@ -323,15 +333,13 @@ class Node:
             self.proxy_mesh,
             GuardSettings.from_config(self.config),
             load_timeout=self.config.load_timeout,
+            limits=self.http_limits,
+            budget=self.body_budget,
         )
-        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
-        await self._runner.setup()
         host = "0.0.0.0" if self.config.listen_all else "127.0.0.1"
-        site = web.TCPSite(self._runner, host, self.config.port)
-        await site.start()
-        server = site._server
-        assert server is not None and server.sockets
-        self.http_port = server.sockets[0].getsockname()[1]
+        self._runner, self.http_port = await start_http(
+            app, host, self.config.port, self.http_limits
+        )
 
     def _spawn(self, coro: object) -> None:
         task = asyncio.ensure_future(coro)  # type: ignore[arg-type]

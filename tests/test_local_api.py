@@ -14,6 +14,7 @@ import asyncio
 import base64
 import http.client
 import json
+import socket
 import subprocess
 import sys
 import threading
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import openai
+import psutil
 import pytest
 
 from meshllm.join_token import JoinToken
@@ -315,3 +317,24 @@ def test_the_openai_sdk_works_unchanged(local: Local) -> None:
         assert "".join(pieces) == f"[{MODEL}] streamed"
     finally:
         client.close()
+
+
+def test_slow_heads_do_not_lock_out_a_real_node(local: Local) -> None:
+    """Slowloris: 600 connections that never finish their request head, more than the
+    node's connection cap (512).  The node keeps answering: the longest-waiting slow
+    heads make room for new connections, and the rest are cut at the header timeout."""
+    node_proc = psutil.Process(local.node.pid)
+    slow = []
+    try:
+        for _ in range(600):
+            s = socket.create_connection(("127.0.0.1", local.node.http_port), timeout=10)
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+            slow.append(s)
+        assert local.request("GET", "/health").status == 200
+        assert local.request("GET", "/api/status").status == 200
+        # Not one connection per slow head is held: the node stays under its cap.
+        assert len(node_proc.net_connections(kind="tcp")) < 600
+    finally:
+        for s in slow:
+            s.close()
+    wait_for(lambda: local.request("GET", "/health").status == 200, 30, what="the node")

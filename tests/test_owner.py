@@ -34,7 +34,7 @@ from meshllm.owner import (
 from meshllm.paths import StatePaths
 from meshllm.serving import ModelFile
 from meshllm.testing.cluster import Cluster, NodeProcess, wait_for
-from tests.serving.test_llama import FAKE_LLAMA
+from tests.serving.fake_llama import write_fake_llama
 
 MESH = "0123456789abcdef"
 T0 = 1_700_000_000.0
@@ -293,8 +293,7 @@ def test_only_the_owner_drops_a_model_on_another_node(
     tmp_path: Path, default_model: ModelFile
 ) -> None:
     fake = tmp_path / "llama-server"
-    fake.write_text(FAKE_LLAMA.format(python=sys.executable))
-    fake.chmod(0o755)
+    write_fake_llama(fake)
     b_models = tmp_path / "b-models"
     b_models.mkdir()
     try:

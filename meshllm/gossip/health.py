@@ -37,6 +37,13 @@ class ProbeSchedule:
             first = now + self._rng.uniform(0.5, 1.0) * self.interval
             self._peers[node_id] = _Peer(next_probe=first, last_heard=now)
 
+    def relinked(self, node_id: str, now: float) -> None:
+        """A new link to ``node_id`` (it restarted, or a duplicate was replaced): a probe
+        still outstanding went out on a link that is gone and will never be answered, so
+        start its schedule afresh instead of letting that probe declare it dead."""
+        self._peers.pop(node_id, None)
+        self.track(node_id, now)
+
     def untrack(self, node_id: str) -> None:
         """Stop probing ``node_id``."""
         self._peers.pop(node_id, None)

@@ -137,7 +137,7 @@ class Gossip:
     # LinkHandler
 
     def link_up(self, link: Link) -> None:
-        self.probes.track(link.node_id, self.now())
+        self.probes.relinked(link.node_id, self.now())
         anns = self.state.all()
         for i in range(0, len(anns), ANNOUNCE_BATCH):
             link.send(self._announce(anns[i : i + ANNOUNCE_BATCH]))

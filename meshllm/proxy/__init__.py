@@ -10,6 +10,7 @@ from meshllm.proxy.errors import (
     sse_error_event,
 )
 from meshllm.proxy.forward import Forwarder, ProxiedResponse, UpstreamResponse
+from meshllm.proxy.limits import ByteBudget, HttpLimits
 from meshllm.proxy.routes import (
     MAX_BODY_BYTES,
     MODEL_HEADER,
@@ -18,6 +19,7 @@ from meshllm.proxy.routes import (
     add_proxy_routes,
 )
 from meshllm.proxy.routing import RoutePlan, Target, fallback_model, order_targets, plan_route
+from meshllm.proxy.server import start_http
 from meshllm.proxy.tunnel import (
     TUNNEL_ROUTES,
     TunnelResponse,
@@ -31,7 +33,9 @@ __all__ = [
     "NODE_HEADER",
     "TUNNEL_ROUTES",
     "BackendUnavailable",
+    "ByteBudget",
     "Forwarder",
+    "HttpLimits",
     "NodeAPI",
     "ProxiedResponse",
     "ProxyMesh",
@@ -51,4 +55,5 @@ __all__ = [
     "plan_route",
     "serve_tunnel",
     "sse_error_event",
+    "start_http",
 ]

@@ -27,6 +27,7 @@ is closed).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import time
@@ -326,9 +327,8 @@ class _Proxy:
                     return self._busy()
                 parts.append(data)
         except TimeoutError:
-            response = error_response(408, "request body not received in time", "request_timeout")
-            response.force_close()
-            return response
+            late = error_response(408, "request body not received in time", "request_timeout")
+            return await _answer_and_close(request, late)
         body = b"".join(parts)
         parts.clear()
         return body
@@ -390,6 +390,10 @@ class _Proxy:
             if stream is not None:  # the SSE head is out: say it as an error event
                 text = data[:1000].decode(errors="replace")
                 return await _end_stream(stream, f"upstream answered {upstream.status}: {text}")
+            if not _is_json(headers.get("Content-Type", "")):
+                # An API answer is JSON; anything else (a backend's text/html page) is
+                # handed on as plain text, never as something a browser would render.
+                headers["Content-Type"] = "text/plain; charset=utf-8"
             return web.Response(status=upstream.status, body=data, headers=headers)
 
         if stream is None:
@@ -441,6 +445,13 @@ class _Body:
         self.hold.release()
 
 
+def _is_json(content_type: str) -> bool:
+    media = content_type.partition(";")[0].strip().lower()
+    return media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )
+
+
 _SSE_HEADERS = {
     "Content-Type": "text/event-stream",
     "Cache-Control": "no-cache",
@@ -455,6 +466,18 @@ class _Waiting:
 
     def __init__(self, plan: RoutePlan, stream: web.StreamResponse | None) -> None:
         self.plan, self.stream = plan, stream
+
+
+async def _answer_and_close(request: web.Request, response: web.Response) -> web.Response:
+    """Send ``response`` and close the connection at once: aiohttp would otherwise linger
+    reading (and dropping) the rest of the body for its ``lingering_time``, which a
+    client that stopped sending would hold the connection with."""
+    response.force_close()
+    with contextlib.suppress(ConnectionResetError):
+        await response.prepare(request)
+        await response.write_eof()
+    request.protocol.force_close()
+    return response
 
 
 async def _end_stream(

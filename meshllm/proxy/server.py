@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
@@ -155,9 +155,9 @@ class LimitedRequestHandler(RequestHandler):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if not self._gate.admit(self, self._loop.time()):
             self._refused = True
-            assert isinstance(transport, asyncio.WriteTransport)
-            transport.write(_BUSY)
-            transport.close()
+            writer = cast(asyncio.WriteTransport, transport)  # uvloop's are no subclass
+            writer.write(_BUSY)
+            writer.close()
             return
         super().connection_made(transport)
         self._arm_head_timer()

@@ -9,10 +9,11 @@ is logged; it never escapes the server.
 
 The port is open to anyone who can reach it, so its budgets
 (:class:`FileServerLimits`) apply from the TCP accept, before any TLS state exists:
-at most ``max_connections`` at once (more are closed at once: each TLS connection costs
-about 300 KB under asyncio, and 1,000 idle ones took a node from 221 to 1,111 MB for
-good under uvloop); one deadline, ``handshake_timeout``, from the accept to a valid
-``get`` frame, TLS handshake included; at most ``max_handshake_bytes`` read before it.
+at most ``max_connections`` at once (over it a new one replaces the oldest still without
+a request after a second, else is closed at once: each TLS connection costs about 300 KB
+under asyncio, and idle unauthenticated ones took a node from 221 to 1,111 MB for good
+under uvloop); one deadline, ``handshake_timeout``, from the accept to a valid ``get``
+frame, TLS handshake included; at most ``max_handshake_bytes`` read before it.
 The server accepts on its own socket, so a connection over the cap is closed before
 the event loop gives it a transport; an admitted one is handed to
 ``loop.connect_accepted_socket`` with TLS.
@@ -60,6 +61,7 @@ MAX_GRANTS = 256  # outstanding grants; the oldest go first
 WRITE_HIGH_WATER = 4 * CHUNK_SIZE  # keep a few chunks in flight per connection
 BACKLOG = 100  # connections the kernel queues before they are accepted
 ACCEPT_RETRY_S = 0.1  # after a failed accept (out of fds)
+EVICT_AFTER_S = 1.0  # at the cap, a connection this long without a request may be cut
 REFUSAL_LOG_INTERVAL_S = 10.0  # at most one "busy" warning this often
 READ_LIMIT = 64 * 1024  # a connection's read buffer, before TLS-level flow control pauses
 
@@ -69,10 +71,11 @@ class FileServerLimits:
     """Budgets of the model-file port, which anyone who can reach it may connect to."""
 
     max_connections: int = MAX_CLIENTS
-    """Open connections, counted from the TCP accept, before TLS; more are closed at once.
-    A copy needs one connection for its few minutes; a node rarely feeds more than a
-    handful of peers at a time, while each TLS connection costs ~300 KB before a byte of
-    it is authenticated."""
+    """Open connections, counted from the TCP accept, before TLS.  At the cap a new one
+    takes the place of the one that has waited longest (over a second) without a valid
+    request; if none, it is closed at once.  A copy needs one connection for its few
+    minutes and a node rarely feeds more than a handful of peers at a time, while each
+    TLS connection costs ~300 KB before a byte of it is authenticated."""
 
     handshake_timeout: float = HANDSHAKE_TIMEOUT
     """Seconds from the TCP accept to a valid ``get`` frame (TLS handshake included);
@@ -88,6 +91,10 @@ class FileServerLimits:
 
     close_timeout: float = CLOSE_TIMEOUT
     """Seconds the client may take to hang up after its last byte (it closes first)."""
+
+
+DEFAULT_FILE_LIMITS = FileServerLimits()
+"""The defaults, for parameter defaults (a frozen dataclass: safe to share)."""
 
 
 class _Refused(Exception):
@@ -116,7 +123,7 @@ class FileServer:
         grant_ttl: float = GRANT_TTL,
         clock: Callable[[], float] = time.time,
         digests: FileDigests | None = None,
-        limits: FileServerLimits = FileServerLimits(),
+        limits: FileServerLimits = DEFAULT_FILE_LIMITS,
     ) -> None:
         self._resolve = resolve
         self.limits = limits
@@ -132,8 +139,12 @@ class FileServer:
         self._accepting: asyncio.Task[None] | None = None
         # Every connection from its TCP accept: its task, and its transport once it has one.
         self._connections: dict[asyncio.Task[None], asyncio.WriteTransport | None] = {}
+        # Those without a valid request yet: task -> loop time of the accept, oldest first.
+        self._handshaking: dict[asyncio.Task[None], float] = {}
         self.refused = 0
         """Connections closed at the accept because ``max_connections`` were open."""
+        self.evicted = 0
+        """Connections without a request yet, cut to make room for a new one."""
         self._refusal_logged = -REFUSAL_LOG_INTERVAL_S
 
     @property
@@ -248,7 +259,9 @@ class FileServer:
                 logger.warning("file server cannot accept: %s", exc)
                 await asyncio.sleep(ACCEPT_RETRY_S)
                 continue
-            if len(self._connections) >= self.limits.max_connections:
+            if len(self._connections) >= self.limits.max_connections and not self._evict(
+                loop.time()
+            ):
                 self.refused += 1
                 conn.close()
                 now = loop.time()
@@ -264,6 +277,24 @@ class FileServer:
                 continue
             task = loop.create_task(self._on_connection(conn, peer))
             self._connections[task] = None
+            self._handshaking[task] = loop.time()
+
+    def _evict(self, now: float) -> bool:
+        """Make room by cutting the connection that has waited longest without a valid
+        request, if it has waited over ``EVICT_AFTER_S``: a real client is through its
+        handshake in milliseconds, a flood's idle connections are not."""
+        wait = min(EVICT_AFTER_S, self.limits.handshake_timeout / 2)
+        for task, since in self._handshaking.items():  # oldest first
+            if now - since < wait:
+                return False
+            del self._handshaking[task]
+            transport = self._connections.pop(task, None)
+            if transport is not None:
+                transport.abort()
+            task.cancel()
+            self.evicted += 1
+            return True
+        return False
 
     async def _on_connection(self, conn: socket.socket, peer: Any) -> None:
         task = asyncio.current_task()
@@ -280,6 +311,7 @@ class FileServer:
                     encode_frame(make_frame(FrameType.FILE, op="hello", nonce=server_nonce))
                 )
                 request = await _read_frame(reader, self.limits.max_handshake_bytes)
+            self._handshaking.pop(task, None)  # a request: no longer evictable
             await self._serve(reader, writer, peer, request, server_nonce)
         except _Refused as exc:
             logger.warning("file copy to %s refused: %s", peer, exc)
@@ -297,6 +329,7 @@ class FileServer:
             logger.exception("file copy to %s crashed", peer)
         finally:
             self._connections.pop(task, None)
+            self._handshaking.pop(task, None)
             if writer is None:
                 if not handed:
                     conn.close()

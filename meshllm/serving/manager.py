@@ -88,6 +88,7 @@ class ServingManager:
                 self.identity.key_pem,
                 self.mesh_secret,
                 digests=self.digests,
+                limits=self.settings.file_limits,
             )
         await self.file_server.start(quic_addr[0], quic_addr[1])
 

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from meshllm.config import default
 from meshllm.gossip.announcement import PeerAnnouncement
 from meshllm.gossip.stream import FrameStream
+from meshllm.serving.file_server import DEFAULT_FILE_LIMITS, FileServerLimits
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +38,8 @@ class ServingSettings:
     """The node joined a mesh: peers may have what it lacks, auto-assignment runs."""
     max_tokens_default: int = default("max_tokens_default")
     """llama-server ``-n`` for requests without ``max_tokens``; 0: no cap."""
+    file_limits: FileServerLimits = DEFAULT_FILE_LIMITS
+    """Budgets of the model-file port (connections, handshake deadline)."""
 
 
 class MeshPort(Protocol):

@@ -48,3 +48,15 @@ def test_rtt_and_untrack() -> None:
     assert s.rtt("a") == 0.25
     s.untrack("a")
     assert s.rtt("a") is None and s.due(now=100) == [] and s.expired(now=100) == []
+
+
+def test_a_new_link_forgets_the_probe_sent_on_the_old_one() -> None:
+    # A peer killed and restarted: the ping went to the dead process, the new one
+    # linked up before it expired.  That ping must not declare the new one dead.
+    s = schedule()
+    s.track("a", now=0)
+    s.due(now=15)
+    s.relinked("a", now=16)
+    assert s.expired(now=20) == [] and s.expired(now=25) == []
+    assert s.due(now=16) == []  # a fresh schedule: first probe within one interval
+    assert [n for n, _ in s.due(now=16 + 15)] == ["a"]

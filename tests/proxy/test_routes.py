@@ -577,3 +577,20 @@ async def test_openai_sdk_streams_and_sees_mid_stream_errors(
                 pass
     finally:
         await sdk.close()
+
+
+async def test_a_backends_html_page_is_handed_on_as_plain_text(
+    mesh: MemoryMesh, make_client: MakeClient
+) -> None:
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(text="<script>steal()</script>", content_type="text/html")
+
+    backend = web.Application()
+    backend.router.add_post("/v1/chat/completions", page)
+    async with TestServer(backend, host="127.0.0.1") as server:
+        mesh.replicas = {(SELF, "m"): str(server.make_url("")).rstrip("/")}
+        client = await make_client()
+        resp = await client.post("/v1/chat/completions", json=chat())
+        assert resp.status == 200
+        assert resp.headers["Content-Type"] == "text/plain; charset=utf-8"
+        assert await resp.text() == "<script>steal()</script>"
