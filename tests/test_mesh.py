@@ -12,10 +12,8 @@ import msgpack
 import pytest
 
 from meshllm.gossip.frames import FrameType, encode_frame, make_frame
-from meshllm.gossip.transport import QuicTransport
-from meshllm.identity import Identity
 from meshllm.join_token import JoinToken
-from meshllm.testing.cluster import Cluster, NodeProcess, wait_for
+from meshllm.testing.cluster import Cluster, NodeProcess, member_link, wait_for
 
 CONVERGE = 30.0  # generous: these are behaviour tests, timings live in scripts/bench_gossip.py
 
@@ -107,19 +105,8 @@ def test_bad_token_gives_one_line_error(tmp_path: Path) -> None:
 
 async def _abuse(token: str) -> None:
     """Join as a real member, then send garbage of every kind."""
-    join = JoinToken.decode(token)
-
-    class Quiet:
-        def link_up(self, link): ...
-        def link_down(self, link): ...
-        def frame_received(self, link, frame): ...
-        def stream_opened(self, link, stream, head): ...
-
-    t = QuicTransport(Identity.generate(), join.credentials, Quiet())
-    await t.start("127.0.0.1", 0)
     rng = random.Random(7)
-    try:
-        link = await t.dial(join.addrs[0])
+    async with member_link(token) as link:
         junk = [
             make_frame(FrameType.ANNOUNCE, anns=[{"node_id": 3}, "x", None, {"mesh_id": []}]),
             make_frame(FrameType.ANNOUNCE, anns="nope"),
@@ -153,8 +140,6 @@ async def _abuse(token: str) -> None:
         raw.send_stream_data(0, encode_frame(make_frame(FrameType.PING))[:2] + b"\xff" * 8)
         conn.transmit()
         await asyncio.sleep(1.0)
-    finally:
-        await t.close()
 
 
 def test_garbage_from_an_authenticated_peer_does_not_crash_the_daemon(cluster: Cluster) -> None:

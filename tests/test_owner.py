@@ -20,8 +20,6 @@ import pytest
 from meshllm.cli import main
 from meshllm.errors import AuthError, ConfigError
 from meshllm.gossip.frames import FrameType, make_frame
-from meshllm.gossip.transport import QuicTransport
-from meshllm.identity import Identity
 from meshllm.join_token import TOKEN_PREFIX, JoinToken, MeshCredentials
 from meshllm.owner import (
     FUTURE_SKEW,
@@ -33,7 +31,7 @@ from meshllm.owner import (
 )
 from meshllm.paths import StatePaths
 from meshllm.serving import ModelFile
-from meshllm.testing.cluster import Cluster, NodeProcess, wait_for
+from meshllm.testing.cluster import Cluster, NodeProcess, member_link, wait_for
 from tests.serving.fake_llama import write_fake_llama
 
 MESH = "0123456789abcdef"
@@ -270,23 +268,10 @@ def served_by(node: NodeProcess) -> list[str]:
 async def send_drops(token: str, frames: list[dict]) -> None:
     """Join as a member (the mesh secret, no owner key), dial the node that printed
     ``token`` and send it each DROP frame."""
-    join = JoinToken.decode(token)
-
-    class Quiet:
-        def link_up(self, link): ...
-        def link_down(self, link): ...
-        def frame_received(self, link, frame): ...
-        def stream_opened(self, link, stream, head): ...
-
-    t = QuicTransport(Identity.generate(), join.credentials, Quiet())
-    await t.start("127.0.0.1", 0)
-    try:
-        link = await t.dial(join.addrs[0])
+    async with member_link(token) as link:
         for frame in frames:
             link.send(frame)
         await asyncio.sleep(1.0)
-    finally:
-        await t.close()
 
 
 def test_only_the_owner_drops_a_model_on_another_node(

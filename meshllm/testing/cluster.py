@@ -7,6 +7,7 @@ here is ended by :meth:`NodeProcess.stop` or :class:`Cluster`'s exit, by pid.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -14,11 +15,36 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from meshllm.gossip.transport import Link, QuicTransport
+from meshllm.identity import Identity
+from meshllm.join_token import JoinToken
+
 READY_TIMEOUT = 60.0
+
+
+@contextlib.asynccontextmanager
+async def member_link(token: str) -> AsyncIterator[Link]:
+    """A link to the node that printed ``token``, dialled as a bare mesh member (the
+    mesh secret, an ephemeral key, no owner key): for tests that speak the real
+    protocol as a hostile peer would.  Frames it receives are ignored."""
+
+    class Quiet:
+        def link_up(self, link: Link) -> None: ...
+        def link_down(self, link: Link) -> None: ...
+        def frame_received(self, link: Link, frame: Any) -> None: ...
+        def stream_opened(self, link: Link, stream: Any, head: Any) -> None: ...
+
+    join = JoinToken.decode(token)
+    transport = QuicTransport(Identity.generate(), join.credentials, Quiet())  # type: ignore[arg-type]
+    await transport.start("127.0.0.1", 0)
+    try:
+        yield await transport.dial(join.addrs[0])
+    finally:
+        await transport.close()
 
 
 def wait_for(
