@@ -15,11 +15,18 @@ from aiohttp import web
 from meshllm import __version__
 from meshllm.config import Config
 from meshllm.errors import AuthError, ConfigError, TransferError
-from meshllm.gossip.announcement import PeerAnnouncement, Role
-from meshllm.gossip.frames import Frame, FrameType, make_frame
-from meshllm.gossip.service import Gossip, GossipSettings
-from meshllm.gossip.state import MeshState, StateEvent
-from meshllm.gossip.transport import Link, QuicFrameStream, QuicTransport, split_addr
+from meshllm.gossip import (
+    Gossip,
+    GossipSettings,
+    Link,
+    MeshState,
+    PeerAnnouncement,
+    QuicFrameStream,
+    QuicTransport,
+    Role,
+    StateEvent,
+    split_addr,
+)
 from meshllm.identity import Identity
 from meshllm.join_token import JoinToken, MeshCredentials
 from meshllm.owner import OwnerKey, SeenNonces, sign_statement, verify_statement
@@ -30,6 +37,7 @@ from meshllm.proxy.guard import GuardSettings
 from meshllm.resources import host_resources, model_capacity_bytes, model_memory_kind
 from meshllm.serving.manager import ServingManager
 from meshllm.serving.port import ServingSettings
+from meshllm.wire import Frame, FrameType, make_frame
 
 log = logging.getLogger(__name__)
 

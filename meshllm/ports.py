@@ -15,12 +15,10 @@ from typing import Any
 
 from meshllm.election import catalog, elect
 from meshllm.errors import PeerError
-from meshllm.gossip.announcement import ModelState, PeerAnnouncement, Role
-from meshllm.gossip.service import Gossip
-from meshllm.gossip.stream import FrameStream
-from meshllm.gossip.transport import split_addr
+from meshllm.gossip import Gossip, ModelState, PeerAnnouncement, Role, split_addr
 from meshllm.proxy import Forwarder, Target
 from meshllm.serving.manager import ServingManager
+from meshllm.wire import FrameStream
 
 
 class GossipMeshPort:

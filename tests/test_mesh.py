@@ -11,9 +11,9 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from meshllm.gossip.frames import FrameType, encode_frame, make_frame
 from meshllm.join_token import JoinToken
 from meshllm.testing.cluster import Cluster, NodeProcess, member_link, wait_for
+from meshllm.wire import FrameType, encode_frame, make_frame
 
 CONVERGE = 30.0  # generous: these are behaviour tests, timings live in scripts/bench_gossip.py
 

@@ -19,7 +19,6 @@ import pytest
 
 from meshllm.cli import main
 from meshllm.errors import AuthError, ConfigError
-from meshllm.gossip.frames import FrameType, make_frame
 from meshllm.join_token import TOKEN_PREFIX, JoinToken, MeshCredentials
 from meshllm.owner import (
     FUTURE_SKEW,
@@ -32,6 +31,7 @@ from meshllm.owner import (
 from meshllm.paths import StatePaths
 from meshllm.serving import ModelFile
 from meshllm.testing.cluster import Cluster, NodeProcess, member_link, wait_for
+from meshllm.wire import FrameType, make_frame
 from tests.serving.fake_llama import write_fake_llama
 
 MESH = "0123456789abcdef"

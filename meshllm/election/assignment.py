@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from meshllm.election.catalog import catalog_models
-from meshllm.gossip.announcement import ModelState, PeerAnnouncement, Role
+from meshllm.gossip import ModelState, PeerAnnouncement, Role
 
 MIB = 1 << 20
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from meshllm.gossip.announcement import ModelState, PeerAnnouncement
+from meshllm.gossip import ModelState, PeerAnnouncement
 
 
 def catalog_models(announcements: Iterable[PeerAnnouncement]) -> set[str]:

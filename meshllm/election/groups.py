@@ -11,7 +11,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from meshllm.gossip.announcement import ModelState, PeerAnnouncement, Role
+from meshllm.gossip import ModelState, PeerAnnouncement, Role
 
 
 @dataclass(frozen=True, slots=True)

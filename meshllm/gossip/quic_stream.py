@@ -1,4 +1,4 @@
-"""QuicFrameStream: a :class:`~meshllm.gossip.stream.FrameStream` over one QUIC stream.
+"""QuicFrameStream: a :class:`~meshllm.wire.FrameStream` over one QUIC stream.
 
 The connection in :mod:`meshllm.gossip.transport` feeds it received bytes and
 ack progress; the stream decodes frames and applies the backpressure aioquic
@@ -15,7 +15,7 @@ from typing import Protocol
 from aioquic.quic.connection import QuicConnection
 
 from meshllm.errors import FrameError, PeerError
-from meshllm.gossip.frames import Frame, FrameDecoder, encode_frame
+from meshllm.wire import Frame, FrameDecoder, encode_frame
 
 ERROR_STREAM_CANCELLED = 0x104  # a request stream abandoned by its reader
 SEND_HIGH_WATER = 1 << 20  # unacknowledged bytes per stream before send() waits
@@ -40,7 +40,7 @@ class StreamOwner(Protocol):
 
 
 class QuicFrameStream:
-    """A :class:`~meshllm.gossip.stream.FrameStream` over one QUIC bidirectional stream."""
+    """A :class:`~meshllm.wire.FrameStream` over one QUIC bidirectional stream."""
 
     def __init__(self, conn: StreamOwner, stream_id: int, max_frame_size: int) -> None:
         self._conn = conn

@@ -21,10 +21,10 @@ from typing import Any
 
 from meshllm.errors import FrameError, HelloError, PeerError
 from meshllm.gossip.announcement import PeerAnnouncement
-from meshllm.gossip.frames import Frame, FrameType, make_frame
 from meshllm.gossip.health import ProbeSchedule
 from meshllm.gossip.state import MeshState, PeerJoined, PeerRemoved, SelfRefuted, StateEvent
 from meshllm.gossip.transport import Link, QuicFrameStream, QuicTransport
+from meshllm.wire import Frame, FrameType, make_frame
 
 log = logging.getLogger(__name__)
 

@@ -31,11 +31,11 @@ from aioquic.quic.connection import QuicConnection
 from aioquic.quic.packet import QuicPacketType, pull_quic_header
 
 from meshllm.errors import FrameError, HelloError, PeerError
-from meshllm.gossip.frames import Frame, FrameDecoder, FrameType, encode_frame, make_frame
 from meshllm.gossip.hello import NONCE_BYTES, hello_mac, hello_message, verify_hello
 from meshllm.gossip.quic_stream import QuicFrameStream
 from meshllm.identity import Identity, node_id_from_public_key, public_key_bytes
 from meshllm.join_token import MeshCredentials
+from meshllm.wire import Frame, FrameDecoder, FrameType, encode_frame, make_frame
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from meshllm import __version__
-from meshllm.gossip.announcement import ModelState, Role
+from meshllm.gossip import ModelState, Role
 from meshllm.proxy.routes import MAX_BODY_BYTES, MODEL_HEADER, NODE_HEADER
 
 OPENAPI_VERSION = "3.1.0"

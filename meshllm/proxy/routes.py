@@ -40,7 +40,6 @@ from multidict import CIMultiDict
 
 from meshllm.config import default
 from meshllm.errors import MeshError, PeerError
-from meshllm.gossip.stream import FrameStream
 from meshllm.proxy.errors import (
     BackendUnavailable,
     error_response,
@@ -59,6 +58,7 @@ from meshllm.proxy.forward import (
 from meshllm.proxy.limits import DEFAULT_LIMITS, BudgetHold, ByteBudget, HttpLimits
 from meshllm.proxy.routing import RoutePlan, Target, plan_route
 from meshllm.proxy.tunnel import open_tunnel_request
+from meshllm.wire import FrameStream
 
 MAX_BODY_BYTES = 32 * 1024 * 1024  # a long chat with images fits; a runaway upload does not
 RETRY_AFTER_S = 5  # about the time a starting llama-server needs for a small model

@@ -1,4 +1,4 @@
-"""HTTP over a :class:`~meshllm.gossip.stream.FrameStream`: one request per stream (DESIGN.md §5).
+"""HTTP over a :class:`~meshllm.wire.FrameStream`: one request per stream (DESIGN.md §5).
 
 Frames, all ``t: "tunnel"``; the ``k`` field says which part::
 
@@ -33,11 +33,10 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from meshllm.errors import FrameError, PeerError, ServingError
-from meshllm.gossip.frames import Frame, FrameType, make_frame
-from meshllm.gossip.stream import FrameStream
 from meshllm.proxy.errors import BackendUnavailable, TunnelUnavailable
 from meshllm.proxy.forward import Forwarder
 from meshllm.proxy.limits import DEFAULT_LIMITS, BudgetHold, ByteBudget, HttpLimits
+from meshllm.wire import Frame, FrameStream, FrameType, make_frame
 
 CHUNK_SIZE = 64 * 1024  # body bytes per frame: far below the 1 MiB frame cap
 MAX_BODY_SIZE = 32 * 1024 * 1024  # request body a peer may send (the proxy caps it first)

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any, BinaryIO, cast
 
 from meshllm.errors import FrameError, TransferError
-from meshllm.gossip.frames import Frame, FrameDecoder, FrameType, encode_frame, make_frame
 from meshllm.serving.transfer import (
     CHUNK_SIZE,
     GGUF_SUFFIX,
@@ -38,6 +37,7 @@ from meshllm.serving.transfer import (
     is_safe_name,
     make_proof,
 )
+from meshllm.wire import Frame, FrameDecoder, FrameType, encode_frame, make_frame
 
 logger = logging.getLogger(__name__)
 

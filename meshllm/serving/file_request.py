@@ -19,10 +19,9 @@ import contextlib
 from dataclasses import dataclass
 
 from meshllm.errors import FrameError, PeerError, TransferError
-from meshllm.gossip.frames import Frame, FrameType, make_frame
-from meshllm.gossip.stream import FrameStream
 from meshllm.serving.file_server import FileServer
 from meshllm.serving.transfer import Grant
+from meshllm.wire import Frame, FrameStream, FrameType, make_frame
 
 GRANT_TIMEOUT = 60.0  # seconds to wait for a grant: the peer may hash a large file first
 

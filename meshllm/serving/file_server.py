@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 from meshllm.errors import FrameError, TransferError
-from meshllm.gossip.frames import Frame, FrameDecoder, FrameType, encode_frame, make_frame
 from meshllm.serving.digests import FileDigests
 from meshllm.serving.transfer import (
     CHUNK_SIZE,
@@ -50,6 +49,7 @@ from meshllm.serving.transfer import (
     make_proof,
     server_ssl_context,
 )
+from meshllm.wire import Frame, FrameDecoder, FrameType, encode_frame, make_frame
 
 logger = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ from pathlib import Path
 import aiohttp
 
 from meshllm.errors import ServingError
-from meshllm.gossip.announcement import ModelState
+from meshllm.gossip import ModelState
 from meshllm.serving.launch import (
     HOST,
     LlamaOptions,

@@ -20,9 +20,7 @@ from pathlib import Path
 
 from meshllm.election import assign, choose_startup_model, why_unassigned
 from meshllm.errors import PeerError, ServingError, TransferError
-from meshllm.gossip.announcement import ModelState, Role
-from meshllm.gossip.frames import Frame
-from meshllm.gossip.stream import FrameStream
+from meshllm.gossip import ModelState, Role
 from meshllm.identity import Identity
 from meshllm.paths import StatePaths
 from meshllm.serving.digests import FileDigests
@@ -37,6 +35,7 @@ from meshllm.serving.locate import find_llama_server, proven_args
 from meshllm.serving.model_file import ModelFile
 from meshllm.serving.port import MeshPort, ServingSettings
 from meshllm.serving.scan import scan_catalog
+from meshllm.wire import Frame, FrameStream
 
 log = logging.getLogger(__name__)
 

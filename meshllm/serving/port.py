@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from meshllm.config import default
-from meshllm.gossip.announcement import PeerAnnouncement
-from meshllm.gossip.stream import FrameStream
+from meshllm.gossip import PeerAnnouncement
 from meshllm.serving.file_server import DEFAULT_FILE_LIMITS, FileServerLimits
+from meshllm.wire import FrameStream
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@ TLS/TCP hundreds).  :class:`~meshllm.serving.file_server.FileServer` is A's side
 :func:`~meshllm.serving.file_client.fetch_file` is B's.
 
 Handshake, after the TLS handshake; every message is one frame of
-:mod:`meshllm.gossip.frames` (``t`` is ``file`` or ``error``), capped at
+:mod:`meshllm.wire` (``t`` is ``file`` or ``error``), capped at
 :data:`MAX_HEADER_FRAME` bytes::
 
     B checks sha256(DER of A's certificate) == the pinned hash, else hangs up

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from meshllm.gossip.transport import Link, QuicTransport
+from meshllm.gossip import Link, QuicTransport
 from meshllm.identity import Identity
 from meshllm.join_token import JoinToken
 

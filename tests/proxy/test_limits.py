@@ -26,9 +26,7 @@ import psutil
 import pytest
 
 from meshllm.errors import FrameError, PeerError
-from meshllm.gossip.frames import FrameType, encode_frame, make_frame
 from meshllm.gossip.quic_stream import QuicFrameStream
-from meshllm.gossip.stream import memory_stream_pair
 from meshllm.proxy import Forwarder, TunnelUnavailable, create_app, serve_tunnel
 from meshllm.proxy.guard import GuardSettings
 from meshllm.proxy.limits import ByteBudget, HttpLimits
@@ -37,6 +35,7 @@ from meshllm.proxy.server import LimitedSite, start_http
 from meshllm.proxy.tunnel import open_tunnel_request
 from meshllm.testing import FakeBackend
 from meshllm.testing.cluster import BackendProcess
+from meshllm.wire import FrameType, encode_frame, make_frame, memory_stream_pair
 from tests.proxy.test_routes import SELF, MemoryMesh
 
 MB = 1 << 20

@@ -21,7 +21,6 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from meshllm.errors import PeerError
-from meshllm.gossip.stream import FrameStream, memory_stream_pair
 from meshllm.proxy import (
     MODEL_HEADER,
     NODE_HEADER,
@@ -32,6 +31,7 @@ from meshllm.proxy import (
     serve_tunnel,
 )
 from meshllm.testing import FakeBackend
+from meshllm.wire import FrameStream, memory_stream_pair
 
 SELF = "self"
 DEAD_URL = "http://127.0.0.1:1"  # nothing listens on port 1

@@ -13,8 +13,6 @@ from typing import Any
 import pytest
 
 from meshllm.errors import PeerError
-from meshllm.gossip.frames import FrameType, make_frame
-from meshllm.gossip.stream import MemoryFrameStream, memory_stream_pair
 from meshllm.proxy import (
     BackendUnavailable,
     Forwarder,
@@ -24,6 +22,7 @@ from meshllm.proxy import (
 )
 from meshllm.proxy.forward import split_events
 from meshllm.testing import FakeBackend
+from meshllm.wire import FrameType, MemoryFrameStream, make_frame, memory_stream_pair
 
 CHAT = "/v1/chat/completions"
 JSON = {"Content-Type": "application/json"}

@@ -16,10 +16,10 @@ import pytest
 
 from meshllm.errors import PeerError
 from meshllm.gossip.announcement import PeerAnnouncement
-from meshllm.gossip.stream import FrameStream
 from meshllm.identity import Identity
 from meshllm.serving.manager import ServingManager
 from meshllm.serving.port import ServingSettings
+from meshllm.wire import FrameStream
 from tests.serving.fake_llama import until
 from tests.serving.test_catalog import make_gguf
 

@@ -21,11 +21,11 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 from cryptography.x509.oid import NameOID
 
 from meshllm.errors import FrameError, TransferError
-from meshllm.gossip.frames import FrameType, encode_frame, make_frame
 from meshllm.serving import file_server
 from meshllm.serving.file_client import fetch_file
 from meshllm.serving.file_server import FileServer
 from meshllm.serving.transfer import Grant, cert_sha256, client_ssl_context, server_ssl_context
+from meshllm.wire import FrameType, encode_frame, make_frame
 
 MB = 1 << 20
 SECRET = b"s" * 32

@@ -11,7 +11,7 @@ import asyncio
 from typing import Protocol
 
 from meshllm.errors import PeerError
-from meshllm.gossip.frames import Frame
+from meshllm.wire.frames import Frame
 
 
 class FrameStream(Protocol):
