@@ -106,6 +106,14 @@ def is_event_stream(headers: Mapping[str, str]) -> bool:
     return content_type(headers).startswith("text/event-stream")
 
 
+def is_json(headers: Mapping[str, str]) -> bool:
+    """Whether ``headers`` announce a JSON body (``application/json`` or ``…+json``)."""
+    media = content_type(headers).partition(";")[0].strip()
+    return media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )
+
+
 def split_events(pending: bytes, chunk: bytes) -> tuple[bytes, bytes]:
     """``(complete, rest)``: the whole SSE events in ``pending + chunk``, and the tail after.
 

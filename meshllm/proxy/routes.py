@@ -53,6 +53,7 @@ from meshllm.proxy.forward import (
     ProxiedResponse,
     filter_headers,
     is_event_stream,
+    is_json,
     split_events,
 )
 from meshllm.proxy.limits import DEFAULT_LIMITS, BudgetHold, ByteBudget, HttpLimits
@@ -220,10 +221,9 @@ class _Proxy:
             try:
                 box.data = json.dumps(payload, separators=(",", ":")).encode()
             except RecursionError:  # parsed at the edge of the limit, one level short now
-                message = "request body is nested too deeply"
-                if stream is not None:
-                    return await _end_stream(stream, message, "invalid_json")
-                return error_response(400, message, "invalid_json")
+                return await _refuse(
+                    stream, 400, "request body is nested too deeply", "invalid_json"
+                )
         del payload  # parsed copy of the body: not needed any more
 
         headers = filter_headers(request.headers.items(), _REQUEST_DROP)
@@ -247,9 +247,7 @@ class _Proxy:
                 upstream.close()
                 self._mesh.request_finished(target)
         message = f"no replica of {plan.model_used!r} could be reached: " + "; ".join(failures)
-        if stream is not None:
-            return await _end_stream(stream, message, "no_reachable_target")
-        return error_response(502, message, "no_reachable_target")
+        return await _refuse(stream, 502, message, "no_reachable_target")
 
     async def _wait_for_model(
         self, request: web.Request, model: str | None, streaming: bool
@@ -266,11 +264,8 @@ class _Proxy:
             now = loop.time()
             if not warming or now >= deadline:
                 message = self._unavailable(model, warming, now - started)
-                if stream is not None:
-                    return await _end_stream(stream, message, "no_target")
-                return error_response(
-                    503, message, "no_target", headers={"Retry-After": self._retry_after}
-                )
+                retry = {"Retry-After": self._retry_after}
+                return await _refuse(stream, 503, message, "no_target", retry)
             if streaming:
                 if stream is None:
                     stream = web.StreamResponse(headers=_SSE_HEADERS)
@@ -378,19 +373,15 @@ class _Proxy:
             try:
                 data = await self._buffer(upstream)
             except MeshError as exc:
-                if stream is not None:
-                    return await _end_stream(stream, f"upstream broke off: {exc}")
-                return error_response(502, f"upstream broke off: {exc}", "upstream_error")
+                return await _refuse(stream, 502, f"upstream broke off: {exc}", "upstream_error")
             if data is None:  # the caller closes the upstream: its rest is never read
                 cap = self._limits.max_response_bytes
                 message = f"upstream answer too large (over {cap} bytes)"
-                if stream is not None:
-                    return await _end_stream(stream, message, "upstream_too_large")
-                return error_response(502, message, "upstream_too_large")
+                return await _refuse(stream, 502, message, "upstream_too_large")
             if stream is not None:  # the SSE head is out: say it as an error event
                 text = data[:1000].decode(errors="replace")
                 return await _end_stream(stream, f"upstream answered {upstream.status}: {text}")
-            if not _is_json(headers.get("Content-Type", "")):
+            if not is_json(upstream.headers):
                 # An API answer is JSON; anything else (a backend's text/html page) is
                 # handed on as plain text, never as something a browser would render.
                 headers["Content-Type"] = "text/plain; charset=utf-8"
@@ -445,13 +436,6 @@ class _Body:
         self.hold.release()
 
 
-def _is_json(content_type: str) -> bool:
-    media = content_type.partition(";")[0].strip().lower()
-    return media == "application/json" or (
-        media.startswith("application/") and media.endswith("+json")
-    )
-
-
 _SSE_HEADERS = {
     "Content-Type": "text/event-stream",
     "Cache-Control": "no-cache",
@@ -478,6 +462,20 @@ async def _answer_and_close(request: web.Request, response: web.Response) -> web
         await response.write_eof()
     request.protocol.force_close()
     return response
+
+
+async def _refuse(
+    stream: web.StreamResponse | None,
+    status: int,
+    message: str,
+    code: str,
+    headers: dict[str, str] | None = None,
+) -> web.StreamResponse:
+    """An OpenAI error: a response with ``status``, or, once a waiting stream's SSE head
+    is out, an error event that ends it."""
+    if stream is not None:
+        return await _end_stream(stream, message, code)
+    return error_response(status, message, code, headers=headers)
 
 
 async def _end_stream(
