@@ -36,7 +36,7 @@ import signal
 import struct
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -223,14 +223,8 @@ class FakeBackend:
         delay = float(fake.get("delay", self.delay))
         if not body.get("stream"):
             if delay:  # as long as the streamed answer would take
-                self.in_flight += 1
-                try:
+                with self._answering():
                     await asyncio.sleep(delay * max(0, chunks - 1))
-                except asyncio.CancelledError:
-                    self.disconnects += 1
-                    raise
-                finally:
-                    self.in_flight -= 1
             if chat:
                 choice: dict[str, Any] = {
                     "index": 0,
@@ -253,8 +247,7 @@ class FakeBackend:
             return _json(answer)
         abort_after = fake.get("abort_after")
         resp = web.StreamResponse(headers=_SSE_HEADERS)
-        self.in_flight += 1
-        try:
+        with self._answering():
             await resp.prepare(request)
             obj = "chat.completion.chunk" if chat else "text_completion"
             for i, piece in enumerate(_split(content, max(1, chunks))):
@@ -279,11 +272,6 @@ class FakeBackend:
             await resp.write(_event(rid, obj, self._created, model, last, usage) + _DONE)
             await resp.write_eof()
             return resp
-        except (asyncio.CancelledError, ConnectionResetError):
-            self.disconnects += 1
-            raise
-        finally:
-            self.in_flight -= 1
 
     async def _padded(
         self, request: web.Request, answer: dict[str, Any], pad: int
@@ -292,8 +280,7 @@ class FakeBackend:
         head = json.dumps(answer)[:-1].encode() + b', "pad": "'
         resp = web.StreamResponse(headers={"Content-Type": "application/json"})
         resp.content_length = len(head) + pad + 2
-        self.in_flight += 1
-        try:
+        with self._answering():
             await resp.prepare(request)
             await resp.write(head)
             piece = b"x" * (1 << 20)
@@ -304,6 +291,14 @@ class FakeBackend:
             await resp.write(b'"}')
             await resp.write_eof()
             return resp
+
+    @contextlib.contextmanager
+    def _answering(self) -> Iterator[None]:
+        """Count an answer in ``in_flight`` while it is written, and a client that goes
+        away meanwhile in ``disconnects``."""
+        self.in_flight += 1
+        try:
+            yield
         except (asyncio.CancelledError, ConnectionResetError):
             self.disconnects += 1
             raise
