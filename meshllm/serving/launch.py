@@ -6,8 +6,11 @@ Shared by the supervisor (:mod:`meshllm.serving.llama`) and the proof of a build
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import socket
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,3 +121,27 @@ def tail(path: Path, lines: int = FAILURE_TAIL_LINES) -> str:
             return b"\n".join(f.read().splitlines()[-lines:]).decode(errors="replace")
     except OSError:
         return ""
+
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _libc() -> ctypes.CDLL | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+
+
+_LIBC = _libc()  # loaded before any fork: the child must not import or allocate much
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """preexec_fn: SIGKILL this child when its parent (the node, the installer) dies
+    (prctl(2), Linux): no llama-server outlives what started it."""
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent_pid:  # the node died between fork and prctl
+        os._exit(1)

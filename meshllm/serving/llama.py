@@ -19,13 +19,11 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
-import ctypes
 import dataclasses
 import functools
 import logging
 import os
 import signal
-import sys
 import time
 import weakref
 from collections.abc import Callable
@@ -38,6 +36,7 @@ from meshllm.gossip import ModelState
 from meshllm.serving.launch import (
     HOST,
     LlamaOptions,
+    die_with_parent,
     fallback_chat_template,
     free_port,
     llama_argv,
@@ -50,7 +49,6 @@ log = logging.getLogger(__name__)
 
 LOG_ROTATE_BYTES = 20 << 20  # keep one previous log (.1) once a log passes 20 MiB
 FAILURE_MAX_CHARS = 1500  # a cause is gossiped: keep it small
-_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 class Backoff:
@@ -69,26 +67,6 @@ class Backoff:
     def reset(self) -> None:
         """After a stable run: the next failure waits ``initial`` again."""
         self._next = self.initial
-
-
-def _libc() -> ctypes.CDLL | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return ctypes.CDLL(None, use_errno=True)
-    except OSError:
-        return None
-
-
-_LIBC = _libc()  # loaded before any fork: the child must not import or allocate much
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    """preexec_fn: SIGKILL this child when the node dies (prctl(2), Linux)."""
-    if _LIBC is not None:
-        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent_pid:  # the node died between fork and prctl
-        os._exit(1)
 
 
 _live: weakref.WeakSet[LlamaServer] = weakref.WeakSet()
@@ -316,7 +294,7 @@ class LlamaServer:
                     stdout=logf,
                     stderr=asyncio.subprocess.STDOUT,
                     start_new_session=True,  # its own group; uvloop lacks process_group
-                    preexec_fn=functools.partial(_die_with_parent, os.getpid()),
+                    preexec_fn=functools.partial(die_with_parent, os.getpid()),
                 )
             except OSError as exc:
                 raise ServingError(f"cannot run llama-server {self.binary}: {exc}") from None

@@ -16,6 +16,7 @@ count.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -30,7 +31,14 @@ from pathlib import Path
 from typing import Any
 
 from meshllm.errors import ServingError
-from meshllm.serving.launch import HOST, LlamaOptions, free_port, llama_argv, tail
+from meshllm.serving.launch import (
+    HOST,
+    LlamaOptions,
+    die_with_parent,
+    free_port,
+    llama_argv,
+    tail,
+)
 from meshllm.serving.model_file import ModelFile
 
 NO_REPACK = "--no-repack"
@@ -212,7 +220,6 @@ def run_once(
     tokens: int = PROOF_TOKENS,
 ) -> Attempt:
     """Start llama-server with ``extra_args``, ask for one completion, stop it."""
-
     model = ModelFile(model_path.stem, model_path, model_path.stat().st_size, "")
     port = free_port(None)
     options = LlamaOptions(ctx_size=1024, parallel=1, extra_args=extra_args, max_tokens=None)
@@ -225,6 +232,7 @@ def run_once(
         proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=functools.partial(die_with_parent, os.getpid()),
         )  # fmt: skip
     try:
         deadline = started + timeout

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
+import psutil
 import pytest
 
 from meshllm.errors import ServingError
@@ -24,6 +27,7 @@ from meshllm.serving.proof import (
     prove,
     save_proof,
 )
+from meshllm.testing.cluster import wait_for
 
 
 @pytest.fixture
@@ -118,3 +122,36 @@ def test_the_installed_llama_server_completes_here(
         assert installed is not None, "scripts/test.sh proves the build before the tests"
     if installed is not None:
         assert installed.extra_args == proof.extra_args
+
+
+PROVER = """\
+import sys
+from pathlib import Path
+from meshllm.serving.proof import prove
+prove(Path(sys.argv[1]), Path(sys.argv[2]), log_dir=Path(sys.argv[3]), timeout=600)
+"""
+
+
+def test_a_killed_installer_takes_its_proof_server_along(
+    fake_binary: Path, model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_LLAMA_LOAD", "100000")  # never healthy: the proof waits
+    prover = subprocess.Popen(
+        [sys.executable, "-c", PROVER, str(fake_binary), str(model), str(tmp_path / "logs")]
+    )
+    try:
+        child = wait_for(
+            lambda: [p for p in psutil.Process(prover.pid).children() if p.is_running()],
+            60,
+            what="the proof's llama-server",
+        )[0]
+        prover.kill()
+        prover.wait(10)
+        wait_for(
+            lambda: not child.is_running() or child.status() == psutil.STATUS_ZOMBIE,
+            30,
+            what="the orphaned proof server to die",
+        )
+    finally:
+        if prover.poll() is None:
+            prover.kill()
