@@ -103,12 +103,25 @@ class Config:
         15.0, "seconds between health probes of each peer", group="mesh", metavar="S"
     )
     probe_timeout: float = setting(
-        5.0, "seconds without a pong before a peer is declared dead", group="mesh", metavar="S"
-    )
+        5.0,
+        "seconds without a pong before a peer is suspected (then asked about through others; "
+        "dead when that suspicion times out unrefuted)",
+        group="mesh", metavar="S",
+    )  # fmt: skip
     gossip_interval: float = setting(
         5.0,
         "seconds between anti-entropy digests (changes are pushed at once anyway)",
         group="mesh", metavar="S",
+    )  # fmt: skip
+    reconnect_interval: float = setting(
+        30.0,
+        "seconds between redials of the seeds and of removed peers' last addresses, so a "
+        "split mesh heals once the network does",
+        group="mesh", metavar="S",
+    )  # fmt: skip
+    max_peers: int = setting(
+        256, "peers this node tracks at most (announcements of more are refused)",
+        group="mesh", metavar="N",
     )  # fmt: skip
 
     # local

@@ -17,13 +17,15 @@ from meshllm.config import Config
 from meshllm.errors import AuthError, ConfigError, TransferError
 from meshllm.gossip import (
     Gossip,
-    GossipSettings,
+    HealthSettings,
     Link,
+    MembershipSettings,
     MeshState,
     PeerAnnouncement,
     QuicFrameStream,
     QuicTransport,
     Role,
+    Seed,
     StateEvent,
     split_addr,
 )
@@ -62,12 +64,9 @@ class Node:
         self.request_exit = self.stopped.set  # replaced by run() with its signal-aware stop
 
         self.gossip = Gossip(
-            MeshState(self._first_announcement()),
-            GossipSettings(
-                probe_interval=config.probe_interval,
-                probe_timeout=config.probe_timeout,
-                gossip_interval=config.gossip_interval,
-            ),
+            self._first_announcement(),
+            self.identity,
+            membership_settings(config),
             on_events=self._on_mesh_events,
             on_stream=self._on_stream,
         )
@@ -103,6 +102,7 @@ class Node:
         return PeerAnnouncement(
             node_id=self.identity.node_id,
             mesh_id=self.credentials.mesh_id,
+            public_key=self.identity.public_key,
             role=Role.CLIENT if cfg.client else Role.WORKER,
             requested_models=[] if cfg.client else list(cfg.models),
             **resource_fields(),
@@ -203,13 +203,14 @@ class Node:
         """``/api/status``: this node, its live peers and the catalog; never a secret."""
         return status_snapshot(self.gossip, self.serving, time.time() - self.started_at)
 
-    def _mesh_credentials(self) -> tuple[MeshCredentials, list[str]]:
+    def _mesh_credentials(self) -> tuple[MeshCredentials, list[Seed]]:
         cfg = self.config
         if cfg.join:
             token = JoinToken.decode(cfg.join)
             if not cfg.client:
                 token.credentials.save(cfg.state_dir)
-            return token.credentials, list(token.addrs)
+            # The token names the node that printed it: a dial checks that it answers.
+            return token.credentials, [Seed(addr, token.node_id) for addr in token.addrs]
         if cfg.client:
             raise ConfigError("--client needs --join TOKEN: a lite client joins an existing mesh")
         saved = MeshCredentials.load(cfg.state_dir)
@@ -363,6 +364,16 @@ def resource_fields() -> dict[str, Any]:
         "memory_bytes": model_capacity_bytes(resources),
         "memory_kind": model_memory_kind(resources),
     }
+
+
+def membership_settings(cfg: Config) -> MembershipSettings:
+    """The part of ``cfg`` that membership reads."""
+    return MembershipSettings(
+        health=HealthSettings(probe_interval=cfg.probe_interval, probe_timeout=cfg.probe_timeout),
+        gossip_interval=cfg.gossip_interval,
+        reconnect_interval=cfg.reconnect_interval,
+        max_peers=cfg.max_peers,
+    )
 
 
 def serving_settings(cfg: Config) -> ServingSettings:

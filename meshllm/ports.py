@@ -115,6 +115,10 @@ class NodeProxyMesh:
         link = await self.gossip.ensure_link(node_id)
         return await link.open_stream()
 
+    def suspect(self, node_id: str, reason: str) -> None:
+        """The data path to ``node_id`` broke: the membership starts its suspicion now."""
+        self.gossip.suspect(node_id, reason)
+
     def request_started(self, target: Target) -> None:
         self.in_flight[target.node_id] += 1
         if target.local:
@@ -145,17 +149,17 @@ def status_snapshot(
 ) -> dict[str, Any]:
     """``/api/status``: this node, its live peers and the mesh catalog (DESIGN.md §4).
     No join token here, nor anything else derived from the mesh secret."""
-    state = gossip.state
-    probes, now = gossip.probes, gossip.now()
+    state, now = gossip.state, gossip.now()
     peers = []
     for peer in sorted(state.peers.values(), key=lambda p: p.node_id):
-        rtt, heard = probes.rtt(peer.node_id), probes.last_heard(peer.node_id)
+        rtt, heard = gossip.rtt(peer.node_id), gossip.last_heard(peer.node_id)
         peers.append(
             {
-                **peer.to_wire(),
+                **peer.to_json(),
                 "rtt_ms": round(rtt * 1000, 3) if rtt is not None else None,
                 "last_seen_s": round(now - heard, 3) if heard is not None else None,
                 "linked": gossip.link(peer.node_id) is not None,
+                "suspect": gossip.is_suspect(peer.node_id),
             }
         )
     groups = elect(state.all())
@@ -164,8 +168,10 @@ def status_snapshot(
         group = groups.get(entry["model"])
         entry["host"] = group.host if group else None
     return {
-        **state.me.to_wire(),
+        **state.me.to_json(),
         "uptime_s": round(uptime_s, 1),
+        # What membership refused from peers, and why (bad signatures, rate limits, ...).
+        "membership": {"refused": dict(gossip.counters), "awareness": gossip.awareness},
         # Why auto-assignment serves nothing on this node (None: it serves, or was told what).
         "idle_reason": serving.idle_reason if serving is not None else None,
         "peers": peers,

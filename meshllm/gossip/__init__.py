@@ -1,12 +1,20 @@
-"""Gossip membership: announcements, the merged mesh state, probes, the QUIC transport.
+"""Gossip membership: signed announcements, the merged mesh state, SWIM health, the
+membership core and the pump that runs it on the QUIC transport.
 
 Other packages import these names from here, never a module's private helpers.
 """
 
-from meshllm.gossip.announcement import ModelState, PeerAnnouncement, Role
-from meshllm.gossip.health import ProbeSchedule
+from meshllm.gossip.announcement import (
+    ModelState,
+    PeerAnnouncement,
+    Role,
+    SignedAnnouncement,
+    is_model_name,
+)
+from meshllm.gossip.health import HealthSettings
+from meshllm.gossip.membership import Membership, MembershipSettings, Seed
+from meshllm.gossip.pump import Gossip
 from meshllm.gossip.quic_stream import QuicFrameStream
-from meshllm.gossip.service import Gossip, GossipSettings
 from meshllm.gossip.state import (
     MeshState,
     PeerJoined,
@@ -19,19 +27,23 @@ from meshllm.gossip.transport import Link, QuicTransport, split_addr
 
 __all__ = [
     "Gossip",
-    "GossipSettings",
+    "HealthSettings",
     "Link",
+    "Membership",
+    "MembershipSettings",
     "MeshState",
     "ModelState",
     "PeerAnnouncement",
     "PeerJoined",
     "PeerRemoved",
     "PeerUpdated",
-    "ProbeSchedule",
     "QuicFrameStream",
     "QuicTransport",
     "Role",
+    "Seed",
     "SelfRefuted",
+    "SignedAnnouncement",
     "StateEvent",
+    "is_model_name",
     "split_addr",
 ]

@@ -1,85 +1,283 @@
-"""Probe schedule: who to ping when, and who failed to answer (pure; ``now`` passed in).
+"""Failure detection: SWIM probes with Lifeguard's refinements (pure; ``now`` passed in).
 
-Every peer is pinged every ``interval`` seconds; a ping unanswered after
-``timeout`` seconds means the peer is dead (DESIGN.md §5).  First probes are
-spread over the interval so a mesh of N nodes does not ping in bursts.
+Every tracked peer is pinged every ``probe_interval`` over its link.  A ping
+unanswered after ``probe_timeout`` (or a peer with no link when its probe is due,
+or a data path that broke) makes it *suspect*: ``k`` other peers are asked to
+ping it for us (``ping-req``), and everyone is told (``suspect``), the suspect
+included, so a live one refutes.  It is *dead* only when the suspicion times out
+with no sign of life: a pong, direct or relayed, or a refutation.
+
+From Lifeguard (memberlist's ``awareness`` and ``suspicion``):
+
+* **dynamic suspicion timeout**: it starts at ``max`` and falls toward ``min`` as
+  independent confirmations come in (other nodes' suspicions, and the intermediate
+  peers' nacks: they could not reach it either); ``min`` is ``probe_timeout`` scaled
+  by log10 of the mesh size, ``max`` a multiple of it.  With no one to ask (two
+  nodes) it is ``min`` at once.  Defaults: a dead peer is found within about one
+  probe interval, its timeout and one indirect-probe timeout (~25 s);
+* **local health awareness**: a node that misses its own acks and nacks (it is the
+  slow one) stretches its probe interval and timeout instead of accusing others;
+* **buddy system**: the suspect hears of its suspicion directly, to refute it.
+
+A second-hand report (``suspect`` or ``dead`` from a peer) is never a verdict: it
+makes us probe the peer at once, and counts as a confirmation if our own probe
+fails too.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+NACK_FRACTION = 0.8  # an intermediate nacks at this share of the probe timeout (memberlist)
+
+
+@dataclass(frozen=True)
+class HealthSettings:
+    """Probe timings, in seconds, and Lifeguard's knobs."""
+
+    probe_interval: float = 15.0
+    probe_timeout: float = 5.0
+    indirect_probes: int = 3  # k peers asked to ping a suspect for us
+    suspicion_max_mult: float = 3.0  # max suspicion timeout = this x min
+    awareness_max: int = 8  # local health score cap: timings stretch up to (1 + this) times
+    max_relayed_probes: int = 64  # ping-reqs we run for others at once
+
+
+@dataclass(frozen=True)
+class Ping:
+    """Send ``ping{id}`` to ``node_id``."""
+
+    node_id: str
+    ping_id: int
+
+
+@dataclass(frozen=True)
+class PingReq:
+    """Ask ``via`` to ping ``target`` for us: ``ping-req{id, target}``."""
+
+    via: str
+    target: str
+    ping_id: int
+
+
+@dataclass(frozen=True)
+class RelayAnswer:
+    """Tell ``requester`` how our ping of ``target`` for it went: pong or nack."""
+
+    requester: str
+    target: str
+    ping_id: int
+    ok: bool
+
+
+@dataclass(frozen=True)
+class Suspected:
+    """We now suspect ``node_id`` (tell everyone, the suspect included)."""
+
+    node_id: str
+
+
+@dataclass(frozen=True)
+class Died:
+    """``node_id``'s suspicion timed out: our verdict is dead."""
+
+    node_id: str
+
+
+@dataclass(frozen=True)
+class NeedLink:
+    """``node_id`` is due a probe but has no link: dial it."""
+
+    node_id: str
+
+
+HealthAction = Ping | PingReq | RelayAnswer | Suspected | Died | NeedLink
+
+
+@dataclass
+class _Suspicion:
+    started: float
+    min_timeout: float
+    max_timeout: float
+    expected: int  # confirmations that bring the timeout down to min
+    confirmations: set[str] = field(default_factory=set)
+    nacks: set[str] = field(default_factory=set)  # intermediates that answered "no"
+    ping_id: int | None = None  # the indirect probes' id
+
+    def deadline(self) -> float:
+        c, k = len(self.confirmations), self.expected
+        if k <= 0 or c >= k:
+            return self.started + self.min_timeout
+        frac = math.log(c + 1) / math.log(k + 1)
+        return self.started + max(
+            self.min_timeout, self.max_timeout - (self.max_timeout - self.min_timeout) * frac
+        )
 
 
 @dataclass
 class _Peer:
     next_probe: float
-    ping_id: int | None = None
-    sent_at: float = 0.0
+    ping_id: int | None = None  # outstanding direct probe
+    sent_at: float = -math.inf
+    probe_deadline: float = 0.0
     rtt: float | None = None
     last_heard: float = 0.0
+    suspicion: _Suspicion | None = None
+    reported_by: set[str] = field(default_factory=set)  # second-hand reports before ours
 
 
-class ProbeSchedule:
-    """Ping bookkeeping for every tracked peer."""
+@dataclass
+class _Relay:
+    requester: str
+    target: str
+    their_id: int
+    nack_at: float
 
-    def __init__(self, interval: float, timeout: float, rng: random.Random | None = None) -> None:
-        self.interval = interval
-        self.timeout = timeout
+
+class Health:
+    """Liveness of every tracked peer."""
+
+    def __init__(self, settings: HealthSettings, rng: random.Random | None = None) -> None:
+        self.settings = settings
+        self.awareness = 0  # Lifeguard's local health score: 0 is healthy
         self._peers: dict[str, _Peer] = {}
+        self._relays: dict[int, _Relay] = {}  # our ping id -> a probe we run for another
         self._ids = itertools.count(1)
         self._rng = rng or random.Random()
+        self._actions: list[HealthAction] = []
+
+    # what the membership core tells us
 
     def track(self, node_id: str, now: float) -> None:
-        """Start probing ``node_id`` (no-op if tracked)."""
+        """Start probing ``node_id`` (no-op if tracked); the first probe is spread over
+        one interval so a mesh does not ping in bursts."""
         if node_id not in self._peers:
-            first = now + self._rng.uniform(0.5, 1.0) * self.interval
+            first = now + self._rng.uniform(0.5, 1.0) * self._interval()
             self._peers[node_id] = _Peer(next_probe=first, last_heard=now)
 
-    def relinked(self, node_id: str, now: float) -> None:
-        """A new link to ``node_id`` (it restarted, or a duplicate was replaced): a probe
-        still outstanding went out on a link that is gone and will never be answered, so
-        start its schedule afresh instead of letting that probe declare it dead."""
-        self._peers.pop(node_id, None)
-        self.track(node_id, now)
-
     def untrack(self, node_id: str) -> None:
-        """Stop probing ``node_id``."""
+        """Stop probing ``node_id`` (it is dead or gone)."""
         self._peers.pop(node_id, None)
+
+    def tracked(self) -> list[str]:
+        return list(self._peers)
 
     def heard_from(self, node_id: str, now: float) -> None:
-        """Any frame from the peer counts as a sign of life."""
+        """Any frame from the peer is a sign of life (not a refutation of a suspicion)."""
         if (peer := self._peers.get(node_id)) is not None:
             peer.last_heard = now
 
-    def due(self, now: float) -> list[tuple[str, int]]:
-        """``(node id, ping id)`` for every probe due now; marks them sent."""
-        pings = []
-        for node_id, peer in self._peers.items():
-            if peer.ping_id is None and peer.next_probe <= now:
-                peer.ping_id, peer.sent_at = next(self._ids), now
-                pings.append((node_id, peer.ping_id))
-        return pings
+    def alive(self, node_id: str, now: float) -> None:
+        """Proof of life that ends a suspicion: a new authenticated link, or an
+        announcement refuting it."""
+        if (peer := self._peers.get(node_id)) is not None:
+            peer.suspicion = None
+            peer.reported_by.clear()
+            peer.last_heard = now
 
-    def pong(self, node_id: str, ping_id: object, now: float) -> float | None:
-        """Record an answer; returns the round-trip time if it answers our ping."""
+    def suspect(self, node_id: str, now: float, reporter: str | None = None) -> None:
+        """Evidence against ``node_id``: ``reporter`` None is our own (a broken data
+        path), else a peer's report, which makes us probe at once."""
+        peer = self._peers.get(node_id)
+        if peer is None:
+            return
+        if reporter is None:
+            self._start_suspicion(node_id, peer, now)
+        elif peer.suspicion is not None:
+            peer.suspicion.confirmations.add(reporter)
+        else:
+            peer.reported_by.add(reporter)
+        if peer.ping_id is None and now - peer.sent_at >= self._timeout():
+            peer.next_probe = now  # check for ourselves, now (at most once a timeout)
+
+    def pong(self, node_id: str, ping_id: object, now: float) -> None:
+        """A ``pong`` from ``node_id``: answers our probe, or one we run for another."""
+        relay = self._relays.pop(ping_id, None) if isinstance(ping_id, int) else None
+        if relay is not None and relay.target == node_id:
+            self._actions.append(RelayAnswer(relay.requester, node_id, relay.their_id, True))
         peer = self._peers.get(node_id)
         if peer is None or peer.ping_id is None or ping_id != peer.ping_id:
-            return None
+            return
         peer.rtt = now - peer.sent_at
-        peer.ping_id = None
-        peer.last_heard = now
-        peer.next_probe = now + self.interval
-        return peer.rtt
+        self._answered(peer, now)
+        self._adjust(-1)
 
-    def expired(self, now: float) -> list[str]:
-        """Peers whose ping went unanswered past the timeout."""
-        return [
-            node_id
-            for node_id, peer in self._peers.items()
-            if peer.ping_id is not None and now - peer.sent_at >= self.timeout
-        ]
+    def relayed_answer(self, via: str, target: str, ping_id: object, ok: bool, now: float) -> None:
+        """``via`` answers our ping-req: ``target`` answered it (ok) or not (a nack)."""
+        peer = self._peers.get(target)
+        if peer is None or peer.suspicion is None or peer.suspicion.ping_id != ping_id:
+            return
+        if ok:
+            self._answered(peer, now)
+        else:
+            peer.suspicion.nacks.add(via)
+            peer.suspicion.confirmations.add(via)
+
+    def ping_req(
+        self, requester: str, target: str, their_id: object, now: float, linked: bool
+    ) -> None:
+        """``requester`` asks us to ping ``target``; we answer pong or nack."""
+        if not isinstance(their_id, int) or len(self._relays) >= self.settings.max_relayed_probes:
+            return
+        if not linked:
+            self._actions.append(RelayAnswer(requester, target, their_id, False))
+            return
+        ping_id = next(self._ids)
+        nack_at = now + NACK_FRACTION * self._timeout()
+        self._relays[ping_id] = _Relay(requester, target, their_id, nack_at)
+        self._actions.append(Ping(target, ping_id))
+
+    # timers
+
+    def tick(self, now: float, linked: set[str]) -> list[HealthAction]:
+        """Everything due by ``now``; ``linked``: the peers we hold a link to."""
+        for ping_id, relay in list(self._relays.items()):
+            if relay.nack_at <= now:
+                del self._relays[ping_id]
+                self._actions.append(
+                    RelayAnswer(relay.requester, relay.target, relay.their_id, False)
+                )
+        for node_id, peer in list(self._peers.items()):
+            if peer.suspicion is not None and peer.suspicion.deadline() <= now:
+                del self._peers[node_id]
+                # Intermediates that said nothing at all point at us being the slow one.
+                self._adjust(peer.suspicion.expected - len(peer.suspicion.nacks))
+                self._actions.append(Died(node_id))
+                continue
+            if peer.ping_id is not None and peer.probe_deadline <= now:
+                peer.ping_id = None  # missed: our own evidence
+                peer.next_probe = now + self._interval()
+                self._start_suspicion(node_id, peer, now)
+            if peer.ping_id is None and peer.next_probe <= now:
+                if node_id in linked:
+                    peer.ping_id, peer.sent_at = next(self._ids), now
+                    peer.probe_deadline = now + self._timeout()
+                    self._actions.append(Ping(node_id, peer.ping_id))
+                else:
+                    self._actions.append(NeedLink(node_id))
+                    peer.next_probe = now + self._interval()
+                    self._start_suspicion(node_id, peer, now)
+        actions, self._actions = self._actions, []
+        return actions
+
+    def pending(self) -> list[HealthAction]:
+        """Actions produced outside :meth:`tick` (answers to ping-reqs)."""
+        actions, self._actions = self._actions, []
+        return actions
+
+    def next_deadline(self) -> float | None:
+        """The earliest time :meth:`tick` has something to do."""
+        times = [r.nack_at for r in self._relays.values()]
+        for peer in self._peers.values():
+            times.append(peer.probe_deadline if peer.ping_id is not None else peer.next_probe)
+            if peer.suspicion is not None:
+                times.append(peer.suspicion.deadline())
+        return min(times, default=None)
+
+    # what status pages show
 
     def rtt(self, node_id: str) -> float | None:
         """Last measured round-trip time, in seconds."""
@@ -90,3 +288,56 @@ class ProbeSchedule:
         """When the peer was last heard from."""
         peer = self._peers.get(node_id)
         return peer.last_heard if peer else None
+
+    def is_suspect(self, node_id: str) -> bool:
+        peer = self._peers.get(node_id)
+        return peer is not None and peer.suspicion is not None
+
+    def self_refuted(self) -> None:
+        """Others suspected us: maybe we are the slow one (Lifeguard)."""
+        self._adjust(+1)
+
+    # internals
+
+    def _start_suspicion(self, node_id: str, peer: _Peer, now: float) -> None:
+        if peer.suspicion is not None:
+            return
+        others = [n for n in self._peers if n != node_id and self._peers[n].suspicion is None]
+        k = min(self.settings.indirect_probes, len(others))
+        min_timeout = self.settings.probe_timeout * max(1.0, math.log10(len(self._peers) + 1))
+        suspicion = _Suspicion(
+            started=now,
+            min_timeout=min_timeout,
+            max_timeout=min_timeout * self.settings.suspicion_max_mult,
+            expected=k,
+            confirmations=set(peer.reported_by),
+        )
+        peer.suspicion = suspicion
+        self._actions.append(Suspected(node_id))
+        # One more direct ping beside the indirect ones (memberlist adds a TCP ping):
+        # a single lost frame must not be enough for a death.
+        peer.ping_id, peer.sent_at = next(self._ids), now
+        peer.probe_deadline = suspicion.started + suspicion.max_timeout
+        self._actions.append(Ping(node_id, peer.ping_id))
+        if k:
+            suspicion.ping_id = next(self._ids)
+            for via in self._rng.sample(others, k):
+                self._actions.append(PingReq(via, node_id, suspicion.ping_id))
+        else:
+            self._adjust(+1)
+
+    def _answered(self, peer: _Peer, now: float) -> None:
+        peer.ping_id = None
+        peer.last_heard = now
+        peer.next_probe = now + self._interval()
+        peer.suspicion = None
+        peer.reported_by.clear()
+
+    def _adjust(self, delta: int) -> None:
+        self.awareness = min(max(self.awareness + delta, 0), self.settings.awareness_max)
+
+    def _interval(self) -> float:
+        return self.settings.probe_interval * (1 + self.awareness)
+
+    def _timeout(self) -> float:
+        return self.settings.probe_timeout * (1 + self.awareness)

@@ -3,13 +3,15 @@
 Merge rules (DESIGN.md §5):
 
 * the higher ``(incarnation, seq)`` wins; equal or lower is old news;
-* a peer declared dead or gone leaves a *tombstone* of its incarnation, so
-  stale announcements still in flight cannot bring it back; a restarted node
-  (higher incarnation) or one refuting its death is welcome at once;
-* news about this node itself never overwrites it: a death notice for our
-  current incarnation is refuted by bumping the incarnation.
+* a peer found dead, or whose signed ``leaving`` announcement arrived, leaves a
+  *tombstone* of its incarnation, so stale announcements still in flight cannot
+  bring it back; a restarted node (higher incarnation), one refuting a suspicion,
+  or one we hold a live link to again is welcome at once;
+* news about this node itself never overwrites it;
+* the table holds at most ``max_peers`` peers: a new one beyond that is refused
+  (and counted by the caller).
 
-Every mutating call returns events describing what changed.
+Every mutating call returns the event describing what changed.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from meshllm.gossip.announcement import PeerAnnouncement
+from meshllm.gossip.announcement import MAX_COUNTER, PeerAnnouncement, SignedAnnouncement
 
 TOMBSTONE_TTL = 120.0  # seconds a removed peer's incarnation is remembered
+DEFAULT_MAX_PEERS = 256  # peers one node tracks (config: max_peers)
 
 Digest = dict[str, tuple[int, int]]
 
@@ -49,7 +52,7 @@ class PeerRemoved:
 
 @dataclass(frozen=True)
 class SelfRefuted:
-    """Someone declared this node dead; it raised its incarnation to refute."""
+    """This node was suspected; it raised its incarnation to refute."""
 
     me: PeerAnnouncement
 
@@ -60,9 +63,11 @@ StateEvent = PeerJoined | PeerUpdated | PeerRemoved | SelfRefuted
 class MeshState:
     """This node's announcement plus the merged announcements of its live peers."""
 
-    def __init__(self, me: PeerAnnouncement) -> None:
+    def __init__(self, me: PeerAnnouncement, max_peers: int = DEFAULT_MAX_PEERS) -> None:
         self.me = me
+        self.max_peers = max_peers
         self.peers: dict[str, PeerAnnouncement] = {}
+        self.signed: dict[str, SignedAnnouncement] = {}  # the bytes each peer signed
         self._tombstones: dict[str, tuple[int, float]] = {}  # node id -> (incarnation, expiry)
 
     @property
@@ -82,36 +87,59 @@ class MeshState:
         self.me = self.me.bump(**changes)
         return self.me
 
-    def apply(self, ann: PeerAnnouncement, now: float) -> StateEvent | None:
-        """Merge one announcement; returns what changed, if anything."""
-        if ann.mesh_id != self.me.mesh_id or ann.node_id == self.me.node_id:
+    def refute(self, wall_ms: int) -> SelfRefuted:
+        """Raise this node's incarnation past any suspicion of its current one (to the
+        wall clock in ms when that is further, so incarnations never run ahead of it)."""
+        incarnation = min(max(self.me.incarnation + 1, wall_ms), MAX_COUNTER)
+        self.me = replace(self.me, incarnation=incarnation, seq=self.me.seq + 1)
+        return SelfRefuted(self.me)
+
+    def is_new(self, node_id: str, rank: tuple[int, int], now: float) -> bool:
+        """Whether an announcement of ``node_id`` at ``rank`` would change anything:
+        asked before paying for its signature check."""
+        if node_id == self.me.node_id:
+            return False
+        tomb = self._tombstones.get(node_id)
+        if tomb is not None and tomb[1] > now and rank[0] <= tomb[0]:
+            return False
+        old = self.peers.get(node_id)
+        if old is None:
+            return len(self.peers) < self.max_peers
+        return rank > old.rank
+
+    def apply(
+        self, ann: PeerAnnouncement, now: float, signed: SignedAnnouncement | None = None
+    ) -> StateEvent | None:
+        """Merge one announcement (with the bytes it was signed as, to relay them);
+        returns what changed, if anything."""
+        if ann.mesh_id != self.me.mesh_id or not self.is_new(ann.node_id, ann.rank, now):
             return None
-        tomb = self._tombstones.get(ann.node_id)
-        if tomb is not None:
-            if tomb[1] > now and ann.incarnation <= tomb[0]:
-                return None
-            del self._tombstones[ann.node_id]
+        self._tombstones.pop(ann.node_id, None)
         old = self.peers.get(ann.node_id)
-        if old is not None and ann.rank <= old.rank:
-            return None
+        if ann.leaving:
+            self._bury(ann.node_id, ann.incarnation, now)
+            return PeerRemoved(old, "left") if old is not None else None
         self.peers[ann.node_id] = ann
+        if signed is not None:
+            self.signed[ann.node_id] = signed
         return PeerJoined(ann) if old is None else PeerUpdated(old, ann)
 
-    def remove(
-        self, node_id: str, incarnation: int, now: float, reason: Literal["dead", "left"]
-    ) -> StateEvent | None:
-        """Apply a death or leave notice about ``node_id`` at ``incarnation``."""
-        if node_id == self.me.node_id:
-            if reason == "dead" and incarnation >= self.me.incarnation:
-                self.me = replace(self.me, incarnation=incarnation + 1, seq=self.me.seq + 1)
-                return SelfRefuted(self.me)
-            return None
+    def remove(self, node_id: str, now: float) -> PeerRemoved | None:
+        """This node's verdict: ``node_id`` is dead (its current incarnation)."""
         peer = self.peers.get(node_id)
-        if peer is None or peer.incarnation > incarnation:
-            return None  # unknown, or the notice is about an older life
-        del self.peers[node_id]
-        self._tombstones[node_id] = (incarnation, now + TOMBSTONE_TTL)
-        return PeerRemoved(peer, reason)
+        if peer is None:
+            return None
+        self._bury(node_id, peer.incarnation, now)
+        return PeerRemoved(peer, "dead")
+
+    def revive(self, node_id: str) -> None:
+        """We hold a live, authenticated link to ``node_id``: no stale tombstone may
+        keep its announcements out."""
+        self._tombstones.pop(node_id, None)
+
+    def tombstones(self, now: float) -> dict[str, int]:
+        """``node id -> incarnation`` of the peers removed lately (still remembered)."""
+        return {n: inc for n, (inc, until) in self._tombstones.items() if until > now}
 
     def expire(self, now: float) -> None:
         """Forget tombstones past their time."""
@@ -122,16 +150,17 @@ class MeshState:
         """``node id -> (incarnation, seq)`` of everything known, for anti-entropy."""
         return {a.node_id: a.rank for a in self.all()}
 
-    def compare(self, theirs: Digest) -> tuple[list[PeerAnnouncement], list[str]]:
-        """Against a peer's digest: what we should push, and which ids we should pull."""
-        push = [a for a in self.all() if tuple(theirs.get(a.node_id, (-1, -1))) < a.rank]
-        pull = []
-        for node_id, rank in theirs.items():
-            mine = self.get(node_id)
-            if node_id == self.me.node_id or (mine is not None and mine.rank >= tuple(rank)):
-                continue
-            tomb = self._tombstones.get(node_id)
-            if tomb is not None and rank[0] <= tomb[0]:
-                continue
-            pull.append(node_id)
+    def compare(self, theirs: Digest, now: float) -> tuple[list[str], list[str]]:
+        """Against a peer's digest: the ids whose announcements we should push (ours
+        newer or theirs missing), and the ids we should pull (theirs newer)."""
+        push = [a.node_id for a in self.all() if theirs.get(a.node_id, (-1, -1)) < a.rank]
+        pull = [node_id for node_id, rank in theirs.items() if self.is_new(node_id, rank, now)]
         return push, pull
+
+    def _bury(self, node_id: str, incarnation: int, now: float) -> None:
+        self.peers.pop(node_id, None)
+        self.signed.pop(node_id, None)
+        self._tombstones[node_id] = (incarnation, now + TOMBSTONE_TTL)
+        if len(self._tombstones) > 2 * self.max_peers:  # bounded: drop the oldest
+            oldest = min(self._tombstones, key=lambda n: self._tombstones[n][1])
+            del self._tombstones[oldest]

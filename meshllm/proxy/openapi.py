@@ -337,6 +337,12 @@ _STATES = [str(s) for s in ModelState]
 _ANNOUNCEMENT: dict[str, Schema] = {
     "node_id": _STRING,
     "mesh_id": _STRING,
+    "public_key": {
+        "type": "string",
+        "pattern": "^([0-9a-f]{64})?$",
+        "description": "Its Ed25519 key, hex: the node id derives from it, and it signs "
+        "every announcement.",
+    },
     "addrs": {**_STRINGS, "description": "host:port of its QUIC (UDP) socket."},
     "role": {"type": "string", "enum": [str(r) for r in Role]},
     "http_port": _nullable({"type": "integer"}),
@@ -389,17 +395,23 @@ _ANNOUNCEMENT: dict[str, Schema] = {
     "version": _STRING,
     "incarnation": _COUNT,
     "seq": _COUNT,
+    "leaving": {"type": "boolean", "description": "It said goodbye (a signed leave)."},
 }
 
 _SECONDS_OR_NULL: Schema = {"type": ["number", "null"], "minimum": 0}
 
 _PEER = _obj(
-    [*_ANNOUNCEMENT, "rtt_ms", "last_seen_s", "linked"],
+    [*_ANNOUNCEMENT, "rtt_ms", "last_seen_s", "linked", "suspect"],
     {
         **_ANNOUNCEMENT,
         "rtt_ms": {**_SECONDS_OR_NULL, "description": "Probe round trip; null: none yet."},
         "last_seen_s": {**_SECONDS_OR_NULL, "description": "Seconds since heard from."},
         "linked": {"type": "boolean", "description": "A QUIC link to it is open."},
+        "suspect": {
+            "type": "boolean",
+            "description": "A probe or a data path to it failed; dead unless it answers or "
+            "refutes before its suspicion times out.",
+        },
     },
     additionalProperties=True,
     description="A live peer: its announcement, as this node last heard it.",
@@ -417,10 +429,26 @@ _CATALOG_ENTRY = _obj(
 )
 
 _STATUS = _obj(
-    [*_ANNOUNCEMENT, "uptime_s", "idle_reason", "peers", "catalog"],
+    [*_ANNOUNCEMENT, "uptime_s", "membership", "idle_reason", "peers", "catalog"],
     {
         **_ANNOUNCEMENT,
         "uptime_s": {"type": "number", "minimum": 0},
+        "membership": _obj(
+            ["refused", "awareness"],
+            {
+                "refused": {
+                    "type": "object",
+                    "additionalProperties": _COUNT,
+                    "description": "What membership refused from peers, by reason "
+                    "(bad_announcements, rate_limited, table_full, offences, ...).",
+                },
+                "awareness": {
+                    **_COUNT,
+                    "description": "Local health score (Lifeguard): 0 is healthy; higher "
+                    "stretches this node's probe timings.",
+                },
+            },
+        ),
         "idle_reason": {
             **_nullable(_STRING),
             "description": "Why auto-assignment serves nothing here; null: it serves, or "

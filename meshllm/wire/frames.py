@@ -39,6 +39,9 @@ class FrameType(StrEnum):
     FILE = "file"
     DROP = "drop"
     ERROR = "error"
+    PING_REQ = "ping-req"
+    NACK = "nack"
+    SUSPECT = "suspect"
 
 
 def make_frame(frame_type: FrameType, **fields: Any) -> Frame:

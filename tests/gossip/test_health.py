@@ -1,62 +1,132 @@
-"""Probe schedule, on a fake clock."""
+"""SWIM probes with Lifeguard's refinements, one Health on a fake clock."""
 
 from __future__ import annotations
 
 import random
 
-from meshllm.gossip.health import ProbeSchedule
+from meshllm.gossip.health import (
+    Died,
+    Health,
+    HealthSettings,
+    NeedLink,
+    Ping,
+    PingReq,
+    RelayAnswer,
+    Suspected,
+)
+
+SETTINGS = HealthSettings(probe_interval=15, probe_timeout=5, indirect_probes=3)
 
 
-def schedule() -> ProbeSchedule:
-    return ProbeSchedule(interval=15, timeout=5, rng=random.Random(1))
+def health(*peers: str) -> Health:
+    h = Health(SETTINGS, random.Random(1))
+    for p in peers:
+        h.track(p, now=0)
+    return h
+
+
+def of(actions: list, kind: type) -> list:
+    return [a for a in actions if isinstance(a, kind)]
 
 
 def test_first_probe_within_one_interval_then_every_interval() -> None:
-    s = schedule()
-    s.track("a", now=0)
-    assert s.due(now=0) == []
-    ((node, ping),) = s.due(now=15)
-    assert node == "a"
-    assert s.due(now=15.5) == []  # one ping outstanding at a time
-    assert s.pong("a", ping, now=15.1) is not None
-    assert s.due(now=29) == []
-    assert [n for n, _ in s.due(now=30.2)] == ["a"]
+    h = health("a")
+    assert of(h.tick(0, {"a"}), Ping) == []
+    (ping,) = of(h.tick(15, {"a"}), Ping)
+    assert of(h.tick(15.5, {"a"}), Ping) == []  # one ping outstanding at a time
+    h.pong("a", ping.ping_id, now=15.1)
+    assert h.rtt("a") is not None and h.rtt("a") < 1
+    assert of(h.tick(29, {"a"}), Ping) == []
+    assert [p.node_id for p in of(h.tick(30.2, {"a"}), Ping)] == ["a"]
 
 
-def test_unanswered_ping_expires_after_timeout() -> None:
-    s = schedule()
-    s.track("a", now=0)
-    s.due(now=15)
-    assert s.expired(now=19.9) == []
-    assert s.expired(now=20) == ["a"]
+def test_missed_probe_suspects_and_asks_others_then_dies_without_answers() -> None:
+    h = health("a", "b", "c", "x")
+    linked = {"a", "b", "c", "x"}
+    for ping in of(h.tick(15, linked), Ping):
+        if ping.node_id != "x":
+            h.pong(ping.node_id, ping.ping_id, now=15.1)
+    actions = h.tick(20.01, linked)  # x missed its probe
+    assert {s.node_id for s in of(actions, Suspected)} == {"x"}
+    reqs = [r for r in of(actions, PingReq) if r.target == "x"]
+    assert len(reqs) == 3 and {r.via for r in reqs} == {"a", "b", "c"}
+    assert h.is_suspect("x")
+    dead: list[str] = []
+    t = 20.0
+    while not dead and t < 60:
+        t += 0.5
+        actions = h.tick(t, linked)
+        for ping in of(actions, Ping):
+            if ping.node_id != "x":
+                h.pong(ping.node_id, ping.ping_id, now=t)
+        dead = [d.node_id for d in of(actions, Died)]
+    assert "x" in dead
+    # No nacks: at most the max suspicion timeout (3 x min) after the missed probe.
+    assert t <= 20 + 3 * 5 * 1.0 + 0.5
 
 
-def test_wrong_or_late_pong_does_not_count() -> None:
-    s = schedule()
-    s.track("a", now=0)
-    ((_, ping),) = s.due(now=15)
-    assert s.pong("a", ping + 1, now=16) is None
-    assert s.pong("b", ping, now=16) is None
-    assert s.expired(now=20) == ["a"]
+def test_nacks_confirm_and_shorten_the_suspicion_to_its_minimum() -> None:
+    h = health("a", "b", "c", "x")
+    h.suspect("x", now=0)  # our own evidence (a broken data path)
+    reqs = [r for r in of(h.pending(), PingReq) if r.target == "x"]
+    for r in reqs:
+        h.relayed_answer(r.via, "x", r.ping_id, ok=False, now=4)
+    died = of(h.tick(5.0 + 0.01, set()), Died)
+    assert [d.node_id for d in died] == ["x"]  # min timeout (5 s), not max (15 s)
+    assert h.awareness == 0  # everyone answered: we are not the slow one
 
 
-def test_rtt_and_untrack() -> None:
-    s = schedule()
-    s.track("a", now=0)
-    ((_, ping),) = s.due(now=15)
-    assert s.pong("a", ping, now=15.25) == 0.25
-    assert s.rtt("a") == 0.25
-    s.untrack("a")
-    assert s.rtt("a") is None and s.due(now=100) == [] and s.expired(now=100) == []
+def test_an_indirect_pong_ends_the_suspicion() -> None:
+    h = health("a", "x")
+    h.suspect("x", now=0)
+    (req,) = of(h.pending(), PingReq)
+    h.relayed_answer("a", "x", req.ping_id, ok=True, now=1)
+    assert not h.is_suspect("x")
+    assert of(h.tick(100, {"a", "x"}), Died) == []
 
 
-def test_a_new_link_forgets_the_probe_sent_on_the_old_one() -> None:
-    # A peer killed and restarted: the ping went to the dead process, the new one
-    # linked up before it expired.  That ping must not declare the new one dead.
-    s = schedule()
-    s.track("a", now=0)
-    s.due(now=15)
-    s.relinked("a", now=16)
-    assert s.expired(now=20) == [] and s.expired(now=25) == []
-    assert s.due(now=16) == []  # a fresh schedule: first probe within one interval
-    assert [n for n, _ in s.due(now=16 + 15)] == ["a"]
+def test_second_hand_report_probes_at_once_and_is_never_a_verdict() -> None:
+    h = health("a", "x")
+    h.suspect("x", now=1, reporter="a")
+    assert not h.is_suspect("x")
+    (ping,) = of(h.tick(1, {"a", "x"}), Ping)
+    assert ping.node_id == "x"
+    h.pong("x", ping.ping_id, now=1.01)
+    assert of(h.tick(60, {"a", "x"}), Died) == []
+
+
+def test_unlinked_peer_due_a_probe_asks_for_a_link_and_is_suspected() -> None:
+    h = health("a", "x")
+    actions = h.tick(15, {"a"})
+    assert NeedLink("x") in actions and h.is_suspect("x")
+
+
+def test_relayed_probe_answers_pong_or_nack() -> None:
+    h = health()
+    h.ping_req("r", "t", 7, now=0, linked=True)
+    (ping,) = of(h.pending(), Ping)
+    h.pong("t", ping.ping_id, now=0.1)
+    assert RelayAnswer("r", "t", 7, True) in h.pending()
+    h.ping_req("r", "t", 8, now=1, linked=True)
+    h.pending()
+    assert RelayAnswer("r", "t", 8, False) in h.tick(1 + 0.8 * 5 + 0.01, set())
+    h.ping_req("r", "u", 9, now=2, linked=False)
+    assert h.pending() == [RelayAnswer("r", "u", 9, False)]
+
+
+def test_missed_nacks_raise_local_awareness_and_stretch_timings() -> None:
+    h = health("a", "b", "x")
+    h.suspect("x", now=0)
+    h.pending()
+    h.tick(20, {"a", "b", "x"})  # nobody answered anything: x died, we blame ourselves too
+    assert h.awareness == 2
+    h.track("y", now=20)
+    first = [p for p in of(h.tick(20 + 15 * 1.01, {"y"}), Ping) if p.node_id == "y"]
+    assert first == []  # the interval is stretched (x3), so y's first probe is later
+
+
+def test_relayed_probes_are_bounded() -> None:
+    h = health()
+    for i in range(1000):
+        h.ping_req("r", "t", i, now=0, linked=True)
+    assert len(of(h.pending(), Ping)) == SETTINGS.max_relayed_probes

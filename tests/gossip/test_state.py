@@ -61,59 +61,69 @@ def test_apply_ignores_other_meshes_and_self() -> None:
 def test_remove_dead_leaves_tombstone_blocking_stale_news() -> None:
     state = fresh()
     state.apply(ann("a", incarnation=5, seq=3), now=0)
-    event = state.remove("a", 5, now=1, reason="dead")
+    event = state.remove("a", now=1)
     assert isinstance(event, PeerRemoved) and event.reason == "dead"
     assert state.apply(ann("a", incarnation=5, seq=9), now=2) is None
     assert "a" not in state.peers
+    assert state.tombstones(now=2) == {"a": 5}
 
 
-def test_restarted_peer_is_welcome_despite_tombstone() -> None:
+def test_leaving_announcement_removes_and_restart_is_welcome() -> None:
     state = fresh()
     state.apply(ann("a", incarnation=5), now=0)
-    state.remove("a", 5, now=1, reason="left")
+    event = state.apply(ann("a", incarnation=5, seq=1, leaving=True), now=1)
+    assert isinstance(event, PeerRemoved) and event.reason == "left"
+    assert state.apply(ann("a", incarnation=5, seq=2), now=1) is None
     assert isinstance(state.apply(ann("a", incarnation=6), now=2), PeerJoined)
+
+
+def test_a_live_link_revives_a_tombstoned_peer() -> None:
+    state = fresh()
+    state.apply(ann("a", incarnation=5), now=0)
+    state.remove("a", now=1)
+    state.revive("a")
+    assert isinstance(state.apply(ann("a", incarnation=5, seq=1), now=2), PeerJoined)
+
+
+def test_table_is_capped() -> None:
+    state = MeshState(ann("me", incarnation=10), max_peers=2)
+    assert state.apply(ann("a"), now=0) and state.apply(ann("b"), now=0)
+    assert state.apply(ann("c"), now=0) is None
+    assert isinstance(state.apply(ann("a", seq=1), now=0), PeerUpdated)  # known: still merged
 
 
 def test_tombstone_expires() -> None:
     state = fresh()
     state.apply(ann("a", incarnation=5), now=0)
-    state.remove("a", 5, now=0, reason="dead")
+    state.remove("a", now=0)
     state.expire(now=TOMBSTONE_TTL + 1)
     assert isinstance(
         state.apply(ann("a", incarnation=5, seq=1), now=TOMBSTONE_TTL + 1), PeerJoined
     )
 
 
-def test_death_notice_about_an_older_life_is_ignored() -> None:
+def test_refute_raises_the_incarnation_never_past_the_clock_needlessly() -> None:
     state = fresh()
-    state.apply(ann("a", incarnation=7), now=0)
-    assert state.remove("a", 6, now=0, reason="dead") is None
-    assert "a" in state.peers
-
-
-def test_self_death_notice_is_refuted_with_higher_incarnation() -> None:
-    state = fresh()
-    event = state.remove("me", 10, now=0, reason="dead")
-    assert isinstance(event, SelfRefuted)
-    assert state.me.incarnation == 11
-    assert state.remove("me", 3, now=0, reason="dead") is None  # old news
-    assert state.me.incarnation == 11
+    event = state.refute(wall_ms=0)
+    assert isinstance(event, SelfRefuted) and state.me.incarnation == 11
+    state.refute(wall_ms=500)
+    assert state.me.incarnation == 500
 
 
 def test_compare_pushes_newer_and_pulls_unknown() -> None:
     state = fresh()
     state.apply(ann("a", seq=5), now=0)
     state.apply(ann("b", seq=1), now=0)
-    push, pull = state.compare({"a": (1, 3), "b": (1, 4), "c": (1, 0), "me": (10, 0)})
-    assert [a.node_id for a in push] == ["a"]  # "me" is equal in theirs: nothing to push
+    push, pull = state.compare({"a": (1, 3), "b": (1, 4), "c": (1, 0), "me": (10, 0)}, now=0)
+    assert push == ["a"]  # "me" is equal in theirs: nothing to push
     assert set(pull) == {"b", "c"}
 
 
 def test_compare_does_not_pull_tombstoned_life() -> None:
     state = fresh()
     state.apply(ann("a", incarnation=3), now=0)
-    state.remove("a", 3, now=0, reason="dead")
-    _, pull = state.compare({"a": (3, 9)})
+    state.remove("a", now=0)
+    _, pull = state.compare({"a": (3, 9)}, now=0)
     assert pull == []
 
 
@@ -160,7 +170,7 @@ def test_removed_peer_only_returns_with_higher_incarnation(items: list, victim: 
     if victim not in state.peers:
         return
     inc = state.peers[victim].incarnation
-    state.remove(victim, inc, now=0, reason="dead")
+    state.remove(victim, now=0)
     for n, (i, s), _ in items:
         state.apply(ann(n, incarnation=i, seq=s), now=1)
     assert victim not in state.peers
