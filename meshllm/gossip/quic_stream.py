@@ -115,16 +115,21 @@ class QuicFrameStream:
     def reset(self) -> None:
         if self._error:
             return
+        self._abort(PeerError("stream reset"))
+
+    # driven by the connection
+
+    def _abort(self, error: PeerError) -> None:
+        """Reset both directions and fail with ``error``, even if the stream already failed
+        (the connection's verdict on a peer that broke the stream, e.g. a bad frame)."""
         quic = self._conn.quic
         with contextlib.suppress(AssertionError, ValueError):
             quic.reset_stream(self.stream_id, ERROR_STREAM_CANCELLED)
         with contextlib.suppress(AssertionError, ValueError):
             quic.stop_stream(self.stream_id, ERROR_STREAM_CANCELLED)
         self._conn.transmit_soon()
-        self._fail(PeerError("stream reset"))
+        self._fail(error)
         self._conn.forget_stream(self.stream_id)
-
-    # driven by the connection
 
     def _unacked(self) -> int:
         stream = self._conn.quic._streams.get(self.stream_id)  # no public accessor

@@ -5,12 +5,19 @@ drives :class:`aioquic.quic.connection.QuicConnection` itself: one
 :class:`asyncio.DatagramProtocol` demultiplexes datagrams by connection id
 (as aioquic's own ``QuicServer`` does) to client and server connections alike.
 
-Every connection starts with the membership hello on its first stream (the
-*control* stream, id 0): nothing about the mesh crosses before both proofs
-check.  Then the control stream carries gossip frames, and each tunnel or
-file request opens a new bidirectional stream.  There is one link per peer
-pair: if both sides dial at once, the connection dialled by the lower node id
-wins on both sides.
+Every connection starts with the membership hello (:class:`~meshllm.gossip.hello.Handshake`)
+on its first stream (the *control* stream, id 0): nothing about the mesh
+crosses before both proofs check.  Then the control stream carries gossip
+frames, and each tunnel or file request opens a new bidirectional stream.
+There is one link per peer pair: if both sides dial at once, the connection
+dialled by the lower node id wins on both sides.
+
+Unauthenticated inbound connections hold *hello slots* (:class:`PendingHellos`),
+which anyone can ask for with one datagram, so they are bounded and fairly
+evicted, and under load a new connection must first prove its source address
+with a QUIC Retry (RFC 9000 §8.1.2): junk Initials from spoofed or throwaway
+sources then cost a Retry packet, not a slot.  A peer-opened request stream
+must deliver its head frame in time, and only so many may wait for theirs.
 """
 
 from __future__ import annotations
@@ -28,14 +35,16 @@ from aioquic.buffer import Buffer
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
-from aioquic.quic.packet import QuicPacketType, pull_quic_header
+from aioquic.quic.packet import QuicHeader, QuicPacketType, encode_quic_retry, pull_quic_header
+from aioquic.quic.retry import QuicRetryTokenHandler
 
 from meshllm.errors import FrameError, HelloError, PeerError
-from meshllm.gossip.hello import NONCE_BYTES, hello_mac, hello_message, verify_hello
+from meshllm.gossip.hello import Handshake
+from meshllm.gossip.hello_slots import PendingHellos
 from meshllm.gossip.quic_stream import QuicFrameStream
-from meshllm.identity import Identity, node_id_from_public_key, public_key_bytes
+from meshllm.identity import Identity, public_key_bytes
 from meshllm.join_token import MeshCredentials
-from meshllm.wire import Frame, FrameDecoder, FrameType, encode_frame, make_frame
+from meshllm.wire import Frame, FrameDecoder, encode_frame
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +52,7 @@ ALPN = "meshllm/1"
 CONTROL_STREAM_ID = 0
 
 # Application error codes in CONNECTION_CLOSE / RESET_STREAM.
-ERROR_HELLO = 0x100  # wrong mesh, secret or key
+ERROR_HELLO = 0x100  # wrong mesh, secret or key; hello timed out or evicted
 ERROR_DUPLICATE = 0x101  # a second connection to the same peer
 ERROR_PROTOCOL = 0x102  # undecodable frames or a frame out of place
 ERROR_CLOSING = 0x103  # the node is stopping
@@ -54,8 +63,19 @@ MAX_DATA = 16 << 20
 MAX_STREAM_DATA = 4 << 20
 SOCKET_BUFFER = 4 << 20  # the 208 KiB default drops packets under load
 IDLE_TIMEOUT = 60.0
-HELLO_TIMEOUT = 5.0
-MAX_PENDING_HELLOS = 64  # unauthenticated connections held at once
+CONNECTION_ID_LENGTH = 8  # aioquic's default QuicConfiguration.connection_id_length
+MIN_INITIAL_SIZE = 1200  # a client's Initial datagram is padded to at least this (RFC 9000 §14.1)
+SUPPORTED_VERSIONS = frozenset(QuicConfiguration().supported_versions)
+MAX_REASON_CHARS = 200  # of a close's reason phrase: the peer logs it
+
+# Hello slots and request heads: what an unauthenticated or slow peer can hold.
+HELLO_TIMEOUT = 5.0  # seconds for TLS plus the hello; a real one takes milliseconds
+MAX_PENDING_HELLOS = 64
+MAX_PENDING_PER_SOURCE = 16  # so one address, spoofed ports and all, can't hold every slot
+RETRY_AFTER_PENDING = 16  # junk that never answers a Retry holds at most this many slots
+MAX_HELLO_BYTES = 4096  # control bytes a client may send before its proof checks (needs ~300)
+STREAM_HEAD_TIMEOUT = 10.0
+MAX_STREAMS_AWAITING_HEAD = 32  # heads arrive with a stream's first packet: few ever wait
 
 
 class LinkHandler(Protocol):
@@ -79,8 +99,23 @@ class TransportSettings:
     """Tunables of the QUIC transport."""
 
     idle_timeout: float = IDLE_TIMEOUT
+    """Seconds of silence after which QUIC drops a connection."""
     hello_timeout: float = HELLO_TIMEOUT
+    """Seconds a connection may take from its first datagram to the end of the hello."""
     max_frame_size: int = 1 << 20
+    """Largest frame accepted on any stream."""
+    max_pending_hellos: int = MAX_PENDING_HELLOS
+    """Hello slots: inbound connections not yet through the hello.  When all are taken,
+    a new one evicts the oldest of the source address holding the most."""
+    max_pending_per_source: int = MAX_PENDING_PER_SOURCE
+    """Hello slots one source IP address may hold; its next evicts its oldest."""
+    retry_after_pending: int = RETRY_AFTER_PENDING
+    """Once this many hello slots are taken, a new connection must first echo a QUIC
+    Retry token, proving it receives at its source address (0: always)."""
+    stream_head_timeout: float = STREAM_HEAD_TIMEOUT
+    """Seconds a peer-opened request stream may take to deliver its whole head frame."""
+    max_streams_awaiting_head: int = MAX_STREAMS_AWAITING_HEAD
+    """Peer-opened streams per connection still waiting for their head; more are reset."""
 
 
 class Link:
@@ -136,6 +171,7 @@ class _Connection:
         self.expected_peer_id: str | None = None
         self.link = Link(self)
         self.closed = False
+        self._closing = False  # we closed it: what the peer sends now no longer matters
         self.up: asyncio.Future[Link] = asyncio.get_running_loop().create_future()
         self._loop = asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = None
@@ -143,9 +179,11 @@ class _Connection:
         self._transmit_handle: asyncio.Handle | None = None
         self._control_decoder = FrameDecoder(endpoint.settings.max_frame_size)
         self._streams: dict[int, QuicFrameStream] = {}
-        self._nonce = os.urandom(NONCE_BYTES)
-        self._peer_nonce: bytes | None = None
-        self._peer_public_key: bytes | None = None
+        self._awaiting_head: dict[int, asyncio.TimerHandle] = {}  # peer streams: head timers
+        self.is_client = quic._is_client
+        # Made at the first hello frame (the server's: a slot stays cheap until then) or
+        # once TLS is done (the client's: it needs the server's certificate).
+        self._handshake: Handshake | None = None
         self._authenticated = False
         self._hello_timer = self._loop.call_later(
             endpoint.settings.hello_timeout, self._hello_timed_out
@@ -194,15 +232,21 @@ class _Connection:
             except (FrameError, HelloError) as exc:
                 code = ERROR_HELLO if isinstance(exc, HelloError) else ERROR_PROTOCOL
                 log.info("closing link to %s: %s", self.peer_id or self.remote_addr, exc)
-                self.close(code, str(exc)[:200])
+                if isinstance(exc, HelloError) and not self.up.done():
+                    self.up.set_exception(exc)  # the dialler learns why at once
+                    self.up.exception()  # mark retrieved: nobody may be waiting
+                self.close(code, str(exc)[:MAX_REASON_CHARS])
         for stream in self._streams.values():
             stream._acked()
 
     def _handle_event(self, event: events.QuicEvent) -> None:
         if isinstance(event, events.StreamDataReceived):
+            if self._closing:
+                return
             self._stream_data(event.stream_id, event.data, event.end_stream)
         elif isinstance(event, events.StreamReset):
             stream = self._streams.pop(event.stream_id, None)
+            self._head_settled(event.stream_id)
             if stream is not None:
                 stream._fail(PeerError("stream reset by peer"))
         elif isinstance(event, events.StopSendingReceived):
@@ -210,8 +254,9 @@ class _Connection:
             if stream is not None:
                 stream.reset()
         elif isinstance(event, events.HandshakeCompleted):
-            if self.quic._is_client:
-                self._send_hello()
+            if self.is_client:
+                self._handshake = self._new_handshake()
+                self._send_all(self._handshake.start())
         elif isinstance(event, events.ConnectionIdIssued):
             self.endpoint._connections[event.connection_id] = self
         elif isinstance(event, events.ConnectionIdRetired):
@@ -221,101 +266,123 @@ class _Connection:
 
     def _stream_data(self, stream_id: int, data: bytes, end_stream: bool) -> None:
         if stream_id == CONTROL_STREAM_ID:
-            for frame in self._control_decoder.feed(data):
-                if self._authenticated:
-                    self.endpoint.handler.frame_received(self.link, frame)
-                else:
-                    self._hello_frame(frame)
+            self._control_data(data)
             return
         if not self._authenticated:
             raise FrameError("request stream before the hello")
         stream = self._streams.get(stream_id)
         if stream is None:
-            if (stream_id & 1) == (0 if self.quic._is_client else 1):
+            if (stream_id & 1) == (0 if self.is_client else 1):
                 return  # late data for a stream of ours that we already let go
-            stream = QuicFrameStream(self, stream_id, self.endpoint.settings.max_frame_size)
-            stream.awaiting_head = True
-            self._streams[stream_id] = stream
+            if self._stopped(stream_id):
+                return  # late data for a peer stream we reset: not a new request
+            stream = self._peer_stream(stream_id)
+            if stream is None:
+                return
         try:
             stream._feed(data, end_stream)
         except FrameError as exc:
-            stream._fail(PeerError(str(exc)))
-            stream.reset()
+            stream._abort(PeerError(str(exc)))
             return
         if stream.awaiting_head:
             if stream._frames:
                 # The peer's request: hand it over once its head frame is whole.
                 stream.awaiting_head = False
+                self._head_settled(stream_id)
                 self.endpoint.handler.stream_opened(self.link, stream, stream._frames.popleft())
             elif end_stream:
                 stream.reset()  # ended before a whole head frame
 
+    def _peer_stream(self, stream_id: int) -> QuicFrameStream | None:
+        """A stream the peer opened, waiting for its head; ``None`` if too many wait."""
+        settings = self.endpoint.settings
+        stream = QuicFrameStream(self, stream_id, settings.max_frame_size)
+        stream.awaiting_head = True
+        self._streams[stream_id] = stream
+        if len(self._awaiting_head) >= settings.max_streams_awaiting_head:
+            log.info(
+                "resetting stream %d from %s: %d streams already wait for their head",
+                stream_id,
+                self.peer_id,
+                len(self._awaiting_head),
+            )
+            stream.reset()
+            return None
+        self._awaiting_head[stream_id] = self._loop.call_later(
+            settings.stream_head_timeout, self._head_timed_out, stream_id
+        )
+        return stream
+
+    def _head_timed_out(self, stream_id: int) -> None:
+        self._awaiting_head.pop(stream_id, None)
+        stream = self._streams.get(stream_id)
+        if stream is not None and stream.awaiting_head:
+            log.info(
+                "resetting stream %d from %s: no request head within %.1f s",
+                stream_id,
+                self.peer_id,
+                self.endpoint.settings.stream_head_timeout,
+            )
+            stream.reset()
+
+    def _head_settled(self, stream_id: int) -> None:
+        """The stream's head arrived or the stream is gone: stop its head timer."""
+        timer = self._awaiting_head.pop(stream_id, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _stopped(self, stream_id: int) -> bool:
+        """Whether we asked the peer to stop sending on ``stream_id`` (we reset it)."""
+        stream = self.quic._streams.get(stream_id)  # no public accessor
+        return stream is not None and stream.receiver._stop_error_code is not None
+
     # hello (DESIGN.md §5)
 
-    def _hello_payload(self) -> Frame:
+    def _new_handshake(self) -> Handshake:
         me = self.endpoint
-        return make_frame(
-            FrameType.HELLO,
-            mesh_id=me.credentials.mesh_id,
-            node_id=me.identity.node_id,
-            public_key=me.identity.public_key,
-            nonce=self._nonce,
+        return Handshake(
+            is_client=self.is_client,
+            credentials=me.credentials,
+            identity=me.identity,
             incarnation=me.incarnation(),
+            peer_certificate_key=self._server_certificate_key() if self.is_client else None,
+            expected_node_id=self.expected_peer_id or None,
         )
 
-    def _send_hello(self) -> None:
-        self.send_control(self._hello_payload())
-
-    def _send_proof(self) -> None:
-        me = self.endpoint
-        assert self._peer_nonce is not None
-        mesh_id, key = me.credentials.mesh_id, me.identity.public_key
-        mac = hello_mac(me.credentials.secret, mesh_id, key, self._peer_nonce)
-        sig = me.identity.sign(hello_message(mesh_id, key, self._peer_nonce))
-        self.send_control(make_frame(FrameType.PROOF, mac=mac, sig=sig))
+    def _control_data(self, data: bytes) -> None:
+        if (
+            not self._authenticated
+            and not self.is_client
+            and self._control_decoder.pending + len(data) > MAX_HELLO_BYTES
+        ):
+            # A client sends its hello, then its proof, then waits for ours: a few
+            # hundred bytes.  Bound what an unauthenticated slot may make us buffer.
+            raise HelloError(f"more than {MAX_HELLO_BYTES} bytes before the hello ended")
+        for frame in self._control_decoder.feed(data):
+            if self._authenticated:
+                self.endpoint.handler.frame_received(self.link, frame)
+            else:
+                self._hello_frame(frame)
 
     def _hello_frame(self, frame: Frame) -> None:
-        me = self.endpoint
-        kind = frame.get("t")
-        if kind == FrameType.HELLO and self._peer_nonce is None:
-            mesh_id, key = frame.get("mesh_id"), frame.get("public_key")
-            nonce, node_id = frame.get("nonce"), frame.get("node_id")
-            if mesh_id != me.credentials.mesh_id:
-                raise HelloError("wrong mesh")
-            if not (isinstance(key, bytes) and len(key) == 32 and isinstance(nonce, bytes)):
-                raise HelloError("malformed hello")
-            if node_id != node_id_from_public_key(key) or node_id == me.identity.node_id:
-                raise HelloError("node id does not match its key")
-            if self.expected_peer_id and node_id != self.expected_peer_id:
-                raise HelloError("unexpected node at that address")
-            if self.quic._is_client and key != self._server_certificate_key():
-                raise HelloError("certificate does not match the node key")
-            self._peer_nonce, self._peer_public_key, self.peer_id = nonce, key, node_id
-            incarnation = frame.get("incarnation")
-            self.peer_incarnation = incarnation if isinstance(incarnation, int) else 0
-            if self.quic._is_client:
-                self._send_proof()
-            else:
-                self._send_hello()
-        elif kind == FrameType.PROOF and self._peer_nonce is not None:
-            assert self._peer_public_key is not None
-            ok = verify_hello(
-                me.credentials.secret,
-                me.credentials.mesh_id,
-                self._peer_public_key,
-                self._nonce,
-                frame.get("mac"),
-                frame.get("sig"),
-            )
-            if not ok:
-                raise HelloError("bad proof")
-            if not self.quic._is_client:
-                self._send_proof()
+        handshake = self._handshake
+        if handshake is None:
+            if self.is_client:
+                raise HelloError("a hello frame before the TLS handshake ended")
+            handshake = self._handshake = self._new_handshake()
+        replies = handshake.receive(frame)
+        if handshake.peer_node_id is not None and self.peer_id is None:
+            self.peer_id = handshake.peer_node_id
+            self.peer_incarnation = handshake.peer_incarnation
+        self._send_all(replies)
+        if handshake.done:
             self._authenticated = True
             self._hello_timer.cancel()
-            me._authenticated(self)
-        else:
-            raise HelloError(f"unexpected {kind!r} during the hello")
+            self.endpoint._authenticated(self)
+
+    def _send_all(self, frames: list[Frame]) -> None:
+        for frame in frames:
+            self.send_control(frame)
 
     def _server_certificate_key(self) -> bytes | None:
         cert = getattr(self.quic.tls, "_peer_certificate", None)
@@ -330,6 +397,11 @@ class _Connection:
         if not self._authenticated and not self.closed:
             self.close(ERROR_HELLO, "hello timed out")
             self._terminated("hello timed out")
+
+    def evict(self) -> None:
+        """Drop this unauthenticated connection to free its hello slot."""
+        self.close(ERROR_HELLO, "evicted: too many connections waiting for their hello")
+        self._terminated("evicted: too many connections waiting for their hello")
 
     # streams and closing
 
@@ -352,10 +424,12 @@ class _Connection:
 
     def forget_stream(self, stream_id: int) -> None:
         self._streams.pop(stream_id, None)
+        self._head_settled(stream_id)
 
     def close(self, error_code: int, reason: str = "") -> None:
         if self.closed:
             return
+        self._closing = True
         self.quic.close(error_code=error_code, reason_phrase=reason)
         self.transmit()
 
@@ -366,6 +440,9 @@ class _Connection:
         self._hello_timer.cancel()
         if self._timer is not None:
             self._timer.cancel()
+        for timer in self._awaiting_head.values():
+            timer.cancel()
+        self._awaiting_head.clear()
         error = PeerError(f"link to {self.peer_id or self.remote_addr} closed: {reason}")
         for stream in self._streams.values():
             stream._fail(error)
@@ -395,6 +472,10 @@ class QuicTransport(asyncio.DatagramProtocol):
         self.links: dict[str, Link] = {}
         self._connections: dict[bytes, _Connection] = {}
         self._all: set[_Connection] = set()
+        self._pending: PendingHellos[_Connection] = PendingHellos(
+            self.settings.max_pending_hellos, self.settings.max_pending_per_source
+        )
+        self._retry = QuicRetryTokenHandler()  # a fresh key per run: tokens live seconds
 
     # lifecycle
 
@@ -468,27 +549,74 @@ class QuicTransport(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         try:
-            header = pull_quic_header(Buffer(data=data), host_cid_length=8)
+            header = pull_quic_header(Buffer(data=data), host_cid_length=CONNECTION_ID_LENGTH)
         except ValueError:
             return
         conn = self._connections.get(header.destination_cid)
         if conn is None:
-            if header.packet_type != QuicPacketType.INITIAL or len(data) < 1200:
+            conn = self._accept(header, len(data), addr)
+            if conn is None:
                 return
-            if sum(not c._authenticated for c in self._all) >= MAX_PENDING_HELLOS:
-                return
-            quic = QuicConnection(
-                configuration=self._configuration(is_client=False),
-                original_destination_connection_id=header.destination_cid,
-            )
-            conn = _Connection(self, quic, addr)
-            self._register(conn, header.destination_cid)
-            self._connections[quic.host_cid] = conn
         try:
             conn.datagram_received(data, addr)
         except Exception:  # a bug in one connection must not take the socket down
             log.exception("error on the link to %s", conn.peer_id or conn.remote_addr)
             conn.close(ERROR_PROTOCOL, "internal error")
+
+    def _accept(self, header: QuicHeader, size: int, addr: tuple[str, int]) -> _Connection | None:
+        """A new inbound connection for a client's Initial, in a hello slot; or ``None``."""
+        if header.packet_type != QuicPacketType.INITIAL or size < MIN_INITIAL_SIZE:
+            return None
+        if header.version not in SUPPORTED_VERSIONS:
+            return None  # every node speaks these; no version negotiation to reflect
+        now = asyncio.get_running_loop().time()
+        original_cid, retry_cid = header.destination_cid, None
+        if header.token:
+            try:
+                original_cid = self._retry.validate_token(
+                    address=addr,
+                    destination_cid=header.destination_cid,
+                    token=header.token,
+                    now=now,
+                )
+            except ValueError:
+                return None  # forged, stale or from our previous run: the dialler retries
+            retry_cid = header.destination_cid
+        elif len(self._pending) >= self.settings.retry_after_pending:
+            self._send_retry(header, addr, now)
+            return None
+        quic = QuicConnection(
+            configuration=self._configuration(is_client=False),
+            original_destination_connection_id=original_cid,
+            retry_source_connection_id=retry_cid,
+        )
+        conn = _Connection(self, quic, addr)
+        for victim in self._pending.admit(conn, addr[0], validated=retry_cid is not None):
+            log.debug("evicting the pending hello from %s", victim.remote_addr)
+            victim.evict()
+        self._register(conn, header.destination_cid)
+        self._connections[quic.host_cid] = conn
+        return conn
+
+    def _send_retry(self, header: QuicHeader, addr: tuple[str, int], now: float) -> None:
+        """Answer an Initial with a stateless Retry (RFC 9000 §8.1.2), as aioquic's server does."""
+        if self.datagram_transport is None:
+            return
+        retry_cid = os.urandom(CONNECTION_ID_LENGTH)
+        token = self._retry.create_token(
+            address=addr,
+            original_destination_connection_id=header.destination_cid,
+            retry_source_connection_id=retry_cid,
+            now=now,
+        )
+        packet = encode_quic_retry(
+            version=header.version,
+            source_cid=retry_cid,
+            destination_cid=header.source_cid,
+            original_destination_cid=header.destination_cid,
+            retry_token=token,
+        )
+        self.datagram_transport.sendto(packet, addr)
 
     # bookkeeping
 
@@ -515,6 +643,7 @@ class QuicTransport(asyncio.DatagramProtocol):
 
     def _authenticated(self, conn: _Connection) -> None:
         assert conn.peer_id is not None
+        self._pending.discard(conn)
         current = self.links.get(conn.peer_id)
         if current is not None and not current.closed:
             if _keep_existing(self.identity.node_id, current._conn, conn):
@@ -531,6 +660,7 @@ class QuicTransport(asyncio.DatagramProtocol):
 
     def _terminated(self, conn: _Connection) -> None:
         self._all.discard(conn)
+        self._pending.discard(conn)
         for cid in [cid for cid, c in self._connections.items() if c is conn]:
             del self._connections[cid]
         if conn.peer_id is not None and self.links.get(conn.peer_id) is conn.link:
@@ -547,8 +677,8 @@ def _keep_existing(my_id: str, existing: _Connection, new: _Connection) -> bool:
     if new.peer_incarnation != existing.peer_incarnation:
         return existing.peer_incarnation > new.peer_incarnation
     peer_id = existing.peer_id
-    dialer_of_existing = my_id if existing.quic._is_client else peer_id
-    dialer_of_new = my_id if new.quic._is_client else peer_id
+    dialer_of_existing = my_id if existing.is_client else peer_id
+    dialer_of_new = my_id if new.is_client else peer_id
     if dialer_of_existing == dialer_of_new:
         return False  # a redial by the same side: the new one replaces the stale one
     return dialer_of_existing < dialer_of_new
