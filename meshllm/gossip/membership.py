@@ -33,6 +33,7 @@ from typing import Any
 from meshllm.errors import FrameError
 from meshllm.gossip import announcement as signing
 from meshllm.gossip.announcement import PeerAnnouncement, SignedAnnouncement, Signer
+from meshllm.gossip.dials import Dial, Dials, TokenBucket
 from meshllm.gossip.health import (
     Died,
     Health,
@@ -105,16 +106,6 @@ class Broadcast:
 
 
 @dataclass(frozen=True)
-class Dial:
-    """Connect to ``node_id`` at the first of ``addrs`` that answers (``node_id`` None:
-    whoever answers a seed address); report with :meth:`Membership.dial_done`."""
-
-    key: str
-    addrs: tuple[str, ...]
-    node_id: str | None
-
-
-@dataclass(frozen=True)
 class Close:
     """Close the link to ``node_id``."""
 
@@ -132,38 +123,12 @@ class Changed:
 Action = Send | Broadcast | Dial | Close | Changed
 
 
-class _Bucket:
-    """A token bucket: ``rate`` per second, ``2 * rate`` of burst."""
-
-    def __init__(self, rate: float, now: float) -> None:
-        self.rate, self.capacity = rate, 2 * rate
-        self.tokens, self.at = self.capacity, now
-
-    def take(self, now: float) -> bool:
-        self.tokens = min(self.capacity, self.tokens + (now - self.at) * self.rate)
-        self.at = now
-        if self.tokens < 1:
-            return False
-        self.tokens -= 1
-        return True
-
-
 @dataclass
 class _LinkBook:
-    bucket: _Bucket
+    bucket: TokenBucket
     offences: int = 0
     last_digest: float = -math.inf
     last_error: float = -math.inf
-
-
-@dataclass
-class _DialPlan:
-    addrs: tuple[str, ...]
-    node_id: str | None
-    next_at: float
-    backoff: float
-    until: float = math.inf  # give up after (removed peers: reconnect_timeout)
-    in_flight: bool = False
 
 
 class Membership:
@@ -191,8 +156,14 @@ class Membership:
         self._signed_me = signing.sign(me, signer)
         self._actions: list[Action] = []
         self._books: dict[str, _LinkBook] = {}
-        self._dials: dict[str, _DialPlan] = {}  # key: node id, or "seed:" + addr
-        self._dial_bucket = _Bucket(settings.dial_rate, now)
+        self.dials = Dials(
+            rate=settings.dial_rate,
+            reconnect_interval=settings.reconnect_interval,
+            reconnect_timeout=settings.reconnect_timeout,
+            max_plans=2 * settings.max_peers,
+            now=now,
+            rng=self._rng,
+        )
         self._unlinked: dict[str, float] = {}  # linked peers whose link just went
         self._ever_linked: set[str] = set()  # peers worth redialling once removed
         self._load = me.load
@@ -214,10 +185,16 @@ class Membership:
         times = [self._next_gossip, *self._unlinked.values()]
         if self._load != self.state.me.load:
             times.append(self._next_load)
-        times += [p.next_at for p in self._dials.values() if not p.in_flight]
+        if (dials := self.dials.next_deadline()) is not None:
+            times.append(dials)
         if (health := self.health.next_deadline()) is not None:
             times.append(health)
         return min(times)
+
+    def refusals(self) -> dict[str, int]:
+        """What was refused from peers, and why, with the dials put off or dropped."""
+        dials = {"dials_deferred": self.dials.deferred, "dials_dropped": self.dials.dropped}
+        return {**self.counters, **{k: v for k, v in dials.items() if v}}
 
     @property
     def signed_me(self) -> SignedAnnouncement:
@@ -238,7 +215,7 @@ class Membership:
 
     def add_seed(self, seed: Seed, now: float) -> None:
         """Join through ``seed``; it is redialled whenever we hold no link to it."""
-        self._plan_dial(_seed_key(seed), (seed.addr,), seed.node_id, now, math.inf, backoff=0.5)
+        self.dials.seed(seed.addr, seed.node_id, now)
 
     def set_load(self, load: int) -> None:
         """Requests in flight; published at most every ``load_publish_interval``."""
@@ -254,6 +231,7 @@ class Membership:
     def leave(self, now: float) -> None:
         """Say goodbye: a signed ``leaving`` announcement to every peer."""
         self._stopping = True
+        self.dials.clear()
         self.state.update_me(leaving=True)
         self._signed_me = signing.sign(self.state.me, self._signer)
         self._actions.append(Broadcast(make_frame(FrameType.LEAVE, a=self._signed_me.to_wire())))
@@ -264,11 +242,11 @@ class Membership:
         """An authenticated link to ``node_id`` (the hello checked): push-pull."""
         self.linked.add(node_id)
         self._ever_linked.add(node_id)
-        self._books[node_id] = _LinkBook(_Bucket(self.settings.frame_rate, now))
+        self._books[node_id] = _LinkBook(TokenBucket(self.settings.frame_rate, now))
         self._unlinked.pop(node_id, None)
         self.state.revive(node_id)  # a live link beats a tombstone
         self.health.alive(node_id, now)
-        self._dials.pop(node_id, None)  # seeds stay: they are checked again, slowly
+        self.dials.forget(node_id)  # seeds stay: they are checked again, slowly
         self._push(node_id, [self._signed_me, *self.state.signed.values()])
         # Our verdicts too: a node we found dead that the peer can reach hears of it
         # through the peer and refutes, so a healed partition merges (SWIM).
@@ -286,20 +264,12 @@ class Membership:
 
     def dial_done(self, key: str, ok: bool, now: float) -> None:
         """The pump's report on a :class:`Dial`."""
-        plan = self._dials.get(key)
-        if plan is None:
-            return
-        plan.in_flight = False
-        if ok and key.startswith("seed:"):
-            plan.backoff = self.settings.reconnect_interval  # keep checking, slowly
-        elif not ok:
-            plan.backoff = min(plan.backoff * 2, self.settings.reconnect_interval)
-        plan.next_at = now + plan.backoff * self._rng.uniform(0.8, 1.2)
+        self.dials.done(key, ok, now)
 
     def seed_refused(self, key: str) -> None:
         """A seed answered but is not of this mesh (or not the node the token names):
         no point redialling it."""
-        self._dials.pop(key, None)
+        self.dials.refused(key)
 
     # --- inputs: frames --------------------------------------------------------------------
 
@@ -342,7 +312,8 @@ class Membership:
             self._next_gossip = now + self.settings.gossip_interval
             self.state.expire(now)
             self._anti_entropy()
-        self._run_dials(now)
+        if not self._stopping:
+            self._actions += self.dials.due(now, self.linked)
 
     # --- frame handlers --------------------------------------------------------------------
 
@@ -508,7 +479,7 @@ class Membership:
                 self._buddy_told.pop(gone, None)
                 self._unlinked.pop(gone, None)
                 if event.reason == "left":  # it said goodbye: nothing to redial
-                    self._dials.pop(gone, None)
+                    self.dials.forget(gone)
                     self._ever_linked.discard(gone)
                 log.info("peer %s %s", gone, event.reason)
         self._actions.append(Changed(tuple(events)))
@@ -546,11 +517,9 @@ class Membership:
         self._actions.append(Broadcast(dead, exclude=frozenset({node_id})))
         if node_id in self.linked:
             self._actions.append(Close(node_id, "peer dead"))
-        self._dials.pop(node_id, None)
-        if node_id in self._ever_linked and peer.addrs:
-            until = now + self.settings.reconnect_timeout
-            interval = self.settings.reconnect_interval
-            self._plan_dial(node_id, tuple(peer.addrs), node_id, now + interval, until, interval)
+        self.dials.forget(node_id)
+        if node_id in self._ever_linked:
+            self.dials.removed(node_id, tuple(peer.addrs), now)
         self._changed([event], now)
 
     def _refute(self, incarnation: int, now: float) -> None:
@@ -625,43 +594,8 @@ class Membership:
 
     def _want_link(self, node_id: str, now: float) -> None:
         peer = self.state.peers.get(node_id)
-        if peer is None or not peer.addrs or node_id in self.linked:
-            return
-        if node_id not in self._dials:
-            self._plan_dial(node_id, tuple(peer.addrs), node_id, now, math.inf, backoff=1.0)
-
-    def _plan_dial(
-        self,
-        key: str,
-        addrs: tuple[str, ...],
-        node_id: str | None,
-        at: float,
-        until: float,
-        backoff: float,
-    ) -> None:
-        if len(self._dials) >= 2 * self.settings.max_peers and key not in self._dials:
-            self.counters["dials_dropped"] += 1
-            return
-        self._dials[key] = _DialPlan(addrs, node_id, at, backoff, until)
-
-    def _run_dials(self, now: float) -> None:
-        for key, plan in list(self._dials.items()):
-            if plan.in_flight or plan.next_at > now:
-                continue
-            if plan.until <= now or self._stopping:
-                del self._dials[key]
-                continue
-            if plan.node_id is not None and plan.node_id in self.linked:
-                if not key.startswith("seed:"):
-                    del self._dials[key]
-                else:
-                    plan.next_at = now + self.settings.reconnect_interval
-                continue
-            if not self._dial_bucket.take(now):
-                self.counters["dials_deferred"] += 1
-                break
-            plan.in_flight = True
-            self._actions.append(Dial(key, plan.addrs, plan.node_id))
+        if peer is not None and node_id not in self.linked:
+            self.dials.peer(node_id, tuple(peer.addrs), now)
 
     def _wall_ms(self, now: float) -> int:
         return int((now + self._wall_offset) * 1000)
@@ -677,7 +611,3 @@ def _is_rank(rank: Any) -> bool:
         and len(rank) == 2
         and all(isinstance(x, int) and 0 <= x <= signing.MAX_COUNTER for x in rank)
     )
-
-
-def _seed_key(seed: Seed) -> str:
-    return f"seed:{seed.addr}"

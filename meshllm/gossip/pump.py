@@ -13,17 +13,16 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from meshllm.errors import HelloError, PeerError
 from meshllm.gossip.announcement import PeerAnnouncement, Signer
+from meshllm.gossip.dials import Dial
 from meshllm.gossip.membership import (
     Broadcast,
     Changed,
     Close,
-    Dial,
     Membership,
     MembershipSettings,
     Seed,
@@ -75,7 +74,7 @@ class Gossip:
     @property
     def counters(self) -> Mapping[str, int]:
         """What membership refused from peers, and why (for status pages and tests)."""
-        return Counter(self.core.counters)
+        return self.core.refusals()
 
     def now(self) -> float:
         """The monotonic clock the core runs on."""

@@ -15,11 +15,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from meshllm.gossip.announcement import PeerAnnouncement
+from meshllm.gossip.dials import Dial
 from meshllm.gossip.membership import (
     Broadcast,
     Changed,
     Close,
-    Dial,
     Membership,
     MembershipSettings,
     Seed,

@@ -373,3 +373,15 @@ def test_a_bug_in_a_handler_is_counted_and_the_node_goes_on(monkeypatch) -> None
     a.core.publish(net.now, load=7)
     net.transfer()
     assert b.core.state.peers[a.node_id].load == 7
+
+
+def test_at_default_timings_a_dead_peer_is_gone_within_about_25_s() -> None:
+    """The seed's promise: one probe interval, its timeout and one indirect-probe timeout."""
+    net, hosts = mesh(5, MembershipSettings())
+    assert net.settings.health.probe_interval == 15 and net.settings.health.probe_timeout == 5
+    victim, survivors = hosts[3], [h for h in hosts if h is not hosts[3]]
+    net.kill(victim)
+    took = net.run_until(
+        lambda: all(victim.node_id not in h.peer_ids() for h in survivors), timeout=60, step=0.1
+    )
+    assert took <= 25 + 1
