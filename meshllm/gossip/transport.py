@@ -75,6 +75,7 @@ MAX_PENDING_PER_SOURCE = 16  # so one address, spoofed ports and all, can't hold
 RETRY_AFTER_PENDING = 16  # junk that never answers a Retry holds at most this many slots
 MAX_HELLO_BYTES = 4096  # control bytes a client may send before its proof checks (needs ~300)
 STREAM_HEAD_TIMEOUT = 10.0
+MAX_CONTROL_BACKLOG = 16 << 20
 MAX_STREAMS_AWAITING_HEAD = 32  # heads arrive with a stream's first packet: few ever wait
 
 
@@ -116,6 +117,10 @@ class TransportSettings:
     """Seconds a peer-opened request stream may take to deliver its whole head frame."""
     max_streams_awaiting_head: int = MAX_STREAMS_AWAITING_HEAD
     """Peer-opened streams per connection still waiting for their head; more are reset."""
+    max_control_backlog: int = MAX_CONTROL_BACKLOG
+    """Bytes queued on a link's control stream that the peer has not acknowledged yet
+    (aioquic buffers without bound): beyond it the peer is not reading, and the link is
+    closed rather than let it grow this node's memory."""
 
 
 class Link:
@@ -407,6 +412,14 @@ class _Connection:
 
     def send_control(self, frame: Frame) -> None:
         if self.closed:
+            return
+        stream = self.quic._streams.get(CONTROL_STREAM_ID)  # no public accessor
+        if (
+            stream is not None
+            and len(stream.sender._buffer) > self.endpoint.settings.max_control_backlog
+        ):
+            log.warning("closing the link to %s: it does not read its control stream", self.peer_id)
+            self.close(ERROR_PROTOCOL, "control stream backlog")
             return
         self.quic.send_stream_data(CONTROL_STREAM_ID, encode_frame(frame))
         self.transmit_soon()

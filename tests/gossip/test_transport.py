@@ -508,3 +508,15 @@ async def test_transport_bounds_streams_awaiting_head(make_node: Any) -> None:
         for reader in readers:
             reader.cancel()
         await asyncio.gather(*readers, return_exceptions=True)
+
+
+async def test_transport_closes_a_link_whose_peer_stops_reading(make_node: Any) -> None:
+    a = await make_node(TransportSettings(max_control_backlog=1 << 20))
+    b = await make_node()
+    link = await a.transport.dial(b.addr, expected_node_id=b.node_id)
+    await until(lambda: b.handler.ups, "link_up on the server")
+    b.transport.datagram_received = lambda data, addr: None  # b stops reading (no acks)
+    for _ in range(400):  # 400 frames of 8 KiB: 3 MiB, never acknowledged
+        link.send(make_frame(FrameType.PING, pad=b"x" * 8192))
+        await asyncio.sleep(0)
+    await until(lambda: link.closed, "the link to a peer that does not read closes")
