@@ -80,6 +80,11 @@ class NodeProxyMesh:
                     continue
                 load = self.in_flight[ann.node_id] + (0 if local else ann.load)
                 targets.setdefault(model, []).append(Target(ann.node_id, model, local, load))
+        # A suspect replica (a probe or a tunnel to it failed) is tried only when no other is.
+        for model, replicas in targets.items():
+            trusted = [t for t in replicas if t.local or not self.gossip.is_suspect(t.node_id)]
+            if trusted:
+                targets[model] = trusted
         return targets
 
     def warming(self, model: str | None) -> dict[str, str]:

@@ -3,6 +3,7 @@
 from meshllm.proxy.app import NodeAPI, create_app
 from meshllm.proxy.errors import (
     BackendUnavailable,
+    TunnelBroken,
     TunnelUnavailable,
     error_body,
     error_response,
@@ -41,6 +42,7 @@ __all__ = [
     "ProxyMesh",
     "RoutePlan",
     "Target",
+    "TunnelBroken",
     "TunnelResponse",
     "TunnelUnavailable",
     "UpstreamResponse",

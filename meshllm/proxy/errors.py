@@ -2,6 +2,8 @@
 
     PeerError (meshllm.errors)
     └── TunnelUnavailable   the remote node failed before the response head: try another
+        └── TunnelBroken    ... because the data path broke (no acknowledgement in time,
+                            stream or link gone): also suspect the node (DESIGN.md §5)
     ServingError (meshllm.errors)
     └── BackendUnavailable  the local backend failed before the response head: try another
 
@@ -22,6 +24,12 @@ from meshllm.errors import PeerError, ServingError
 
 class TunnelUnavailable(PeerError):
     """The tunnel failed before the response head; the request may go to another node."""
+
+
+class TunnelBroken(TunnelUnavailable):
+    """The data path to the node broke before the response head: no acknowledgement in
+    time, the stream or the link gone.  Unlike a clean refusal (an ``error`` frame), this
+    says the node may be dead: the proxy suspects it as well as trying another."""
 
 
 class BackendUnavailable(ServingError):

@@ -90,11 +90,22 @@ class HttpLimits:
     peer's request (head to end); then the stream is reset.  A peer's request frames are
     sent back to back: silence means a stuck or hostile peer holding the stream."""
 
+    tunnel_ack_timeout: float = 1.0
+    """Seconds the node that sent a tunnelled request waits for the serving node's
+    acknowledgement, which that node sends as soon as the request's head arrives (before
+    the body, before its backend answers); then the request goes to another replica and
+    the node is suspected at once (DESIGN.md §5).  Counted from the head, while the body
+    goes out beside it, so neither a big body nor a slow model can trip it: only a dead
+    node or link.  The ack takes one round trip plus a loop turn on the peer (about a
+    millisecond on a LAN); 1 s leaves room for lost packets and a busy peer, and is what a
+    request to a node killed with ``kill -9`` costs: without the ack it waited for probes
+    to find the death or for the QUIC idle timeout (5 s at 1 s probes, 60 s at slow ones)."""
+
     tunnel_response_idle_timeout: float = 660.0
     """Seconds the node that sent a tunnelled request waits for the answer's head and for
-    each next frame of its body; then it gives up (before the head: another node is
-    tried).  Above the serving node's own backend read timeout (600 s, a long non-streamed
-    generation), so that node's error frame comes first."""
+    each next frame of its body, once the acknowledgement is in; then it gives up (before
+    the head: another node is tried).  Above the serving node's own backend read timeout
+    (600 s, a long non-streamed generation), so that node's error frame comes first."""
 
 
 DEFAULT_LIMITS = HttpLimits()

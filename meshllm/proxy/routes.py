@@ -7,6 +7,14 @@ Each inference request is parsed once for its ``model``, planned with
 through a tunnel; a target that fails before the response head is skipped
 for the next.  SSE is relayed event by event as it comes.
 
+A remote target whose data path breaks before the head (no stream to it; no
+acknowledgement within ``tunnel_ack_timeout``, nor a link when another replica is left
+to try; the stream or link gone: :class:`~meshllm.proxy.errors.TunnelBroken`) is
+also reported to the mesh with :meth:`ProxyMesh.suspect`, so its suspicion starts at
+once rather than at the next probe (DESIGN.md §5).  A clean refusal (an ``error``
+frame: not served here, no room for the body, its backend down) proves the node
+alive and suspects nothing.
+
 A request for a model that some node is still starting or fetching waits for
 it, up to ``load_timeout``: a streaming one answers at once with SSE comment
 lines (``: loading …``) until the first real event, so the client sees progress
@@ -29,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import random
 import time
 from collections.abc import Mapping, Sequence
@@ -42,6 +51,7 @@ from meshllm.config import default
 from meshllm.errors import MeshError, PeerError
 from meshllm.proxy.errors import (
     BackendUnavailable,
+    TunnelBroken,
     error_response,
     sse_error_event,
 )
@@ -60,6 +70,8 @@ from meshllm.proxy.limits import DEFAULT_LIMITS, BudgetHold, ByteBudget, HttpLim
 from meshllm.proxy.routing import RoutePlan, Target, plan_route
 from meshllm.proxy.tunnel import open_tunnel_request
 from meshllm.wire import FrameStream
+
+log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 32 * 1024 * 1024  # a long chat with images fits; a runaway upload does not
 RETRY_AFTER_S = 5  # about the time a starting llama-server needs for a small model
@@ -115,6 +127,10 @@ class ProxyMesh(Protocol):
 
     async def wait_changed(self, timeout: float) -> None:
         """Return when what is served in the mesh may have changed, or after ``timeout``."""
+        ...
+
+    def suspect(self, node_id: str, reason: str) -> None:
+        """The data path to ``node_id`` broke: start a suspicion at once (DESIGN.md §5)."""
         ...
 
 
@@ -229,13 +245,16 @@ class _Proxy:
         headers = filter_headers(request.headers.items(), _REQUEST_DROP)
         headers["Content-Type"] = "application/json"  # the body is JSON: we parsed it
         failures: list[str] = []
-        for target in plan.attempts:
+        for i, target in enumerate(plan.attempts):
+            hurry = i + 1 < len(plan.attempts)  # another replica is left to try
             self._mesh.request_started(target)
             try:
-                upstream = await self._open(target, request.path_qs, headers, box.data)
+                upstream = await self._open(target, request.path_qs, headers, box.data, hurry)
             except (PeerError, BackendUnavailable) as exc:
                 self._mesh.request_finished(target)
                 failures.append(f"{target.node_id}: {exc}")
+                if isinstance(exc, TunnelBroken):
+                    self._suspect(target.node_id, str(exc))
                 continue
             except BaseException:
                 self._mesh.request_finished(target)
@@ -340,9 +359,10 @@ class _Proxy:
         )
 
     async def _open(
-        self, target: Target, path: str, headers: dict[str, str], body: bytes
+        self, target: Target, path: str, headers: dict[str, str], body: bytes, hurry: bool
     ) -> ProxiedResponse:
-        """The response head from ``target``; raises ``PeerError``/``BackendUnavailable``."""
+        """The response head from ``target``; raises ``PeerError``/``BackendUnavailable``
+        (``hurry``: see :meth:`_stream_to`)."""
         if target.local:
             base_url = self._mesh.local_base_url(target.model)
             if base_url is None:
@@ -350,10 +370,33 @@ class _Proxy:
             return await self._mesh.forwarder.forward(
                 base_url, "POST", path, headers, body, model=target.model
             )
-        stream = await self._mesh.open_stream(target.node_id)
+        stream = await self._stream_to(target.node_id, hurry)
         return await open_tunnel_request(
             stream, "POST", path, headers, body, model=target.model, limits=self._limits
         )
+
+    async def _stream_to(self, node_id: str, hurry: bool) -> FrameStream:
+        """A new stream to ``node_id``, or :class:`TunnelBroken`: no link and none dialled,
+        or, with another replica to try (``hurry``), none within ``tunnel_ack_timeout``.
+        A dial to a dead node waits out the transport's hello timeout (5 s) otherwise; the
+        dial goes on without us, so a live but slow one is there for the next request.
+        The last replica gets the whole dial: giving up early would gain nothing."""
+        wait = self._limits.tunnel_ack_timeout if hurry else None
+        try:
+            async with asyncio.timeout(wait):
+                return await self._mesh.open_stream(node_id)
+        except TimeoutError:
+            limit = self._limits.tunnel_ack_timeout
+            raise TunnelBroken(f"no link to {node_id} within {limit:g} s") from None
+        except PeerError as exc:  # no link, and none could be dialled
+            raise TunnelBroken(f"no stream to {node_id}: {exc}") from exc
+
+    def _suspect(self, node_id: str, reason: str) -> None:
+        """Tell the mesh; its trouble must not cost the request its next attempt."""
+        try:
+            self._mesh.suspect(node_id, reason)
+        except Exception:
+            log.exception("could not report %s as suspect", node_id)
 
     async def _respond(
         self,

@@ -5,23 +5,29 @@ Frames, all ``t: "tunnel"``; the ``k`` field says which part::
     client → server   {k: "head", method, path, headers, model}   model: the mesh model name
                       {k: "body", d: bytes} ...                   each d at most 64 KiB
                       {k: "end"}
-    server → client   {k: "head", status, headers}
+    server → client   {k: "ack"}                                  as soon as the head is in
+                      {k: "head", status, headers}
                       {k: "body", d: bytes} ...
                       {k: "end"}  or  {k: "error", message}
 
-An ``error`` before the response head means the serving node could not reach
-its backend (or no longer serves the model): the client raises
-:class:`TunnelUnavailable` and may try another node.  After the head it is a
-:class:`~meshllm.errors.PeerError` mid-stream.  Either side ends its half with
-``FrameStream.end()`` once done; a client that gives up resets the stream, and
-the server then cancels its upstream request at once.
+The ``ack`` proves the serving node alive before it has read the body or asked its
+backend anything: the client sends the body while it waits for the ack, and no ack
+within ``tunnel_ack_timeout`` raises :class:`TunnelBroken`, as does a stream or link
+that breaks before the response head (the caller tries another node and suspects
+this one, DESIGN.md §5).  An ``error`` before the response head is a clean refusal
+(the serving node could not reach its backend, no longer serves the model, has no
+room for the body): :class:`TunnelUnavailable`, try another node.  After the head it
+is a :class:`~meshllm.errors.PeerError` mid-stream.  Either side ends its half with
+``FrameStream.end()`` once done; a client that gives up resets the stream, and the
+server then cancels its upstream request at once.
 
 Budgets (:class:`~meshllm.proxy.limits.HttpLimits`): each side caps what a peer may
 have sent on the stream unread (``tunnel_stream_buffer_bytes``, else reset); the serving
 side resets a request whose next frame is ``tunnel_request_idle_timeout`` late and counts
 its body in the node's bytes of bodies in flight (no room: an ``error`` frame, so the
-client tries another node); the client gives up on an answer whose head or next frame is
-``tunnel_response_idle_timeout`` late.
+client tries another node); the client gives up on an answer whose ack is
+``tunnel_ack_timeout`` late, or whose head or next frame is ``tunnel_response_idle_timeout``
+late.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from meshllm.errors import FrameError, PeerError, ServingError
-from meshllm.proxy.errors import BackendUnavailable, TunnelUnavailable
+from meshllm.proxy.errors import BackendUnavailable, TunnelBroken, TunnelUnavailable
 from meshllm.proxy.forward import Forwarder
 from meshllm.proxy.limits import DEFAULT_LIMITS, BudgetHold, ByteBudget, HttpLimits
 from meshllm.wire import Frame, FrameStream, FrameType, make_frame
@@ -164,44 +170,108 @@ async def open_tunnel_request(
 ) -> TunnelResponse:
     """Send a request over ``stream``; return once the response head is in.
 
-    ``model`` names the mesh model, so the serving node picks its backend
-    without parsing the body.  Raises :class:`TunnelUnavailable` if no head
-    comes (link gone, stream reset, remote backend down, nothing within
-    ``limits.tunnel_response_idle_timeout``): nothing reached the client yet, so
-    the caller may retry elsewhere.  Cancelling resets the stream.
+    ``model`` names the mesh model, so the serving node picks its backend without
+    parsing the body.  Raises :class:`TunnelBroken` when the data path fails before
+    the head (no ack within ``limits.tunnel_ack_timeout`` of the head, stream reset,
+    link gone, no head within ``limits.tunnel_response_idle_timeout`` of the ack), and
+    :class:`TunnelUnavailable` when the remote refuses cleanly (an ``error`` frame,
+    a bad head): nothing reached the client yet, so the caller may retry elsewhere.
+    Cancelling resets the stream.
     """
     head = _tunnel("head", method=method, path=path, headers=dict(headers))
     if model is not None:
         head["model"] = model
     stream.limit_buffer(limits.tunnel_stream_buffer_bytes)
     idle = limits.tunnel_response_idle_timeout
+    sending: asyncio.Future[None] | None = None
     try:
         await stream.send(head)
-        for i in range(0, len(body), CHUNK_SIZE):
-            await stream.send(_tunnel("body", d=body[i : i + CHUNK_SIZE]))
-        await stream.send(_tunnel("end"))
-        frame = await _recv(stream, idle)
-        if frame is None:
-            raise TunnelUnavailable("tunnel closed before the response head")
-        if frame.get("t") != FrameType.TUNNEL or frame.get("k") != "head":
-            raise TunnelUnavailable(f"no response head: {_describe(frame)}")
-        status = frame.get("status")
-        if not isinstance(status, int) or not 100 <= status <= 599:
-            raise TunnelUnavailable(f"bad response status {status!r}")
-        try:
-            resp_headers = _check_headers(frame.get("headers", {}))
-        except FrameError as exc:
-            raise TunnelUnavailable(str(exc)) from None
+        # The serving node acks the head alone, so the ack deadline starts here and the
+        # body goes out beside the wait: a big body neither delays the ack nor trips the
+        # deadline, and a dead node is caught even while send() waits on flow control
+        # (it would wait for acknowledgements that never come).
+        sending = asyncio.ensure_future(_send_body(stream, body))
+        frame = await _recv_beside(stream, sending, limits.tunnel_ack_timeout, "no acknowledgement")
+        if _is_tunnel(frame, "ack"):
+            frame = await _recv_beside(stream, sending, idle, "no response head")
+        # (A frame other than the ack is taken as the answer: a node that refuses or
+        # answers at once proves itself alive just as well.)
+        status, resp_headers = _response_head(frame)
+        await _sent(sending, idle)  # the head follows our end frame: done, or all but
     except TunnelUnavailable:
-        stream.reset()
+        _abandon(stream, sending)
         raise
     except PeerError as exc:
-        stream.reset()
-        raise TunnelUnavailable(f"tunnel failed before the response head: {exc}") from exc
+        _abandon(stream, sending)
+        raise TunnelBroken(f"tunnel failed before the response head: {exc}") from exc
     except BaseException:
-        stream.reset()
+        _abandon(stream, sending)
         raise
     return TunnelResponse(stream, status, resp_headers, idle)
+
+
+async def _send_body(stream: FrameStream, body: bytes) -> None:
+    for i in range(0, len(body), CHUNK_SIZE):
+        await stream.send(_tunnel("body", d=body[i : i + CHUNK_SIZE]))
+    await stream.send(_tunnel("end"))
+
+
+async def _recv_beside(
+    stream: FrameStream, sending: asyncio.Future[None], timeout: float, what: str
+) -> Frame | None:
+    """The next frame within ``timeout`` s, while ``sending`` runs; a failed send raises
+    its :class:`PeerError` at once, silence a :class:`PeerError` saying ``what``."""
+    receiving = asyncio.ensure_future(stream.recv())
+    try:
+        async with asyncio.timeout(timeout):
+            if not sending.done():
+                await asyncio.wait((receiving, sending), return_when=asyncio.FIRST_COMPLETED)
+            if not receiving.done():
+                sending.result()  # the send failed: raise why; else the body is out
+            return await receiving
+    except TimeoutError:
+        raise PeerError(f"{what}: tunnel silent for {timeout:g} s") from None
+    finally:
+        receiving.cancel()
+
+
+async def _sent(sending: asyncio.Future[None], timeout: float) -> None:
+    try:
+        async with asyncio.timeout(timeout):
+            await sending
+    except TimeoutError:
+        raise PeerError(f"request not taken in {timeout:g} s") from None
+
+
+def _abandon(stream: FrameStream, sending: asyncio.Future[None] | None) -> None:
+    stream.reset()
+    if sending is not None:
+        sending.cancel()
+        sending.add_done_callback(_retrieve)
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()  # a send that failed as we gave up: nobody else will ask
+
+
+def _is_tunnel(frame: Frame | None, kind: str) -> bool:
+    return frame is not None and frame.get("t") == FrameType.TUNNEL and frame.get("k") == kind
+
+
+def _response_head(frame: Frame | None) -> tuple[int, dict[str, str]]:
+    """Status and headers of a response head frame; :class:`TunnelUnavailable` otherwise."""
+    if frame is None:
+        raise TunnelUnavailable("tunnel closed before the response head")
+    if not _is_tunnel(frame, "head"):
+        raise TunnelUnavailable(f"no response head: {_describe(frame)}")
+    status = frame.get("status")
+    if not isinstance(status, int) or not 100 <= status <= 599:
+        raise TunnelUnavailable(f"bad response status {status!r}")
+    try:
+        return status, _check_headers(frame.get("headers", {}))
+    except FrameError as exc:
+        raise TunnelUnavailable(str(exc)) from None
 
 
 async def _recv(stream: FrameStream, timeout: float | None) -> Frame | None:
@@ -240,7 +310,8 @@ async def serve_tunnel(
     HTTP routes (``None``: only ``max_body`` per stream bounds them).  No room within
     ``limits.body_budget_wait``: an ``error`` frame, so the client tries another node.
 
-    Reads the body, forwards it to the local backend for the head's model
+    Acknowledges the head at once (the client suspects a node whose ack is late), reads
+    the body, forwards it to the local backend for the head's model
     (``local_base_url(model)``; ``None``: not served here, answered with an
     error frame so the client tries another node), and relays the response
     frame by frame, with the stream's backpressure.  A client reset cancels
@@ -251,6 +322,7 @@ async def serve_tunnel(
     hold = (budget or ByteBudget(max(1, max_body))).hold()
     try:
         method, path, headers, model = _parse_head(head)
+        await stream.send(_tunnel("ack"))  # alive and on it: the client's ack deadline
         body = await _read_body(stream, max_body, limits, hold)
         if body is None:
             message = "this node holds too many request bodies right now"

@@ -523,12 +523,24 @@ async def test_a_peer_that_stops_mid_request_has_its_stream_reset(forwarder: For
 
 async def test_a_peer_that_never_answers_is_given_up_on(forwarder: Forwarder) -> None:
     client, server = memory_stream_pair()
-    limits = HttpLimits(tunnel_response_idle_timeout=0.3)
-    with pytest.raises(TunnelUnavailable, match="silent"):
-        await open_tunnel_request(client, "POST", "/v1/completions", {}, b"{}", limits=limits)
-    with pytest.raises(PeerError):  # the stream was reset: the peer may stop too
+    # It acknowledges the request, then never answers: the response idle timeout applies.
+    limits = HttpLimits(tunnel_ack_timeout=5.0, tunnel_response_idle_timeout=0.3)
+
+    async def peer() -> None:
+        await server.recv()  # the head
+        await server.send(make_frame(FrameType.TUNNEL, k="ack"))
         while True:
             await server.recv()
+
+    task = asyncio.ensure_future(peer())
+    try:
+        with pytest.raises(TunnelUnavailable, match=r"silent for 0\.3 s"):
+            await open_tunnel_request(client, "POST", "/v1/completions", {}, b"{}", limits=limits)
+        with pytest.raises(PeerError):  # the stream was reset: the peer may stop too
+            await task
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 async def test_a_peer_that_stalls_mid_answer_is_given_up_on() -> None:

@@ -2,7 +2,8 @@
 
 ``MemoryMesh`` implements ``ProxyMesh``: local replicas are FakeBackends reached
 by the Forwarder, remote ones FakeBackends behind ``serve_tunnel`` on memory
-stream pairs, as the node's dispatcher would serve them.
+stream pairs, as the node's dispatcher would serve them; a node in ``broken``
+stands for a dead one (takes the head, never acks) or a broken stream (resets).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import random
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -25,13 +27,14 @@ from meshllm.proxy import (
     MODEL_HEADER,
     NODE_HEADER,
     Forwarder,
+    HttpLimits,
     Target,
     add_proxy_routes,
     openai_error_middleware,
     serve_tunnel,
 )
 from meshllm.testing import FakeBackend
-from meshllm.wire import FrameStream, memory_stream_pair
+from meshllm.wire import FrameStream, MemoryFrameStream, memory_stream_pair
 
 SELF = "self"
 DEAD_URL = "http://127.0.0.1:1"  # nothing listens on port 1
@@ -46,6 +49,11 @@ class MemoryMesh:
     announced_load: dict[str, int] = field(default_factory=dict)
     cold: list[str] = field(default_factory=list)  # catalog models nobody serves
     unreachable: set[str] = field(default_factory=set)  # open_stream raises PeerError
+    broken: dict[str, str] = field(default_factory=dict)  # node -> "silent" | "reset"
+    dial: dict[str, float] = field(default_factory=dict)  # node -> seconds to get a link
+    not_served: set[str] = field(default_factory=set)  # answer "not served here"
+    suspected: list[tuple[str, str]] = field(default_factory=list)  # (node, reason)
+    suspect_error: Exception | None = None  # suspect() raises it (a membership in trouble)
     loading: dict[tuple[str, str], str] = field(default_factory=dict)  # (node, model) -> state
     failed: dict[tuple[str, str], str] = field(default_factory=dict)  # (node, model) -> cause
     changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -75,17 +83,29 @@ class MemoryMesh:
     async def open_stream(self, node_id: str) -> FrameStream:
         if node_id in self.unreachable:
             raise PeerError(f"{node_id} unreachable")
+        if (delay := self.dial.get(node_id)) is not None:  # no link yet: dialling it
+            if math.isinf(delay):
+                await asyncio.Event().wait()  # a killed node: the hello never comes
+            await asyncio.sleep(delay)
         client, server = memory_stream_pair(SELF, node_id)
+
+        def base_url(model: str) -> str | None:
+            return None if node_id in self.not_served else self.replicas.get((node_id, model))
 
         async def dispatch() -> None:
             head = await server.recv()
             assert head is not None
-            await serve_tunnel(
-                server, head, self.forwarder, lambda m: self.replicas.get((node_id, m))
-            )
+            if node_id in self.broken:
+                await _break(server, self.broken[node_id])
+            await serve_tunnel(server, head, self.forwarder, base_url)
 
         self.tasks.append(asyncio.create_task(dispatch()))
         return client
+
+    def suspect(self, node_id: str, reason: str) -> None:
+        self.suspected.append((node_id, reason))
+        if self.suspect_error is not None:
+            raise self.suspect_error
 
     def request_started(self, target: Target) -> None:
         key = Target(target.node_id, target.model, target.local)
@@ -116,6 +136,16 @@ class MemoryMesh:
 
     def idle(self) -> bool:
         return all(v == 0 for v in self.in_flight.values())
+
+
+async def _break(server: MemoryFrameStream, how: str) -> None:
+    """A dead node (the head is in, no ack ever comes) or a stream that breaks."""
+    if how == "reset":
+        server.reset()
+    await asyncio.Event().wait()
+
+
+FAST_ACK = HttpLimits(tunnel_ack_timeout=0.2)
 
 
 @pytest.fixture
@@ -308,6 +338,101 @@ async def test_a_dead_first_target_is_retried_on_the_next(
     assert [t.node_id for t in mesh.started] == [mesh.started[0].node_id, "good"]
     assert mesh.started[0].node_id != "good"
     assert mesh.idle()
+    # No stream to a node: its data path is gone.  Its backend down: it said so itself.
+    assert [node for node, _ in mesh.suspected] == (["dead"] if failure == "unreachable" else [])
+
+
+@pytest.mark.parametrize("how", ["silent", "reset"])
+async def test_a_replica_whose_tunnel_breaks_is_suspected_and_the_request_retried(
+    mesh: MemoryMesh, make_client: MakeClient, backends: dict[str, FakeBackend], how: str
+) -> None:
+    mesh.replicas = {
+        ("dead", "m"): backends["remote_m"].url,
+        ("good", "m"): backends["local_m"].url,
+    }
+    mesh.broken = {"dead": how}
+    mesh.announced_load = {"good": 1}  # so the dead one is tried first
+    client = await make_client(limits=FAST_ACK)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    resp = await client.post("/v1/chat/completions", json=chat("after the kill"))
+    assert resp.status == 200
+    assert resp.headers[NODE_HEADER] == "good"
+    assert (await resp.json())["choices"][0]["message"]["content"] == "[m] after the kill"
+    assert loop.time() - start < 10  # the 0.2 s ack timeout, not the 660 s for an answer
+    assert [t.node_id for t in mesh.started] == ["dead", "good"]
+    assert [node for node, _ in mesh.suspected] == ["dead"]
+    if how == "silent":
+        assert "no acknowledgement" in mesh.suspected[0][1]
+    assert backends["remote_m"].requests == 0
+    assert mesh.idle()
+
+
+async def test_a_replica_without_a_link_is_given_up_on_after_the_ack_timeout(
+    mesh: MemoryMesh, make_client: MakeClient, backends: dict[str, FakeBackend]
+) -> None:
+    mesh.replicas = {
+        ("dead", "m"): backends["remote_m"].url,
+        ("good", "m"): backends["local_m"].url,
+    }
+    mesh.dial = {"dead": math.inf}  # a dial to a killed node: the hello never comes
+    mesh.announced_load = {"good": 1}
+    client = await make_client(limits=FAST_ACK)
+    async with asyncio.timeout(10):  # the 0.2 s ack timeout, not the 5 s of a dial
+        resp = await client.post("/v1/chat/completions", json=chat())
+    assert resp.status == 200
+    assert resp.headers[NODE_HEADER] == "good"
+    assert [(node, "no link" in why) for node, why in mesh.suspected] == [("dead", True)]
+    assert mesh.idle()
+
+
+async def test_the_last_replica_gets_its_whole_dial(
+    mesh: MemoryMesh, make_client: MakeClient, backends: dict[str, FakeBackend]
+) -> None:
+    mesh.replicas = {("peer", "m"): backends["remote_m"].url}
+    mesh.dial = {"peer": 0.6}  # slower than the ack timeout, but nobody else serves m
+    client = await make_client(limits=FAST_ACK)
+    resp = await client.post("/v1/chat/completions", json=chat())
+    assert resp.status == 200
+    assert resp.headers[NODE_HEADER] == "peer"
+    assert mesh.suspected == []
+
+
+@pytest.mark.parametrize("refusal", ["not_served", "backend_down"])
+async def test_a_replica_that_refuses_cleanly_is_retried_but_not_suspected(
+    mesh: MemoryMesh, make_client: MakeClient, backends: dict[str, FakeBackend], refusal: str
+) -> None:
+    if refusal == "not_served":
+        mesh.replicas = {("alive", "m"): backends["remote_m"].url}
+        mesh.not_served = {"alive"}
+    else:
+        mesh.replicas = {("alive", "m"): DEAD_URL}
+    mesh.replicas[("good", "m")] = backends["local_m"].url
+    mesh.announced_load = {"good": 1}
+    client = await make_client(limits=FAST_ACK)
+    resp = await client.post("/v1/chat/completions", json=chat())
+    assert resp.status == 200
+    assert resp.headers[NODE_HEADER] == "good"
+    assert [t.node_id for t in mesh.started] == ["alive", "good"]
+    assert mesh.suspected == []
+    assert mesh.idle()
+
+
+async def test_a_failing_suspect_hook_does_not_cost_the_retry(
+    mesh: MemoryMesh, make_client: MakeClient, backends: dict[str, FakeBackend]
+) -> None:
+    mesh.replicas = {
+        ("dead", "m"): backends["remote_m"].url,
+        ("good", "m"): backends["local_m"].url,
+    }
+    mesh.broken = {"dead": "silent"}
+    mesh.announced_load = {"good": 1}
+    mesh.suspect_error = AttributeError("'Gossip' object has no attribute 'suspect'")
+    client = await make_client(limits=FAST_ACK)
+    resp = await client.post("/v1/chat/completions", json=chat())
+    assert resp.status == 200
+    assert resp.headers[NODE_HEADER] == "good"
+    assert [node for node, _ in mesh.suspected] == ["dead"]
 
 
 async def test_all_targets_dead_gives_502(mesh: MemoryMesh, make_client: MakeClient) -> None:
@@ -319,6 +444,7 @@ async def test_all_targets_dead_gives_502(mesh: MemoryMesh, make_client: MakeCli
     assert_openai_error(await resp.json())
     assert len(mesh.started) == 3
     assert mesh.idle()
+    assert [node for node, _ in mesh.suspected] == ["gone"]  # "peer" only lost its backend
 
 
 @pytest.mark.parametrize("node", [SELF, "peer"])

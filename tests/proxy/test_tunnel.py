@@ -16,13 +16,15 @@ from meshllm.errors import PeerError
 from meshllm.proxy import (
     BackendUnavailable,
     Forwarder,
+    HttpLimits,
+    TunnelBroken,
     TunnelUnavailable,
     open_tunnel_request,
     serve_tunnel,
 )
 from meshllm.proxy.forward import split_events
 from meshllm.testing import FakeBackend
-from meshllm.wire import FrameType, MemoryFrameStream, make_frame, memory_stream_pair
+from meshllm.wire import Frame, FrameType, MemoryFrameStream, make_frame, memory_stream_pair
 
 CHAT = "/v1/chat/completions"
 JSON = {"Content-Type": "application/json"}
@@ -154,15 +156,173 @@ async def test_tunnel_backend_down_is_unavailable_before_first_byte(tunnel: Tunn
 
 async def test_tunnel_model_not_served_here_is_unavailable(tunnel: Tunnel) -> None:
     client, _ = await tunnel(None)
-    with pytest.raises(TunnelUnavailable, match="not served here"):
+    with pytest.raises(TunnelUnavailable, match="not served here") as info:
         await open_tunnel_request(client, "POST", CHAT, JSON, chat_body(), model="m")
+    assert not isinstance(info.value, TunnelBroken)  # a clean refusal: the node is alive
 
 
-async def test_tunnel_reset_before_head_is_unavailable() -> None:
+async def test_tunnel_reset_before_head_is_broken() -> None:
     client, server = memory_stream_pair()
     server.reset()
-    with pytest.raises(TunnelUnavailable):
+    with pytest.raises(TunnelBroken):
         await open_tunnel_request(client, "POST", CHAT, JSON, chat_body())
+
+
+# --- the acknowledgement ----------------------------------------------------------------------
+
+FAST_ACK = HttpLimits(tunnel_ack_timeout=0.2, tunnel_response_idle_timeout=30.0)
+BIG = 100 * 64 * 1024  # 100 body frames: more than a memory stream's inbox holds
+
+
+async def test_serve_tunnel_acks_the_head_before_reading_the_body(
+    backend: FakeBackend, forwarder: Forwarder
+) -> None:
+    client, server = memory_stream_pair()
+    head = make_frame(FrameType.TUNNEL, k="head", method="POST", path=CHAT, headers=JSON, model="m")
+    serving = asyncio.create_task(serve_tunnel(server, head, forwarder, lambda m: backend.url))
+    try:
+        ack = await asyncio.wait_for(client.recv(), 5)  # no body sent yet
+        assert ack is not None and (ack["t"], ack["k"]) == (FrameType.TUNNEL, "ack")
+        assert backend.requests == 0
+        await client.send(make_frame(FrameType.TUNNEL, k="body", d=chat_body("acked")))
+        await client.send(make_frame(FrameType.TUNNEL, k="end"))
+        answer = await asyncio.wait_for(client.recv(), 5)
+        assert answer is not None and (answer["k"], answer["status"]) == ("head", 200)
+    finally:
+        serving.cancel()
+        await asyncio.gather(serving, return_exceptions=True)
+
+
+async def test_serve_tunnel_acks_before_refusing_a_model_it_does_not_serve(
+    forwarder: Forwarder,
+) -> None:
+    client, server = memory_stream_pair()
+    head = make_frame(FrameType.TUNNEL, k="head", method="POST", path=CHAT, model="m")
+    await client.send(make_frame(FrameType.TUNNEL, k="end"))
+    await serve_tunnel(server, head, forwarder, lambda m: None)
+    kinds = []
+    while (frame := await client.recv()) is not None:
+        kinds.append(frame["k"])
+    assert kinds == ["ack", "error"]
+
+
+async def _read_head_then(server: MemoryFrameStream, then: str) -> None:
+    """A serving node that takes the head and then goes silent, or acks and goes silent,
+    or acks and resets: what a dead node or a broken link looks like from the client."""
+    head = await server.recv()
+    assert head is not None and head["k"] == "head"
+    if then != "silent":
+        await server.send(make_frame(FrameType.TUNNEL, k="ack"))
+    if then == "reset":
+        server.reset()
+    await asyncio.Event().wait()
+
+
+@pytest.mark.parametrize("size", [100, BIG], ids=["small-body", "big-body"])
+async def test_a_node_that_never_acks_is_broken_within_the_ack_timeout(size: int) -> None:
+    client, server = memory_stream_pair()
+    silent = asyncio.create_task(_read_head_then(server, "silent"))
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    try:
+        # The big body fills the stream: its sending stalls, as on a dead QUIC peer.
+        with pytest.raises(TunnelBroken, match="no acknowledgement"):
+            await open_tunnel_request(client, "POST", CHAT, JSON, b"x" * size, limits=FAST_ACK)
+        assert loop.time() - start < 10  # about 0.2 s; far below the 30 s for the answer
+    finally:
+        silent.cancel()
+        await asyncio.gather(silent, return_exceptions=True)
+
+
+async def test_after_the_ack_the_head_may_take_the_response_idle_timeout() -> None:
+    client, server = memory_stream_pair()
+    acked = asyncio.create_task(_read_head_then(server, "ack"))
+    limits = HttpLimits(tunnel_ack_timeout=0.1, tunnel_response_idle_timeout=1.0)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    try:
+        with pytest.raises(TunnelBroken, match="no response head"):
+            await open_tunnel_request(client, "POST", CHAT, JSON, chat_body(), limits=limits)
+        assert loop.time() - start >= 0.9  # the ack deadline was over once the ack came
+    finally:
+        acked.cancel()
+        await asyncio.gather(acked, return_exceptions=True)
+
+
+async def test_a_stream_reset_after_the_ack_is_broken() -> None:
+    client, server = memory_stream_pair()
+    resetting = asyncio.create_task(_read_head_then(server, "reset"))
+    try:
+        with pytest.raises(TunnelBroken):
+            await open_tunnel_request(client, "POST", CHAT, JSON, chat_body(), limits=FAST_ACK)
+    finally:
+        resetting.cancel()
+        await asyncio.gather(resetting, return_exceptions=True)
+
+
+class _SlowReader:
+    """A server stream end that takes each frame ``delay`` s after the previous one."""
+
+    def __init__(self, stream: MemoryFrameStream, delay: float) -> None:
+        self._stream, self._delay = stream, delay
+        self.peer_id = stream.peer_id
+
+    async def recv(self) -> Frame | None:
+        await asyncio.sleep(self._delay)
+        return await self._stream.recv()
+
+    async def send(self, frame: Frame) -> None:
+        await self._stream.send(frame)
+
+    async def end(self) -> None:
+        await self._stream.end()
+
+    def reset(self) -> None:
+        self._stream.reset()
+
+    def limit_buffer(self, max_bytes: int) -> None:
+        self._stream.limit_buffer(max_bytes)
+
+
+async def test_the_ack_deadline_does_not_fire_for_a_slow_big_body(
+    backend: FakeBackend, forwarder: Forwarder
+) -> None:
+    client, server = memory_stream_pair()
+    slow = _SlowReader(server, 0.01)  # 100 body frames: a second to take them all
+
+    async def dispatch() -> None:
+        head = await slow.recv()
+        assert head is not None
+        await serve_tunnel(slow, head, forwarder, lambda m: backend.url)  # type: ignore[arg-type]
+
+    serving = asyncio.create_task(dispatch())
+    inputs = ["w" * (64 * 1024)] * 100
+    body = json.dumps({"model": "m", "input": inputs}).encode()
+    assert len(body) >= BIG
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    resp = await open_tunnel_request(
+        client, "POST", "/v1/embeddings", JSON, body, model="m", limits=FAST_ACK
+    )
+    assert loop.time() - start >= 1.0  # well past the 0.2 s ack deadline, and no harm done
+    assert resp.status == 200
+    assert len(json.loads(await resp.read())["data"]) == 100
+    await asyncio.wait_for(serving, 5)
+
+
+async def test_a_clean_refusal_before_the_ack_is_unavailable_not_broken() -> None:
+    client, server = memory_stream_pair()
+
+    async def refuse() -> None:
+        await server.recv()
+        await server.send(make_frame(FrameType.TUNNEL, k="error", message="go elsewhere"))
+        await server.end()
+
+    task = asyncio.create_task(refuse())
+    with pytest.raises(TunnelUnavailable, match="go elsewhere") as info:
+        await open_tunnel_request(client, "POST", CHAT, JSON, chat_body(), limits=FAST_ACK)
+    assert not isinstance(info.value, TunnelBroken)
+    await task
 
 
 async def test_tunnel_backend_breaking_mid_stream_raises_peer_error(
@@ -246,6 +406,7 @@ async def test_tunnel_response_without_end_frame_is_a_peer_error() -> None:
     client, server = memory_stream_pair()
 
     async def fake_server() -> None:
+        await server.send(make_frame(FrameType.TUNNEL, k="ack"))
         while (await server.recv())["k"] != "end":  # type: ignore[index]
             pass
         await server.send(make_frame(FrameType.TUNNEL, k="head", status=200, headers={}))
