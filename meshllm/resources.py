@@ -3,16 +3,19 @@
 GPUs come from NVML (``pynvml``, provided by ``nvidia-ml-py``).  Without a
 driver ``nvmlInit()`` raises ``NVMLError_LibraryNotFound``: that means no GPU,
 not an error (DESIGN.md §9); the answer is remembered so NVML is tried once.
+``pynvml`` is imported only on a machine with an NVIDIA driver (it costs every
+daemon 1.1 MiB otherwise).
 """
 
 from __future__ import annotations
 
+import ctypes.util
 import logging
 import os
+from types import ModuleType
 from typing import Any
 
 import psutil
-import pynvml
 
 log = logging.getLogger(__name__)
 
@@ -25,17 +28,33 @@ RAM_MARGIN_MIN = 1 * GiB
 _nvml_ready: bool | None = None  # None: not tried yet; False: no usable NVML
 
 
-def _nvml() -> bool:
-    """Initialise NVML once; False for good when there is no driver or no GPU."""
+def driver_present() -> bool:
+    """Whether this machine has an NVIDIA driver (its kernel module or NVML library)."""
+    return os.path.exists("/proc/driver/nvidia/version") or bool(
+        ctypes.util.find_library("nvidia-ml")
+    )
+
+
+def _nvml() -> ModuleType | None:
+    """NVML, initialised once; None for good when there is no driver or no GPU."""
     global _nvml_ready
     if _nvml_ready is None:
+        _nvml_ready = False
+        if not driver_present():
+            log.debug("no NVIDIA driver")
+            return None
+        import pynvml
+
         try:
             pynvml.nvmlInit()
             _nvml_ready = True
         except pynvml.NVMLError as exc:
             log.debug("no NVIDIA GPU: %s", exc)
-            _nvml_ready = False
-    return _nvml_ready
+    if not _nvml_ready:
+        return None
+    import pynvml
+
+    return pynvml
 
 
 def _text(value: Any) -> str:
@@ -44,7 +63,8 @@ def _text(value: Any) -> str:
 
 def gpus() -> list[dict[str, Any]]:
     """NVIDIA GPUs with their VRAM in bytes; [] when there are none."""
-    if not _nvml():
+    pynvml = _nvml()
+    if pynvml is None:
         return []
     found: list[dict[str, Any]] = []
     try:

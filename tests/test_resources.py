@@ -14,8 +14,16 @@ from meshllm.resources import GiB, host_resources, model_capacity_bytes, model_m
 
 @pytest.fixture
 def fresh_nvml(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Forget whether NVML was initialised, as in a new process."""
+    """Forget whether NVML was initialised, as in a new process with an NVIDIA driver."""
     monkeypatch.setattr(resources, "_nvml_ready", None)
+    monkeypatch.setattr(resources, "driver_present", lambda: True)
+
+
+def test_without_a_driver_nvml_is_never_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(resources, "_nvml_ready", None)
+    monkeypatch.setattr(resources, "driver_present", lambda: False)
+    monkeypatch.setattr(pynvml, "nvmlInit", lambda: pytest.fail("NVML initialised"))
+    assert resources.gpus() == []
 
 
 def test_host_resources_shape() -> None:
