@@ -26,9 +26,9 @@ fails too.
 
 from __future__ import annotations
 
-import itertools
 import math
 import random
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 NACK_FRACTION = 0.8  # an intermediate nacks at this share of the probe timeout (memberlist)
@@ -105,6 +105,7 @@ class _Suspicion:
     expected: int  # confirmations that bring the timeout down to min
     confirmations: set[str] = field(default_factory=set)
     nacks: set[str] = field(default_factory=set)  # intermediates that answered "no"
+    asked: set[str] = field(default_factory=set)  # the intermediates we asked
     ping_id: int | None = None  # the indirect probes' id
 
     def deadline(self) -> float:
@@ -140,14 +141,24 @@ class _Relay:
 class Health:
     """Liveness of every tracked peer."""
 
-    def __init__(self, settings: HealthSettings, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        settings: HealthSettings,
+        rng: random.Random | None = None,
+        linked: Collection[str] = (),
+    ) -> None:
+        """``linked``: a live view of the peers this node holds a link to (only they can
+        be pinged, or asked to ping for us)."""
         self.settings = settings
         self.awareness = 0  # Lifeguard's local health score: 0 is healthy
+        self._linked = linked
         self._peers: dict[str, _Peer] = {}
         self._relays: dict[int, _Relay] = {}  # our ping id -> a probe we run for another
-        self._ids = itertools.count(1)
         self._rng = rng or random.Random()
+        # Ids a member cannot predict from the ones it sees (tests pass a seeded rng).
+        self._id_rng = rng or random.SystemRandom()
         self._actions: list[HealthAction] = []
+        self._last_refuted = -math.inf
 
     # what the membership core tells us
 
@@ -195,8 +206,9 @@ class Health:
 
     def pong(self, node_id: str, ping_id: object, now: float) -> None:
         """A ``pong`` from ``node_id``: answers our probe, or one we run for another."""
-        relay = self._relays.pop(ping_id, None) if isinstance(ping_id, int) else None
-        if relay is not None and relay.target == node_id:
+        relay = self._relays.get(ping_id) if isinstance(ping_id, int) else None
+        if relay is not None and relay.target == node_id:  # only the target answers for itself
+            del self._relays[ping_id]
             self._actions.append(RelayAnswer(relay.requester, node_id, relay.their_id, True))
         peer = self._peers.get(node_id)
         if peer is None or peer.ping_id is None or ping_id != peer.ping_id:
@@ -208,7 +220,10 @@ class Health:
     def relayed_answer(self, via: str, target: str, ping_id: object, ok: bool, now: float) -> None:
         """``via`` answers our ping-req: ``target`` answered it (ok) or not (a nack)."""
         peer = self._peers.get(target)
-        if peer is None or peer.suspicion is None or peer.suspicion.ping_id != ping_id:
+        suspicion = peer.suspicion if peer is not None else None
+        if suspicion is None or suspicion.ping_id is None or suspicion.ping_id != ping_id:
+            return
+        if via not in suspicion.asked:  # only those we asked may answer for it
             return
         if ok:
             self._answered(peer, now)
@@ -225,15 +240,15 @@ class Health:
         if not linked:
             self._actions.append(RelayAnswer(requester, target, their_id, False))
             return
-        ping_id = next(self._ids)
+        ping_id = self._new_id()
         nack_at = now + NACK_FRACTION * self._timeout()
         self._relays[ping_id] = _Relay(requester, target, their_id, nack_at)
         self._actions.append(Ping(target, ping_id))
 
     # timers
 
-    def tick(self, now: float, linked: set[str]) -> list[HealthAction]:
-        """Everything due by ``now``; ``linked``: the peers we hold a link to."""
+    def tick(self, now: float) -> list[HealthAction]:
+        """Everything due by ``now``."""
         for ping_id, relay in list(self._relays.items()):
             if relay.nack_at <= now:
                 del self._relays[ping_id]
@@ -252,8 +267,8 @@ class Health:
                 peer.next_probe = now + self._interval()
                 self._start_suspicion(node_id, peer, now)
             if peer.ping_id is None and peer.next_probe <= now:
-                if node_id in linked:
-                    peer.ping_id, peer.sent_at = next(self._ids), now
+                if node_id in self._linked:
+                    peer.ping_id, peer.sent_at = self._new_id(), now
                     peer.probe_deadline = now + self._timeout()
                     self._actions.append(Ping(node_id, peer.ping_id))
                 else:
@@ -293,16 +308,23 @@ class Health:
         peer = self._peers.get(node_id)
         return peer is not None and peer.suspicion is not None
 
-    def self_refuted(self) -> None:
-        """Others suspected us: maybe we are the slow one (Lifeguard)."""
-        self._adjust(+1)
+    def self_refuted(self, now: float) -> None:
+        """Others suspected us: maybe we are the slow one (Lifeguard).  Counted once a
+        probe interval at most, so a member repeating suspicions cannot make us deaf."""
+        if now - self._last_refuted >= self.settings.probe_interval:
+            self._last_refuted = now
+            self._adjust(+1)
 
     # internals
 
     def _start_suspicion(self, node_id: str, peer: _Peer, now: float) -> None:
         if peer.suspicion is not None:
             return
-        others = [n for n in self._peers if n != node_id and self._peers[n].suspicion is None]
+        others = [
+            n
+            for n, p in self._peers.items()
+            if n != node_id and n in self._linked and p.suspicion is None
+        ]
         k = min(self.settings.indirect_probes, len(others))
         min_timeout = self.settings.probe_timeout * max(1.0, math.log10(len(self._peers) + 1))
         suspicion = _Suspicion(
@@ -316,12 +338,13 @@ class Health:
         self._actions.append(Suspected(node_id))
         # One more direct ping beside the indirect ones (memberlist adds a TCP ping):
         # a single lost frame must not be enough for a death.
-        peer.ping_id, peer.sent_at = next(self._ids), now
+        peer.ping_id, peer.sent_at = self._new_id(), now
         peer.probe_deadline = suspicion.started + suspicion.max_timeout
         self._actions.append(Ping(node_id, peer.ping_id))
         if k:
-            suspicion.ping_id = next(self._ids)
-            for via in self._rng.sample(others, k):
+            suspicion.ping_id = self._new_id()
+            suspicion.asked = set(self._rng.sample(others, k))
+            for via in sorted(suspicion.asked):
                 self._actions.append(PingReq(via, node_id, suspicion.ping_id))
         else:
             self._adjust(+1)
@@ -332,6 +355,10 @@ class Health:
         peer.next_probe = now + self._interval()
         peer.suspicion = None
         peer.reported_by.clear()
+
+    def _new_id(self) -> int:
+        # Random, not a counter: an id a member could guess would let it answer for others.
+        return self._id_rng.getrandbits(62)
 
     def _adjust(self, delta: int) -> None:
         self.awareness = min(max(self.awareness + delta, 0), self.settings.awareness_max)

@@ -85,7 +85,9 @@ class MembershipSettings:
     reconnect_timeout: float = 24 * 3600.0  # ... for this long after they went
     max_peers: int = DEFAULT_MAX_PEERS
     dial_rate: float = 10.0  # dials per second, at most (burst: twice that)
-    frame_rate: float = 200.0  # control frames per second from one peer (burst: twice)
+    # Control frames per second from one peer (burst: twice): room for a full table's
+    # worth of probe traffic (ping-req and nack per peer) in one burst.
+    frame_rate: float = 500.0
     max_offences: int = 100  # bad frames from one link before it is closed
 
 
@@ -147,9 +149,9 @@ class Membership:
         """``wall_offset``: wall-clock seconds minus ``now`` (incarnations are wall ms)."""
         self.settings = settings
         self.state = MeshState(me, settings.max_peers)
-        self.health = Health(settings.health, rng)
-        self.counters: Counter[str] = Counter()  # what was refused, and why
         self.linked: set[str] = set()
+        self.health = Health(settings.health, rng, linked=self.linked)
+        self.counters: Counter[str] = Counter()  # what was refused, and why
         self._signer = signer
         self._wall_offset = wall_offset
         self._rng = rng or random.Random()
@@ -165,7 +167,8 @@ class Membership:
             rng=self._rng,
         )
         self._unlinked: dict[str, float] = {}  # linked peers whose link just went
-        self._ever_linked: set[str] = set()  # peers worth redialling once removed
+        # Peers worth redialling once removed, oldest first, at most 4 x max_peers.
+        self._ever_linked: dict[str, None] = {}
         self._load = me.load
         self._next_load = now
         self._next_gossip = now + settings.gossip_interval
@@ -241,7 +244,10 @@ class Membership:
     def link_up(self, node_id: str, now: float) -> None:
         """An authenticated link to ``node_id`` (the hello checked): push-pull."""
         self.linked.add(node_id)
-        self._ever_linked.add(node_id)
+        self._ever_linked.pop(node_id, None)
+        self._ever_linked[node_id] = None
+        if len(self._ever_linked) > 4 * self.settings.max_peers:
+            del self._ever_linked[next(iter(self._ever_linked))]
         self._books[node_id] = _LinkBook(TokenBucket(self.settings.frame_rate, now))
         self._unlinked.pop(node_id, None)
         self.state.revive(node_id)  # a live link beats a tombstone
@@ -304,7 +310,7 @@ class Membership:
                 if node_id in self.state.peers and node_id not in self.linked:
                     self.suspect(node_id, "its link closed", now)
                     self._want_link(node_id, now)
-        self._collect(self.health.tick(now, self.linked), now)
+        self._collect(self.health.tick(now), now)
         if self._load != self.state.me.load and now >= self._next_load:
             self._next_load = now + self.settings.load_publish_interval
             self.publish(now, load=self._load)
@@ -480,7 +486,7 @@ class Membership:
                 self._unlinked.pop(gone, None)
                 if event.reason == "left":  # it said goodbye: nothing to redial
                     self.dials.forget(gone)
-                    self._ever_linked.discard(gone)
+                    self._ever_linked.pop(gone, None)
                 log.info("peer %s %s", gone, event.reason)
         self._actions.append(Changed(tuple(events)))
 
@@ -497,7 +503,10 @@ class Membership:
                 self._send(action.requester, frame)
             elif isinstance(action, Suspected):
                 peer = self.state.peers.get(action.node_id)
-                if peer is not None:
+                # Told to all, the suspect included, to refute it; about a peer we never
+                # reached, only our own probes speak (no refutation could reach us anyway,
+                # and a table of fakes must not turn into a storm of suspicions).
+                if peer is not None and action.node_id in self._ever_linked:
                     frame = make_frame(
                         FrameType.SUSPECT, node_id=peer.node_id, incarnation=peer.incarnation
                     )
@@ -527,7 +536,7 @@ class Membership:
             return  # about another life of ours, or just refuted
         self._last_refute = now
         event = self.state.refute(self._wall_ms(now))
-        self.health.self_refuted()
+        self.health.self_refuted(now)
         log.warning("refuting a suspicion of this node (incarnation now %d)", event.me.incarnation)
         self._resign()
         self._actions.append(Changed((event,)))

@@ -400,6 +400,10 @@ class _Connection:
 
     def _hello_timed_out(self) -> None:
         if not self._authenticated and not self.closed:
+            if not self.up.done():  # silence is not a refusal: a dialler may try again
+                host, port = self.remote_addr[:2]
+                self.up.set_exception(PeerError(f"no answer from {host}:{port}"))
+                self.up.exception()
             self.close(ERROR_HELLO, "hello timed out")
             self._terminated("hello timed out")
 

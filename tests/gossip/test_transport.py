@@ -520,3 +520,18 @@ async def test_transport_closes_a_link_whose_peer_stops_reading(make_node: Any) 
         link.send(make_frame(FrameType.PING, pad=b"x" * 8192))
         await asyncio.sleep(0)
     await until(lambda: link.closed, "the link to a peer that does not read closes")
+
+
+async def test_transport_dial_to_a_silent_address_is_no_refusal(make_node: Any) -> None:
+    """Silence (a seed that is down) must not read as "not of this mesh": the dialler
+    tries again later, where a refusal would end its attempts."""
+    a = await make_node(TransportSettings(hello_timeout=0.3))
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.1", 0))
+    try:
+        host, port = silent.getsockname()
+        with pytest.raises(PeerError) as caught:
+            await a.transport.dial(f"{host}:{port}")
+        assert not isinstance(caught.value, HelloError)
+    finally:
+        silent.close()
