@@ -47,6 +47,33 @@ async def member_link(token: str) -> AsyncIterator[Link]:
         await transport.close()
 
 
+@contextlib.asynccontextmanager
+async def recording_member_link(
+    token: str, identity: Identity | None = None
+) -> AsyncIterator[tuple[Link, list[dict[str, Any]]]]:
+    """:func:`member_link` that keeps what the node says: yields the link and the list
+    its control frames are appended to as they arrive (for tests that count replies).
+    ``identity``: the member's key (default: a fresh ephemeral one), for a test that
+    signs announcements as this member."""
+    frames: list[dict[str, Any]] = []
+
+    class Recorder:
+        def link_up(self, link: Link) -> None: ...
+        def link_down(self, link: Link) -> None: ...
+        def stream_opened(self, link: Link, stream: Any, head: Any) -> None: ...
+
+        def frame_received(self, link: Link, frame: Any) -> None:
+            frames.append(frame)
+
+    join = JoinToken.decode(token)
+    transport = QuicTransport(identity or Identity.generate(), join.credentials, Recorder())  # type: ignore[arg-type]
+    await transport.start("127.0.0.1", 0)
+    try:
+        yield await transport.dial(join.addrs[0]), frames
+    finally:
+        await transport.close()
+
+
 def wait_for(
     predicate: Callable[[], Any], timeout: float, interval: float = 0.05, what: str = "condition"
 ) -> Any:
