@@ -45,6 +45,7 @@ from meshllm.proxy.limits import DEFAULT_LIMITS, BudgetHold, ByteBudget, HttpLim
 from meshllm.wire import Frame, FrameStream, FrameType, make_frame
 
 CHUNK_SIZE = 64 * 1024  # body bytes per frame: far below the 1 MiB frame cap
+INLINE_BODY_BYTES = 256 * 1024  # a body this small is queued before the wait for the ack
 MAX_BODY_SIZE = 32 * 1024 * 1024  # request body a peer may send (the proxy caps it first)
 TUNNEL_ROUTES = frozenset(
     {
@@ -186,18 +187,22 @@ async def open_tunnel_request(
     sending: asyncio.Future[None] | None = None
     try:
         await stream.send(head)
-        # The serving node acks the head alone, so the ack deadline starts here and the
-        # body goes out beside the wait: a big body neither delays the ack nor trips the
-        # deadline, and a dead node is caught even while send() waits on flow control
-        # (it would wait for acknowledgements that never come).
-        sending = asyncio.ensure_future(_send_body(stream, body))
+        # The serving node acks the head alone, so the ack deadline starts here.  A small
+        # body is queued at once (a send that never waits on flow control); a big one goes
+        # out beside the wait, so it neither delays the ack nor trips the deadline, and a
+        # dead node is caught even while send() waits for acknowledgements that never come.
+        if len(body) <= INLINE_BODY_BYTES:
+            await _send_body(stream, body)
+        else:
+            sending = asyncio.ensure_future(_send_body(stream, body))
         frame = await _recv_beside(stream, sending, limits.tunnel_ack_timeout, "no acknowledgement")
         if _is_tunnel(frame, "ack"):
             frame = await _recv_beside(stream, sending, idle, "no response head")
         # (A frame other than the ack is taken as the answer: a node that refuses or
         # answers at once proves itself alive just as well.)
         status, resp_headers = _response_head(frame)
-        await _sent(sending, idle)  # the head follows our end frame: done, or all but
+        if sending is not None:
+            await _sent(sending, idle)  # the head follows our end frame: done, or all but
     except TunnelUnavailable:
         _abandon(stream, sending)
         raise
@@ -217,10 +222,17 @@ async def _send_body(stream: FrameStream, body: bytes) -> None:
 
 
 async def _recv_beside(
-    stream: FrameStream, sending: asyncio.Future[None], timeout: float, what: str
+    stream: FrameStream, sending: asyncio.Future[None] | None, timeout: float, what: str
 ) -> Frame | None:
     """The next frame within ``timeout`` s, while ``sending`` runs; a failed send raises
     its :class:`PeerError` at once, silence a :class:`PeerError` saying ``what``."""
+    if sending is None or sending.done():
+        if sending is not None:
+            sending.result()  # a send that failed: raise why
+        try:
+            return await _recv(stream, timeout)
+        except PeerError as exc:
+            raise PeerError(f"{what}: {exc}") from None
     receiving = asyncio.ensure_future(stream.recv())
     try:
         async with asyncio.timeout(timeout):
