@@ -191,6 +191,8 @@ def print_status(status: dict) -> None:
         print(f"\n{'NODE':<18}{'ROLE':<8}{'ADDRESS':<24}{'RTT':>9}  SERVING")
         for p in status["peers"]:
             rtt = f"{p['rtt_ms']:.1f} ms" if p.get("rtt_ms") is not None else "-"
+            if p.get("suspect"):  # a probe or a tunnel to it failed: dead unless it answers
+                rtt = "suspect"
             served = ", ".join(p["serving"]) or "-"
             addr = p["addrs"][0] if p["addrs"] else "-"
             print(f"{p['node_id']:<18}{p['role']:<8}{addr:<24}{rtt:>9}  {served}")

@@ -65,3 +65,16 @@ def test_a_bad_cors_origin_is_a_config_error() -> None:
 
     with pytest.raises(ConfigError):
         parse("--cors-origin", "*")
+
+
+def test_status_names_a_suspect_peer(capsys: pytest.CaptureFixture[str]) -> None:
+    from meshllm.cli import print_status
+
+    peer = {"node_id": "b" * 16, "role": "host", "addrs": ["10.0.0.2:9338"], "rtt_ms": 1.5,
+            "serving": {"m": "ready"}, "suspect": True}  # fmt: skip
+    me = {"node_id": "a" * 16, "role": "host", "serving": {}, "mesh_id": "x", "catalog": [],
+          "peers": [peer, {**peer, "node_id": "c" * 16, "suspect": False}]}  # fmt: skip
+    print_status(me)
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("b" * 16) and "suspect" in line for line in lines)
+    assert any(line.startswith("c" * 16) and "1.5 ms" in line for line in lines)
