@@ -37,13 +37,14 @@ def test_five_nodes_converge(cluster: Cluster) -> None:
     assert token.addrs == [cluster.nodes[3].quic_addr]
 
 
-def test_kill_is_noticed_by_all_within_probe_interval_plus_timeout(cluster: Cluster) -> None:
+def test_kill_is_noticed_by_all_once_its_suspicion_times_out(cluster: Cluster) -> None:
     nodes = [cluster.add() for _ in range(4)]
     wait_for(cluster.converged, CONVERGE, what="convergence")
     victim = nodes[1]
     victim.kill()
     survivors = [n for n in nodes if n is not victim]
-    # probe interval 1 s + timeout 1 s; allow scheduling slack on a busy 2-core CI box.
+    # Probe interval 1 s + timeout 1 s, then a suspicion of 1-3 s (shorter as others
+    # confirm it); the rest is slack for a busy 2-core CI box.
     wait_for(
         lambda: all(victim.node_id not in n.peer_ids() for n in survivors),
         timeout=10,

@@ -113,14 +113,18 @@ class NodeProcess:
         """Launch the daemon; with ``wait``, return once it printed ``ready``."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
-        argv = [sys.executable, "-m", "meshllm", "--state-dir", str(self.state_dir), *self.args]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env
-            )
+                self.argv(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=self.env,
+            )  # fmt: skip
         if wait:
             self.wait_ready(timeout)
         return self
+
+    def argv(self) -> list[str]:
+        """The daemon's command line."""
+        return [sys.executable, "-m", "meshllm", "--state-dir", str(self.state_dir), *self.args]
 
     def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
         """Wait for the banner, and parse node id, addresses and token from it."""

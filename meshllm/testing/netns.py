@@ -36,14 +36,13 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from meshllm.testing.cluster import READY_TIMEOUT, NodeProcess
+from meshllm.testing.cluster import NodeProcess
 
 PREFIX = "mllm"
 """Namespace names are ``mllm<pid>h<i>`` and ``mllm<pid>br``: unique per test process."""
@@ -177,19 +176,9 @@ class NetnsNode(NodeProcess):
         super().__init__(state_dir, args)
         self.host = host
 
-    def start(self, wait: bool = True, timeout: float = READY_TIMEOUT) -> NetnsNode:
-        """Launch the daemon in the host's namespace; with ``wait``, return once ready."""
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
-        argv = ["ip", "netns", "exec", self.host.netns, sys.executable, "-m", "meshllm",
-                "--state-dir", str(self.state_dir), *self.args]  # fmt: skip
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env
-            )
-        if wait:
-            self.wait_ready(timeout)
-        return self
+    def argv(self) -> list[str]:
+        """The daemon's command line, run inside the host's namespace."""
+        return ["ip", "netns", "exec", self.host.netns, *super().argv()]
 
     def get(self, path: str, timeout: float = HTTP_TIMEOUT) -> Any:
         return self.host.http_get(self.http_port, path, timeout)
