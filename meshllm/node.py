@@ -38,6 +38,7 @@ from meshllm.proxy import ByteBudget, Forwarder, HttpLimits, create_app, serve_t
 from meshllm.proxy.guard import GuardSettings
 from meshllm.resources import host_resources, model_capacity_bytes, model_memory_kind
 from meshllm.serving.manager import ServingManager
+from meshllm.serving.model_file import model_name
 from meshllm.serving.port import ServingSettings
 from meshllm.wire import Frame, FrameType, make_frame
 
@@ -104,7 +105,7 @@ class Node:
             mesh_id=self.credentials.mesh_id,
             public_key=self.identity.public_key,
             role=Role.CLIENT if cfg.client else Role.WORKER,
-            requested_models=[] if cfg.client else list(cfg.models),
+            requested_models=[] if cfg.client else [model_name(m) for m in cfg.models],
             **resource_fields(),
             version=__version__,
             incarnation=time.time_ns() // 1_000_000,  # a restart always outranks the past

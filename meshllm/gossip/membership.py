@@ -27,7 +27,7 @@ import math
 import random
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from meshllm.errors import FrameError
@@ -148,6 +148,12 @@ class Membership:
     ) -> None:
         """``wall_offset``: wall-clock seconds minus ``now`` (incarnations are wall ms)."""
         self.settings = settings
+        fitted, dropped = signing.fit(
+            **{f: getattr(me, f) for f in ("addrs", "serving", "failures", "requested_models")}
+        )
+        if dropped:
+            log.warning("not announcing unsafe model names: %s", ", ".join(map(repr, dropped)))
+        me = replace(me, **fitted)
         self.state = MeshState(me, settings.max_peers)
         self.linked: set[str] = set()
         self.health = Health(settings.health, rng, linked=self.linked)

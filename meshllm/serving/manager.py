@@ -32,7 +32,7 @@ from meshllm.serving.install import DEFAULT_MODEL
 from meshllm.serving.launch import LlamaOptions
 from meshllm.serving.llama import FAILURE_MAX_CHARS, LlamaServer
 from meshllm.serving.locate import find_llama_server, proven_args
-from meshllm.serving.model_file import ModelFile
+from meshllm.serving.model_file import ModelFile, model_name
 from meshllm.serving.port import MeshPort, ServingSettings
 from meshllm.serving.scan import scan_catalog
 from meshllm.wire import Frame, FrameStream
@@ -155,7 +155,7 @@ class ServingManager:
     async def _serve_requested(self) -> None:
         cfg = self.settings
         local = {name: m.size_bytes for name, m in self.models.items()}
-        names = [Path(spec).stem if spec.endswith(".gguf") else spec for spec in cfg.models]
+        names = [model_name(spec) for spec in cfg.models]
         choice = choose_startup_model(names, local, self.mesh.me.memory_bytes)
         self.mesh.publish(requested_models=list(choice.requested))
         if choice.serve is not None:

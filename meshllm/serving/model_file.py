@@ -33,3 +33,8 @@ class ModelFile:
         unknown keys are ignored."""
         known = {f.name for f in fields(cls)}
         return cls(**{**{k: v for k, v in data.items() if k in known}, "path": Path(data["path"])})
+
+
+def model_name(spec: str) -> str:
+    """The mesh name of a ``--model`` value: a path's file stem, else the name itself."""
+    return Path(spec).stem if spec.lower().endswith(".gguf") else spec

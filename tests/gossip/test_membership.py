@@ -385,3 +385,10 @@ def test_at_default_timings_a_dead_peer_is_gone_within_about_25_s() -> None:
         lambda: all(victim.node_id not in h.peer_ids() for h in survivors), timeout=60, step=0.1
     )
     assert took <= 25 + 1
+
+
+def test_unsafe_names_in_this_nodes_own_announcement_are_left_out_not_fatal() -> None:
+    net = MemNet(SETTINGS)
+    host = net.add("h", requested_models=["/models/x.gguf", "good-model"])
+    assert host.core.state.me.requested_models == ["good-model"]
+    assert signing.verify(host.core.signed_me.to_wire()).ann.requested_models == ["good-model"]
