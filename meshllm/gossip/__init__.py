@@ -11,6 +11,7 @@ from meshllm.gossip.announcement import (
     SignedAnnouncement,
     is_model_name,
 )
+from meshllm.gossip.connection import Link
 from meshllm.gossip.health import HealthSettings
 from meshllm.gossip.membership import Membership, MembershipSettings, Seed
 from meshllm.gossip.pump import Gossip
@@ -23,7 +24,7 @@ from meshllm.gossip.state import (
     SelfRefuted,
     StateEvent,
 )
-from meshllm.gossip.transport import Link, QuicTransport, split_addr
+from meshllm.gossip.transport import QuicTransport, split_addr
 
 __all__ = [
     "Gossip",

@@ -18,6 +18,7 @@ from typing import Any
 
 from meshllm.errors import HelloError, PeerError
 from meshllm.gossip.announcement import PeerAnnouncement, Signer
+from meshllm.gossip.connection import Link
 from meshllm.gossip.dials import Dial
 from meshllm.gossip.membership import (
     Broadcast,
@@ -30,7 +31,7 @@ from meshllm.gossip.membership import (
 )
 from meshllm.gossip.quic_stream import QuicFrameStream
 from meshllm.gossip.state import MeshState, StateEvent
-from meshllm.gossip.transport import Link, QuicTransport
+from meshllm.gossip.transport import QuicTransport
 from meshllm.wire import Frame, FrameType
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """QuicFrameStream: a :class:`~meshllm.wire.FrameStream` over one QUIC stream.
 
-The connection in :mod:`meshllm.gossip.transport` feeds it received bytes and
+The connection in :mod:`meshllm.gossip.connection` feeds it received bytes and
 ack progress; the stream decodes frames and applies the backpressure aioquic
 does not (its writes buffer without bound, DESIGN.md §9).
 """
@@ -25,7 +25,7 @@ MAX_BUFFERED = 16 << 20
 
 
 class StreamOwner(Protocol):
-    """What a stream needs of its connection (the transport's connection implements it)."""
+    """What a stream needs of its connection (:class:`~meshllm.gossip.connection.Connection`)."""
 
     quic: QuicConnection
     peer_id: str | None

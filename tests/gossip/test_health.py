@@ -44,7 +44,6 @@ def test_first_probe_within_one_interval_then_every_interval() -> None:
 
 def test_missed_probe_suspects_and_asks_others_then_dies_without_answers() -> None:
     h = health("a", "b", "c", "x")
-    linked = {"a", "b", "c", "x"}
     for ping in of(h.tick(15), Ping):
         if ping.node_id != "x":
             h.pong(ping.node_id, ping.ping_id, now=15.1)

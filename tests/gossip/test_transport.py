@@ -21,6 +21,7 @@ from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import ConnectionTerminated, QuicEvent, StreamDataReceived
 
 from meshllm.errors import HelloError, PeerError
+from meshllm.gossip.connection import Connection
 from meshllm.gossip.hello import NONCE_BYTES
 from meshllm.gossip.quic_stream import QuicFrameStream
 from meshllm.gossip.transport import (
@@ -30,7 +31,6 @@ from meshllm.gossip.transport import (
     Link,
     QuicTransport,
     TransportSettings,
-    _Connection,
 )
 from meshllm.identity import Identity
 from meshllm.join_token import MeshCredentials
@@ -115,7 +115,7 @@ async def make_node(
         await transport.close()
 
 
-def connection_to(node: Node, peer: Node) -> _Connection:
+def connection_to(node: Node, peer: Node) -> Connection:
     return node.transport.links[peer.node_id]._conn
 
 
