@@ -148,12 +148,8 @@ class Membership:
     ) -> None:
         """``wall_offset``: wall-clock seconds minus ``now`` (incarnations are wall ms)."""
         self.settings = settings
-        fitted, dropped = signing.fit(
-            **{f: getattr(me, f) for f in ("addrs", "serving", "failures", "requested_models")}
-        )
-        if dropped:
-            log.warning("not announcing unsafe model names: %s", ", ".join(map(repr, dropped)))
-        me = replace(me, **fitted)
+        fields = ("addrs", "serving", "failures", "available_models", "requested_models")
+        me = replace(me, **_fit({f: getattr(me, f) for f in fields}))
         self.state = MeshState(me, settings.max_peers)
         self.linked: set[str] = set()
         self.health = Health(settings.health, rng, linked=self.linked)
@@ -213,9 +209,7 @@ class Membership:
 
     def publish(self, now: float, **changes: Any) -> PeerAnnouncement:
         """Change this node's announcement and tell every peer at once."""
-        fitted, dropped = signing.fit(**changes)
-        if dropped:
-            log.warning("not announcing unsafe model names: %s", ", ".join(map(repr, dropped)))
+        fitted = _fit(changes)
         if "load" in fitted:
             self._load = fitted["load"]
         self.state.update_me(**fitted)
@@ -614,6 +608,15 @@ class Membership:
 
     def _wall_ms(self, now: float) -> int:
         return int((now + self._wall_offset) * 1000)
+
+
+def _fit(changes: dict[str, Any]) -> dict[str, Any]:
+    """``changes`` to this node's announcement as peers accept them (a log line for what
+    was left out: a name from outside, say an endpoint's, that is not a safe name)."""
+    fitted, dropped = signing.fit(**changes)
+    if dropped:
+        log.warning("not announcing unsafe model names: %s", ", ".join(map(repr, dropped)))
+    return fitted
 
 
 def _announce(signed: list[SignedAnnouncement]) -> Frame:
