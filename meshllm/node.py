@@ -58,9 +58,11 @@ class Node:
             Identity.generate() if config.client else Identity.load_or_create(config.state_dir)
         )
         self.credentials, self.seeds = self._mesh_credentials()
-        self.seen_statements = SeenNonces()  # owner statements accepted lately: no replays
-        self.admin_token = "" if config.client else load_admin_token(config.state_dir)
         self.started_at = time.time()
+        # Owner statements accepted lately: no replays, not even of one this node's previous
+        # run accepted (a statement issued before this start is refused).
+        self.seen_statements = SeenNonces(issued_after=self.started_at)
+        self.admin_token = "" if config.client else load_admin_token(config.state_dir)
         self.stopped = asyncio.Event()
         self.request_exit = self.stopped.set  # replaced by run() with its signal-aware stop
 

@@ -161,12 +161,14 @@ class SeenNonces:
 
     A nonce is forgotten once its statement is too old to be accepted anyway.  Past
     ``capacity`` the oldest is forgotten early, and from then on a statement issued no later
-    than it is refused: it can no longer be told from a replay."""
+    than it is refused: it can no longer be told from a replay.  The memory does not outlive
+    the process, so a node passes its start time as ``issued_after``: a statement issued
+    before this process began may have been accepted by the one before it."""
 
-    def __init__(self, capacity: int = SEEN_CAPACITY) -> None:
+    def __init__(self, capacity: int = SEEN_CAPACITY, issued_after: float = -math.inf) -> None:
         self.capacity = capacity
         self._seen: OrderedDict[bytes, float] = OrderedDict()  # nonce → iat, oldest first
-        self._floor = -math.inf
+        self._floor = issued_after
 
     def __len__(self) -> int:
         return len(self._seen)
@@ -181,7 +183,7 @@ class SeenNonces:
         if nonce in self._seen:
             raise AuthError("statement replayed: its nonce was seen before")
         if iat <= self._floor:
-            raise AuthError("statement too old to tell from a replay (too many statements)")
+            raise AuthError("statement issued too early to tell from a replay")
         self._seen[nonce] = iat
         while len(self._seen) > self.capacity:
             _, forgotten = self._seen.popitem(last=False)

@@ -122,6 +122,16 @@ def test_a_replayed_nonce_is_refused(owner: OwnerKey) -> None:
     assert len(seen) == 1
 
 
+def test_a_statement_issued_before_this_process_began_is_refused(owner: OwnerKey) -> None:
+    """The replay memory is gone after a restart: what the last run may have accepted is
+    refused by its date."""
+    seen = SeenNonces(issued_after=T0)
+    with pytest.raises(AuthError, match="tell from a replay"):
+        verify(owner, sign_statement(owner, "drop", BODY, T0 - 1, mesh_id=MESH), T0 + 1, seen=seen)
+    assert verify(owner, sign_statement(owner, "drop", BODY, T0 + 1, mesh_id=MESH), T0 + 1,
+                  seen=seen) == BODY  # fmt: skip
+
+
 def test_the_replay_memory_is_bounded_and_stays_safe(owner: OwnerKey) -> None:
     seen = SeenNonces(capacity=3)
     statements = [
