@@ -1,4 +1,4 @@
-"""Election groups and auto-assignment: pure functions over announcements (DESIGN.md §6)."""
+"""Election groups, auto-assignment, placement: pure functions over announcements (DESIGN.md §6)."""
 
 from meshllm.election.assignment import (
     Assignment,
@@ -12,11 +12,27 @@ from meshllm.election.assignment import (
 )
 from meshllm.election.catalog import catalog, catalog_models
 from meshllm.election.groups import ElectionGroup, elect
+from meshllm.election.placement import (
+    FreeMemory,
+    Placement,
+    PlacementTier,
+    Refusal,
+    RefusalReason,
+    place,
+    rank,
+    rendezvous_hash,
+    rendezvous_score,
+)
 
 __all__ = [
     "AssignReason",
     "Assignment",
     "ElectionGroup",
+    "FreeMemory",
+    "Placement",
+    "PlacementTier",
+    "Refusal",
+    "RefusalReason",
     "StartupChoice",
     "assign",
     "catalog",
@@ -25,5 +41,9 @@ __all__ = [
     "elect",
     "estimate_model_memory",
     "fits",
+    "place",
+    "rank",
+    "rendezvous_hash",
+    "rendezvous_score",
     "why_unassigned",
 ]

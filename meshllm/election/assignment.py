@@ -124,8 +124,8 @@ def assign(me: PeerAnnouncement, peers: Iterable[PeerAnnouncement]) -> Assignmen
 
     best: tuple[tuple[int, int, bool, int, str], Assignment] | None = None
     for model in catalog:
-        holders = [p for p in servers if _size(p, model) is not None]
-        size = _size(me, model)
+        holders = [p for p in servers if file_size(p, model) is not None]
+        size = file_size(me, model)
         local = size is not None
         if size is None and holders:
             # Peers should agree on a file's size; if they don't, plan for the largest.
@@ -153,7 +153,7 @@ def assign(me: PeerAnnouncement, peers: Iterable[PeerAnnouncement]) -> Assignmen
 _PRIORITY = {reason: rank for rank, reason in enumerate(AssignReason)}
 
 
-def _size(node: PeerAnnouncement, model: str) -> int | None:
+def file_size(node: PeerAnnouncement, model: str) -> int | None:
     """The size of ``model`` on ``node``'s disk; None if absent or not a plausible size."""
     size = node.available_models.get(model)
     # Announcements are a peer's word: a non-positive size is no file we could fetch.
@@ -179,9 +179,9 @@ def why_unassigned(me: PeerAnnouncement, peers: Iterable[PeerAnnouncement]) -> s
     if not catalog:
         return "the mesh has no models yet (start a node with --model NAME)"
     sizes = {
-        m: max(s for node in nodes if (s := _size(node, m)) is not None)
+        m: max(s for node in nodes if (s := file_size(node, m)) is not None)
         for m in catalog
-        if any(_size(node, m) is not None for node in nodes)
+        if any(file_size(node, m) is not None for node in nodes)
     }
     reasons = []
     if nameless := sorted(catalog - sizes.keys()):
@@ -190,11 +190,12 @@ def why_unassigned(me: PeerAnnouncement, peers: Iterable[PeerAnnouncement]) -> s
         smallest = min(sizes, key=lambda m: (sizes[m], m))
         kind = "VRAM" if me.memory_kind == "vram" else "RAM"
         reasons.append(
-            f"no model fits this node's {_gib(me.memory_bytes)} of {kind} for models "
-            f"(the smallest, {smallest}, needs {_gib(estimate_model_memory(sizes[smallest]))})"
+            f"no model fits this node's {gib(me.memory_bytes)} of {kind} for models "
+            f"(the smallest, {smallest}, needs {gib(estimate_model_memory(sizes[smallest]))})"
         )
     return "; ".join(reasons)
 
 
-def _gib(n: int) -> str:
+def gib(n: int) -> str:
+    """``n`` bytes in GiB, for messages."""
     return f"{n / (1 << 30):.1f} GiB"
