@@ -27,34 +27,14 @@ READY_TIMEOUT = 60.0
 
 
 @contextlib.asynccontextmanager
-async def member_link(token: str) -> AsyncIterator[Link]:
-    """A link to the node that printed ``token``, dialled as a bare mesh member (the
-    mesh secret, an ephemeral key, no owner key): for tests that speak the real
-    protocol as a hostile peer would.  Frames it receives are ignored."""
-
-    class Quiet:
-        def link_up(self, link: Link) -> None: ...
-        def link_down(self, link: Link) -> None: ...
-        def frame_received(self, link: Link, frame: Any) -> None: ...
-        def stream_opened(self, link: Link, stream: Any, head: Any) -> None: ...
-
-    join = JoinToken.decode(token)
-    transport = QuicTransport(Identity.generate(), join.credentials, Quiet())  # type: ignore[arg-type]
-    await transport.start("127.0.0.1", 0)
-    try:
-        yield await transport.dial(join.addrs[0])
-    finally:
-        await transport.close()
-
-
-@contextlib.asynccontextmanager
 async def recording_member_link(
     token: str, identity: Identity | None = None
 ) -> AsyncIterator[tuple[Link, list[dict[str, Any]]]]:
-    """:func:`member_link` that keeps what the node says: yields the link and the list
-    its control frames are appended to as they arrive (for tests that count replies).
-    ``identity``: the member's key (default: a fresh ephemeral one), for a test that
-    signs announcements as this member."""
+    """A link to the node that printed ``token``, dialled as a bare mesh member (the
+    mesh secret, no owner key), for tests that speak the real protocol as a hostile peer
+    would.  Yields the link and the list its control frames are appended to as they
+    arrive.  ``identity``: the member's key (default: a fresh ephemeral one), for a test
+    that signs announcements as this member."""
     frames: list[dict[str, Any]] = []
 
     class Recorder:
@@ -72,6 +52,13 @@ async def recording_member_link(
         yield await transport.dial(join.addrs[0]), frames
     finally:
         await transport.close()
+
+
+@contextlib.asynccontextmanager
+async def member_link(token: str) -> AsyncIterator[Link]:
+    """:func:`recording_member_link` for a test that ignores what the node says."""
+    async with recording_member_link(token) as (link, _):
+        yield link
 
 
 def wait_for(
