@@ -15,7 +15,7 @@ itself.  Every field is validated and bounded (the ``MAX_*`` constants).
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -103,8 +103,9 @@ class PeerAnnouncement:
         return replace(self, **changes, seq=self.seq + 1)
 
     def to_wire(self) -> dict[str, Any]:
-        """Plain dict for msgpack or JSON."""
-        wire = asdict(self)
+        """Plain dict for msgpack or JSON (shallow: its maps and lists are the
+        announcement's own, so read them, don't change them)."""
+        wire = {name: getattr(self, name) for name in _FIELD_NAMES}
         wire["role"] = str(self.role)
         return wire
 
@@ -125,6 +126,9 @@ class PeerAnnouncement:
             return replace(ann, role=Role(ann.role))
         except (TypeError, ValueError) as exc:
             raise FrameError(f"bad announcement: {exc}") from None
+
+
+_FIELD_NAMES = tuple(f.name for f in fields(PeerAnnouncement))
 
 
 class Signer(Protocol):
