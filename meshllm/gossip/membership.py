@@ -444,6 +444,10 @@ class Membership:
     def _check(self, sender: str, wire: Any, now: float) -> SignedAnnouncement | None:
         """A signed announcement worth merging, or None (old news, or refused and counted)."""
         peeked = signing.peek(wire)
+        if peeked is not None and peeked[0] == self.state.node_id:
+            if peeked[1] > self.state.me.rank:
+                self._outranked(sender, wire, now)
+            return None
         if peeked is not None and not self.state.is_new(*peeked, now):
             unknown = peeked[0] not in self.state.peers and peeked[0] != self.state.node_id
             if unknown and len(self.state.peers) >= self.settings.max_peers:
@@ -538,6 +542,25 @@ class Membership:
         event = self.state.refute(self._wall_ms(now))
         self.health.self_refuted(now)
         log.warning("refuting a suspicion of this node (incarnation now %d)", event.me.incarnation)
+        self._resign()
+        self._actions.append(Changed((event,)))
+
+    def _outranked(self, sender: str, wire: Any, now: float) -> None:
+        """The mesh holds an announcement of ours that outranks this run's (an earlier run
+        whose clock was ahead): outrank it, or peers would keep the old one."""
+        try:
+            old = signing.verify(wire)  # our own key's: nobody else can make one
+        except FrameError as exc:
+            self.counters["bad_announcements"] += 1
+            self._offence(sender, self._books.get(sender), str(exc), now, reply=False)
+            return
+        if now - self._last_refute < REFUTE_MIN_GAP:
+            return
+        self._last_refute = now
+        event = self.state.refute(self._wall_ms(now), past=old.ann.incarnation)
+        log.warning(
+            "an earlier run of this node outranks it: incarnation now %d", event.me.incarnation
+        )
         self._resign()
         self._actions.append(Changed((event,)))
 

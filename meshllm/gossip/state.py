@@ -87,10 +87,12 @@ class MeshState:
         self.me = self.me.bump(**changes)
         return self.me
 
-    def refute(self, wall_ms: int) -> SelfRefuted:
-        """Raise this node's incarnation past any suspicion of its current one (to the
-        wall clock in ms when that is further, so incarnations never run ahead of it)."""
-        incarnation = min(max(self.me.incarnation + 1, wall_ms), MAX_COUNTER)
+    def refute(self, wall_ms: int, past: int = -1) -> SelfRefuted:
+        """Raise this node's incarnation past any suspicion of its current one, and past
+        ``past`` (an incarnation of ours the mesh still holds, from a run whose clock was
+        ahead); to the wall clock in ms when that is further, so incarnations never run
+        ahead of it needlessly."""
+        incarnation = min(max(self.me.incarnation + 1, past + 1, wall_ms), MAX_COUNTER)
         self.me = replace(self.me, incarnation=incarnation, seq=self.me.seq + 1)
         return SelfRefuted(self.me)
 

@@ -392,3 +392,18 @@ def test_unsafe_names_in_this_nodes_own_announcement_are_left_out_not_fatal() ->
     host = net.add("h", requested_models=["/models/x.gguf", "good-model"])
     assert host.core.state.me.requested_models == ["good-model"]
     assert signing.verify(host.core.signed_me.to_wire()).ann.requested_models == ["good-model"]
+
+
+def test_an_earlier_run_that_outranks_this_one_is_outranked() -> None:
+    net, (a, b) = mesh(2)
+    # An announcement of a's from a run whose clock was 5 minutes ahead, still in the mesh.
+    ahead = replace(a.core.state.me, incarnation=a.core.state.me.incarnation + 300_000)
+    stale = signing.sign(ahead, a.identity).to_wire()
+    a.core.receive(b.node_id, make_frame(FrameType.ANNOUNCE, anns=[stale]), net.now)
+    net.transfer()
+    assert a.core.state.me.incarnation > ahead.incarnation
+    assert b.core.state.peers[a.node_id].incarnation == a.core.state.me.incarnation
+    # Forged "earlier runs" are refused: only a's key can sign one.
+    forged = {"p": signing.sign(ahead, a.identity).payload, "s": b.identity.sign(b"x")}
+    a.core.receive(b.node_id, make_frame(FrameType.ANNOUNCE, anns=[forged]), net.now + 1)
+    assert a.core.counters["bad_announcements"] == 1
