@@ -404,6 +404,7 @@ def test_an_earlier_run_that_outranks_this_one_is_outranked() -> None:
     assert a.core.state.me.incarnation > ahead.incarnation
     assert b.core.state.peers[a.node_id].incarnation == a.core.state.me.incarnation
     # Forged "earlier runs" are refused: only a's key can sign one.
-    forged = {"p": signing.sign(ahead, a.identity).payload, "s": b.identity.sign(b"x")}
+    higher = replace(ahead, incarnation=a.core.state.me.incarnation + 1000)
+    forged = {"p": signing.sign(higher, a.identity).payload, "s": b.identity.sign(b"x")}
     a.core.receive(b.node_id, make_frame(FrameType.ANNOUNCE, anns=[forged]), net.now + 1)
     assert a.core.counters["bad_announcements"] == 1
