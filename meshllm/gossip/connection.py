@@ -403,13 +403,16 @@ class Connection:
                 host, port = self.remote_addr[:2]
                 self.up.set_exception(PeerError(f"no answer from {host}:{port}"))
                 self.up.exception()
-            self.close(ERROR_HELLO, "hello timed out")
-            self.terminated("hello timed out")
+            self._abort("hello timed out")
 
     def evict(self) -> None:
         """Drop this unauthenticated connection to free its hello slot."""
-        self.close(ERROR_HELLO, "evicted: too many connections waiting for their hello")
-        self.terminated("evicted: too many connections waiting for their hello")
+        self._abort("evicted: too many connections waiting for their hello")
+
+    def _abort(self, reason: str) -> None:
+        """Close a connection still in its hello, and let it go at once."""
+        self.close(ERROR_HELLO, reason)
+        self.terminated(reason)
 
     # streams and closing
 

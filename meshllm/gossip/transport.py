@@ -208,13 +208,8 @@ class QuicTransport(asyncio.DatagramProtocol):
         quic.connect(remote, now=loop.time())
         conn.transmit()
         try:
-            return await asyncio.wait_for(
-                asyncio.shield(conn.up), self.settings.hello_timeout + 1.0
-            )
-        except TimeoutError:
-            conn.close(ERROR_HELLO, "hello timed out")
-            conn.terminated("hello timed out")
-            raise PeerError(f"no answer from {addr}") from None
+            # The connection's own hello timer ends the wait: silence is a PeerError.
+            return await asyncio.shield(conn.up)
         except PeerError:
             # Both sides dialled at once and the peer kept the other connection.
             existing = self.links.get(conn.peer_id or "")
