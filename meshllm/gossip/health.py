@@ -173,9 +173,6 @@ class Health:
         """Stop probing ``node_id`` (it is dead or gone)."""
         self._peers.pop(node_id, None)
 
-    def tracked(self) -> list[str]:
-        return list(self._peers)
-
     def heard_from(self, node_id: str, now: float) -> None:
         """Any frame from the peer is a sign of life (not a refutation of a suspicion)."""
         if (peer := self._peers.get(node_id)) is not None:
@@ -185,9 +182,7 @@ class Health:
         """Proof of life that ends a suspicion: a new authenticated link, or an
         announcement refuting it."""
         if (peer := self._peers.get(node_id)) is not None:
-            peer.suspicion = None
-            peer.reported_by.clear()
-            peer.last_heard = now
+            self._clear_suspicion(peer, now)
 
     def suspect(self, node_id: str, now: float, reporter: str | None = None) -> None:
         """Evidence against ``node_id``: ``reporter`` None is our own (a broken data
@@ -275,11 +270,11 @@ class Health:
                     self._actions.append(NeedLink(node_id))
                     peer.next_probe = now + self._interval()
                     self._start_suspicion(node_id, peer, now)
-        actions, self._actions = self._actions, []
-        return actions
+        return self.pending()
 
     def pending(self) -> list[HealthAction]:
-        """Actions produced outside :meth:`tick` (answers to ping-reqs)."""
+        """Actions not yet handed over (those made outside :meth:`tick`: answers to
+        ping-reqs, the probes of a suspicion)."""
         actions, self._actions = self._actions, []
         return actions
 
@@ -351,10 +346,13 @@ class Health:
 
     def _answered(self, peer: _Peer, now: float) -> None:
         peer.ping_id = None
-        peer.last_heard = now
         peer.next_probe = now + self._interval()
+        self._clear_suspicion(peer, now)
+
+    def _clear_suspicion(self, peer: _Peer, now: float) -> None:
         peer.suspicion = None
         peer.reported_by.clear()
+        peer.last_heard = now
 
     def _new_id(self) -> int:
         # Random, not a counter: an id a member could guess would let it answer for others.

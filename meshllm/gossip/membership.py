@@ -26,7 +26,7 @@ import logging
 import math
 import random
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -365,7 +365,7 @@ class Membership:
             if isinstance(node_id, str) and _is_rank(rank):
                 theirs[node_id] = (rank[0], rank[1])
         push, pull = self.state.compare(theirs, now)
-        self._push(sender, [self._signed(n) for n in push if self._signed(n) is not None])
+        self._push_known(sender, push)
         if pull:
             self._actions.append(Send(sender, make_frame(FrameType.PULL, ids=pull)))
 
@@ -374,7 +374,7 @@ class Membership:
         if not isinstance(ids, list):
             raise FrameError("pull without a list of ids")
         wanted = dict.fromkeys(i for i in ids[: self.settings.max_peers + 1] if isinstance(i, str))
-        self._push(sender, [s for i in wanted if (s := self._signed(i)) is not None])
+        self._push_known(sender, wanted)
 
     def _on_ping(self, sender: str, frame: Frame, now: float) -> None:
         ping_id = frame.get("id")
@@ -449,8 +449,10 @@ class Membership:
                 self._outranked(sender, wire, now)
             return None
         if peeked is not None and not self.state.is_new(*peeked, now):
-            unknown = peeked[0] not in self.state.peers and peeked[0] != self.state.node_id
-            if unknown and len(self.state.peers) >= self.settings.max_peers:
+            if (
+                peeked[0] not in self.state.peers
+                and len(self.state.peers) >= self.settings.max_peers
+            ):
                 self.counters["table_full"] += 1
             return None  # old news (or no room): not worth a signature check
         try:
@@ -466,9 +468,6 @@ class Membership:
         if ann.incarnation > self._wall_ms(now) + MAX_CLOCK_AHEAD_MS:
             self.counters["incarnation_ahead"] += 1
             self._offence(sender, self._books.get(sender), "incarnation ahead of the clock", now)
-            return None
-        if ann.node_id not in self.state.peers and len(self.state.peers) >= self.settings.max_peers:
-            self.counters["table_full"] += 1
             return None
         return signed
 
@@ -536,14 +535,10 @@ class Membership:
         self._changed([event], now)
 
     def _refute(self, incarnation: int, now: float) -> None:
-        if incarnation != self.state.me.incarnation or now - self._last_refute < REFUTE_MIN_GAP:
-            return  # about another life of ours, or just refuted
-        self._last_refute = now
-        event = self.state.refute(self._wall_ms(now))
-        self.health.self_refuted(now)
-        log.warning("refuting a suspicion of this node (incarnation now %d)", event.me.incarnation)
-        self._resign()
-        self._actions.append(Changed((event,)))
+        if incarnation != self.state.me.incarnation:
+            return  # about another life of ours
+        if self._raise_incarnation(now, "refuting a suspicion of this node"):
+            self.health.self_refuted(now)
 
     def _outranked(self, sender: str, wire: Any, now: float) -> None:
         """The mesh holds an announcement of ours that outranks this run's (an earlier run
@@ -554,15 +549,19 @@ class Membership:
             self.counters["bad_announcements"] += 1
             self._offence(sender, self._books.get(sender), str(exc), now, reply=False)
             return
+        self._raise_incarnation(now, "an earlier run of this node outranks it", old.ann.incarnation)
+
+    def _raise_incarnation(self, now: float, why: str, past: int = -1) -> bool:
+        """Outrank every announcement of ours in the mesh (at most once a REFUTE_MIN_GAP);
+        whether it was done."""
         if now - self._last_refute < REFUTE_MIN_GAP:
-            return
+            return False
         self._last_refute = now
-        event = self.state.refute(self._wall_ms(now), past=old.ann.incarnation)
-        log.warning(
-            "an earlier run of this node outranks it: incarnation now %d", event.me.incarnation
-        )
+        event = self.state.refute(self._wall_ms(now), past=past)
+        log.warning("%s: incarnation now %d", why, event.me.incarnation)
         self._resign()
         self._actions.append(Changed((event,)))
+        return True
 
     def _resign(self) -> None:
         self._signed_me = signing.sign(self.state.me, self._signer)
@@ -599,10 +598,10 @@ class Membership:
         if batch:
             self._send(node_id, _announce(batch))
 
-    def _signed(self, node_id: str) -> SignedAnnouncement | None:
-        if node_id == self.state.node_id:
-            return self._signed_me
-        return self.state.signed.get(node_id)
+    def _push_known(self, node_id: str, ids: Iterable[str]) -> None:
+        """Send ``node_id`` the signed announcements we hold of ``ids`` (ours included)."""
+        mine = {self.state.node_id: self._signed_me}
+        self._push(node_id, [s for i in ids if (s := mine.get(i) or self.state.signed.get(i))])
 
     def _send(self, node_id: str, frame: Frame) -> None:
         if node_id in self.linked:
