@@ -220,9 +220,12 @@ class Membership:
         """Join through ``seed``; it is redialled whenever we hold no link to it."""
         self.dials.seed(seed.addr, seed.node_id, now)
 
-    def set_load(self, load: int) -> None:
-        """Requests in flight; published at most every ``load_publish_interval``."""
+    def set_load(self, load: int) -> float | None:
+        """Requests in flight; published at most every ``load_publish_interval``.  Returns
+        when it is due to be (None: nothing new to publish), so that a caller on a hot path
+        need not ask for the whole :meth:`next_deadline`."""
         self._load = max(0, load)
+        return self._next_load if self._load != self.state.me.load else None
 
     def suspect(self, node_id: str, reason: str, now: float) -> None:
         """The data path to ``node_id`` broke (a tunnel, a stream): suspect it at once."""

@@ -112,8 +112,8 @@ class Gossip:
 
     def set_load(self, load: int) -> None:
         """Requests in flight; coalesced by the core (per request: kept cheap)."""
-        self.core.set_load(load)
-        if self._timer_at is None or self._timer_at > self.now() + 0.01:
+        due = self.core.set_load(load)
+        if due is not None and (self._timer_at is None or due < self._timer_at):
             self._schedule()
 
     def suspect(self, node_id: str, reason: str) -> None:
