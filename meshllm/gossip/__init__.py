@@ -5,8 +5,10 @@ Other packages import these names from here, never a module's private helpers.
 """
 
 from meshllm.gossip.announcement import (
+    SERVING_STATE,
     ModelState,
     PeerAnnouncement,
+    PoolState,
     Role,
     SignedAnnouncement,
     is_model_name,
@@ -27,6 +29,7 @@ from meshllm.gossip.state import (
 from meshllm.gossip.transport import QuicTransport, split_addr
 
 __all__ = [
+    "SERVING_STATE",
     "Gossip",
     "HealthSettings",
     "Link",
@@ -38,6 +41,7 @@ __all__ = [
     "PeerJoined",
     "PeerRemoved",
     "PeerUpdated",
+    "PoolState",
     "QuicFrameStream",
     "QuicTransport",
     "Role",

@@ -64,6 +64,41 @@ class ModelState(StrEnum):
     FAILED = "failed"  # given up on (cause in ``failures``), or an unreachable endpoint
 
 
+class PoolState(StrEnum):
+    """A model's state in a node's pool, as announced in ``pool`` (DESIGN.md §6, the seed's
+    "Model Pool Manager").  ``serving`` says less (:data:`SERVING_STATE`), and routing
+    reads only that; ``pool`` is for people and placement."""
+
+    COLD = "cold"  # on disk, not loaded (never in ``pool``: absent means cold)
+    FETCHING = "fetching"  # copying the GGUF from a peer
+    WARMING = "warming"  # llama-server starting, /health not yet 200
+    HOT = "hot"  # loaded: busy, pinned or kept for good
+    COOLING = "cooling"  # loaded and idle, its TTL counting down (``until``)
+    UNLOADING = "unloading"  # its server being stopped
+    FAILED = "failed"  # given up on; the cause is in ``failures``
+
+
+SERVING_STATE: dict[PoolState, ModelState | None] = {
+    PoolState.COLD: None,
+    PoolState.FETCHING: ModelState.FETCHING,
+    PoolState.WARMING: ModelState.STARTING,
+    PoolState.HOT: ModelState.READY,
+    PoolState.COOLING: ModelState.READY,  # still answers: a request makes it hot again
+    PoolState.UNLOADING: None,  # takes no new requests
+    PoolState.FAILED: ModelState.FAILED,
+}
+"""What each pool state says in ``serving`` (None: the model is not in it)."""
+
+POOL_KEYS = {"state": str, "since": int, "eta": float, "until": int, "pinned": bool}
+"""A ``pool`` entry's keys and types: ``since`` (wall ms) it is in ``state``; ``eta``
+seconds a fetch or warm-up takes in all, from ``since`` (from the size and this
+node's measured speed; absent: unknown); ``until`` (wall ms) a cooling model unloads."""
+
+DEMAND_KEYS = {"rpm": float, "last": int}
+"""A ``demand`` entry: requests a minute this node's proxy routed for the model (over
+the last minute), and when it routed the last one (wall ms)."""
+
+
 @dataclass(frozen=True, slots=True)
 class PeerAnnouncement:
     """One node's self-description, gossiped to every peer."""
@@ -83,6 +118,9 @@ class PeerAnnouncement:
     memory_kind: str = "ram"  # "vram": GPU memory; "ram": a CPU-only node
     resources: dict[str, Any] = field(default_factory=dict)  # cpu, ram, gpus (ephemeral)
     load: int = 0  # requests in flight
+    pool: dict[str, dict[str, Any]] = field(default_factory=dict)  # model -> POOL_KEYS
+    demand: dict[str, dict[str, Any]] = field(default_factory=dict)  # model -> DEMAND_KEYS
+    pool_room: int | None = None  # bytes a newly placed model could get (idle ones evicted)
     version: str = ""
     incarnation: int = 0
     seq: int = 0
@@ -218,7 +256,7 @@ def fit(**changes: Any) -> tuple[dict[str, Any], list[str]]:
     and what was left out (for a log line)."""
     dropped: list[str] = []
     fitted = dict(changes)
-    for name in ("serving", "failures", "available_models", "model_sha256"):
+    for name in ("serving", "failures", "available_models", "model_sha256", "pool", "demand"):
         if name in fitted:
             entries = {k: v for k, v in fitted[name].items() if is_model_name(k)}
             dropped += [k for k in fitted[name] if k not in entries]
@@ -276,6 +314,9 @@ def _check(ann: PeerAnnouncement) -> None:
         "memory_kind": ann.memory_kind in ("vram", "ram"),
         "resources": isinstance(ann.resources, dict) and _encoded_size(ann.resources) is not None,
         "load": is_int(ann.load, 0, MAX_LOAD),
+        "pool": is_map(ann.pool, lambda e: _is_record(e, POOL_KEYS) and e["state"] in _POOL),
+        "demand": is_map(ann.demand, lambda e: _is_record(e, DEMAND_KEYS)),
+        "pool_room": ann.pool_room is None or is_int(ann.pool_room, 0, 1 << 60),
         "version": isinstance(ann.version, str) and len(ann.version) <= MAX_VERSION_CHARS,
         "incarnation": is_int(ann.incarnation, 0, MAX_COUNTER),
         "seq": is_int(ann.seq, 0, MAX_COUNTER),
@@ -295,9 +336,32 @@ def _encoded_size(value: Any) -> int | None:
     return size if size <= MAX_RESOURCES_BYTES else None
 
 
+def _is_record(value: Any, keys: dict[str, type]) -> bool:
+    """A small map with only ``keys``, each of its type (an int is a float too; the
+    first key is required), numbers finite, not negative and within the counters' bound
+    (a negative rate would cancel other nodes' demand)."""
+    if not isinstance(value, dict) or not set(value) <= set(keys):
+        return False
+    if next(iter(keys)) not in value:
+        return False
+    for key, item in value.items():
+        kind = keys[key]
+        if kind is float:
+            ok = isinstance(item, int | float) and not isinstance(item, bool)
+            ok = ok and 0 <= item < MAX_COUNTER  # NaN fails too
+        elif kind is int:
+            ok = isinstance(item, int) and not isinstance(item, bool) and 0 <= item < MAX_COUNTER
+        else:
+            ok = isinstance(item, kind)
+        if not ok:
+            return False
+    return True
+
+
 def _is_sha256_hex(value: Any) -> bool:
     return isinstance(value, str) and len(value) == 64 and all(c in _HEX for c in value)
 
 
 _HEX = frozenset("0123456789abcdef")
 _STATES = frozenset(ModelState)
+_POOL = frozenset(PoolState) - {PoolState.COLD}

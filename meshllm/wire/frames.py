@@ -42,6 +42,8 @@ class FrameType(StrEnum):
     PING_REQ = "ping-req"
     NACK = "nack"
     SUSPECT = "suspect"
+    LOAD = "load"
+    POOL = "pool"
 
 
 def make_frame(frame_type: FrameType, **fields: Any) -> Frame:
