@@ -51,3 +51,11 @@ class InstallError(ServingError):
 
 class TransferError(MeshError):
     """A model file copy between peers failed."""
+
+
+class CommandError(MeshError):
+    """A pool command that cannot be carried out; ``status`` is its HTTP status."""
+
+    def __init__(self, message: str, status: int = 409) -> None:
+        super().__init__(message)
+        self.status = status

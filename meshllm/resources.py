@@ -117,6 +117,17 @@ def model_capacity_bytes(resources: dict[str, Any]) -> int:
     return max(0, free - margin)
 
 
+def memory_budget_auto(resources: dict[str, Any]) -> int:
+    """``--memory-budget auto``: all VRAM (CPU-only: all RAM) less the safety margin,
+    for the loaded models together.  Unlike :func:`model_capacity_bytes` it does not
+    shrink as our own models load: the pool counts those itself."""
+    gpu_list = resources.get("gpus") or []
+    if gpu_list:
+        return sum(g["vram_total"] for g in gpu_list)
+    total = resources.get("ram_total", 0)
+    return max(0, total - max(RAM_MARGIN_MIN, int(total * RAM_MARGIN_FRACTION)))
+
+
 def model_memory_kind(resources: dict[str, Any]) -> str:
     """What :func:`model_capacity_bytes` counts: "vram" when GPUs are listed, else "ram"."""
     return "vram" if resources.get("gpus") else "ram"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import random
 import signal
 import socket
 import sys
@@ -41,6 +42,8 @@ class LlamaOptions:
     otherwise ramble for minutes (DESIGN.md §9)."""
     extra_args: tuple[str, ...] = ()
     """Appended to the command line as is (e.g. ("-ngl", "99"))."""
+    port_range: tuple[int, int] | None = None
+    """Ports (inclusive) to take the server's from; None: any free one."""
     startup_timeout: float = 600.0
     """A launch not healthy by then is killed and retried (large models load slowly)."""
     backoff_initial: float = 1.0
@@ -100,9 +103,17 @@ def fallback_chat_template(model: ModelFile) -> str | None:
     return builtin_chat_template(model.architecture, model.name)
 
 
-def free_port(preferred: int | None) -> int:
-    """``preferred`` when it can still be bound (keeps base_url stable), else a new one."""
-    for port in (preferred, 0) if preferred else (0,):
+def free_port(preferred: int | None, port_range: tuple[int, int] | None = None) -> int:
+    """``preferred`` when it can still be bound (keeps base_url stable), else a new one:
+    the first free one of ``port_range`` (ServingError when all are taken), or any."""
+    candidates: list[int] = [preferred] if preferred else []
+    if port_range is None:
+        candidates.append(0)
+    else:  # from a random point: two servers starting at once rarely pick the same
+        ports = list(range(port_range[0], port_range[1] + 1))
+        start = random.randrange(len(ports))
+        candidates += ports[start:] + ports[:start]
+    for port in candidates:
         with socket.socket() as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
@@ -110,7 +121,8 @@ def free_port(preferred: int | None) -> int:
             except OSError:
                 continue
             return s.getsockname()[1]
-    raise ServingError("no free TCP port on 127.0.0.1")
+    where = f" in {port_range[0]}-{port_range[1]} (--model-ports)" if port_range else ""
+    raise ServingError(f"no free TCP port on 127.0.0.1{where}")
 
 
 def tail(path: Path, lines: int = FAILURE_TAIL_LINES) -> str:

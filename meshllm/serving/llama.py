@@ -279,7 +279,7 @@ class LlamaServer:
         self._set_state(ModelState.FAILED)
 
     async def _spawn(self) -> asyncio.subprocess.Process:
-        self.port = free_port(self.port)
+        self.port = free_port(self.port, self.options.port_range)
         options = dataclasses.replace(self.options, extra_args=self._extra_args)
         argv = llama_argv(self.binary, self.model, self.port, options)
         self._rotate_log()

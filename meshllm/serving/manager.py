@@ -1,11 +1,16 @@
 """ServingManager: what this node serves, and keeping the mesh told about it (DESIGN.md §6).
 
-It scans the models dir, picks the model to serve (``--model`` flags, or
-auto-assignment for a node that joins without one), fetches a missing GGUF
-from a peer over the mesh, runs llama-server or fronts ``--endpoint`` servers,
-and publishes ``available_models`` (with ``model_sha256``), ``serving``
-and ``failures``.  It reaches the mesh only through a :class:`MeshPort`
-and reads only its :class:`ServingSettings` (``meshllm.serving.port``).
+Every model on this node's disk (the models dir, ``--model`` paths) is in its pool
+(:class:`~meshllm.serving.runner.ModelRunner`): loaded at start when it is the first
+``--model`` that fits or a ``--pin``, on demand when the mesh's placement rule names
+this node for it (:meth:`ServingManager.load`), and unloaded by its idle TTL or for
+room.  The manager also runs auto-assignment for a node that joins without a model,
+fetches a missing GGUF from a peer, fronts ``--endpoint`` servers, heals models
+whose host died and adds replicas under demand (:mod:`meshllm.election.demand`), and
+publishes ``available_models`` (with ``model_sha256``), ``serving``, ``pool``,
+``pool_room`` and ``failures``.  It reaches the mesh only through a
+:class:`MeshPort` and reads only its :class:`ServingSettings`
+(``meshllm.serving.port``).
 """
 
 from __future__ import annotations
@@ -18,9 +23,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from meshllm.election import assign, choose_startup_model, why_unassigned
+from meshllm.election import (
+    Placement,
+    assign,
+    choose_startup_model,
+    place,
+    why_unassigned,
+)
+from meshllm.election.demand import orphaned, wanting_replicas
 from meshllm.errors import PeerError, ServingError, TransferError
-from meshllm.gossip import ModelState, Role
+from meshllm.gossip import ModelState, PeerAnnouncement, Role
 from meshllm.identity import Identity
 from meshllm.paths import StatePaths
 from meshllm.serving.digests import FileDigests
@@ -30,10 +42,12 @@ from meshllm.serving.file_request import Offer, answer_file_request, request_gra
 from meshllm.serving.file_server import FileServer
 from meshllm.serving.install import DEFAULT_MODEL
 from meshllm.serving.launch import LlamaOptions
-from meshllm.serving.llama import FAILURE_MAX_CHARS, LlamaServer
-from meshllm.serving.locate import find_llama_server, proven_args
+from meshllm.serving.llama import FAILURE_MAX_CHARS
+from meshllm.serving.locate import find_llama_server
 from meshllm.serving.model_file import ModelFile, model_name
+from meshllm.serving.pool import LoadPlan, PoolSettings
 from meshllm.serving.port import MeshPort, ServingSettings
+from meshllm.serving.runner import ModelRunner
 from meshllm.serving.scan import scan_catalog
 from meshllm.wire import Frame, FrameStream
 
@@ -41,6 +55,14 @@ log = logging.getLogger(__name__)
 
 ASSIGN_SETTLE = 2.0  # seconds to hear the mesh's state before auto-assignment
 ASSIGN_RETRY = 10.0  # seconds between tries while nothing changes and nothing can be assigned
+POOL_PUBLISH_DELAY = 1.0  # seconds a change of ``pool`` alone (hot <-> cooling) may wait
+REPLICA_CHECK_S = 15.0  # seconds between looks at demand for replicas
+
+
+def room_of(ann: PeerAnnouncement) -> int:
+    """The memory a model placed on ``ann``'s node could have: its pool's room where it
+    announces one, else its free memory for models."""
+    return ann.pool_room if ann.pool_room is not None else ann.memory_bytes
 
 
 class ServingManager:
@@ -63,18 +85,33 @@ class ServingManager:
         self.identity = identity
         self.mesh_secret = mesh_secret
         self.models: dict[str, ModelFile] = {}
-        self.llama: dict[str, LlamaServer] = {}
+        self.runner = ModelRunner(
+            PoolSettings(
+                idle_ttl=settings.idle_ttl,
+                max_loaded=settings.max_loaded,
+                memory_budget=settings.memory_budget,
+            ),
+            self._llama_binary,
+            log_dir=StatePaths(settings.state_dir).logs,
+            options=LlamaOptions(
+                max_tokens=settings.max_tokens_default or None,
+                port_range=settings.model_ports,
+            ),
+            on_change=self._pool_changed,
+        )
         self.endpoints: list[ExternalEndpoint] = []
         self.file_server: FileServer | None = None
         self.on_dropped = on_dropped
         self.on_serving_changed = on_serving_changed
         self.digests = FileDigests(StatePaths(settings.state_dir).model_digests)
         self.idle_reason: str | None = None  # why auto-assignment serves nothing, if it does
-        self._states: dict[str, ModelState] = {}
         self._resolved: dict[str, ModelFile | None] = {}
+        self._fetching: set[str] = set()  # models being copied here to be loaded
         self._failures: dict[str, str] = {}  # failed before a server existed
         self._tasks: set[asyncio.Task[object]] = set()
         self._mesh_changed = asyncio.Event()
+        self._publish_timer: asyncio.TimerHandle | None = None
+        self._binary: Path | None = None
 
     # lifecycle
 
@@ -98,23 +135,31 @@ class ServingManager:
         for found in self._resolved.values():  # a --model path outside the models dir
             if found is not None:
                 self.models.setdefault(found.name, found)
+        pins = {model_name(p) for p in cfg.pins}
+        for model in self.models.values():
+            self._add_to_pool(model, pinned=model.name in pins)
         self.mesh.publish(available_models={m.name: m.size_bytes for m in self.models.values()})
         self._spawn(self._publish_digests())
         for url in cfg.endpoints:
             endpoint = ExternalEndpoint(url, on_change=lambda _: self._publish_serving())
             self.endpoints.append(endpoint)
             await endpoint.start()
+        for name in sorted(pins & set(self.models)):
+            self._serve(name)
         if cfg.models:
             self._spawn(self._serve_requested())
-        elif cfg.joined and not cfg.endpoints:
+        elif cfg.joined and not cfg.endpoints and not pins:
             self._spawn(self._auto_assign())
+        self._spawn(self._watch_demand())
         self._publish_serving()
 
     async def stop(self) -> None:
         """Stop every server (no llama-server outlives the node) and the file port."""
         for task in list(self._tasks):
             task.cancel()
-        await asyncio.gather(*(s.stop() for s in self.llama.values()), return_exceptions=True)
+        if self._publish_timer is not None:
+            self._publish_timer.cancel()
+        await self.runner.stop()
         await asyncio.gather(*(e.stop() for e in self.endpoints), return_exceptions=True)
         if self.file_server is not None:
             await self.file_server.stop()
@@ -123,9 +168,8 @@ class ServingManager:
 
     def local_base_url(self, model: str) -> str | None:
         """Where this node's own server for ``model`` answers, if it is ready."""
-        server = self.llama.get(model)
-        if server is not None and server.state == ModelState.READY:
-            return server.base_url
+        if (url := self.runner.base_url(model)) is not None:
+            return url
         for endpoint in self.endpoints:
             if endpoint.healthy and model in endpoint.models:
                 return endpoint.base_url
@@ -133,22 +177,63 @@ class ServingManager:
 
     def serving(self) -> dict[str, str]:
         """``model -> state`` of everything this node serves or is getting ready to."""
-        states = {name: str(state) for name, state in self._states.items()}
+        states = dict(self.runner.fields()["serving"])
+        states.update({m: str(ModelState.FAILED) for m in self._failures if m not in states})
         for endpoint in self.endpoints:
             for model in endpoint.models:
                 states[model] = ModelState.READY if endpoint.healthy else ModelState.FAILED
         return states
 
     async def drop(self, model: str) -> bool:
-        """Stop serving ``model`` here; True if this node was serving it."""
-        server = self.llama.pop(model, None)
-        self._states.pop(model, None)
-        if server is None:
+        """Stop serving ``model`` here (it drains first); True if this node was serving it."""
+        if not self.runner.unload(model, "dropped"):
             return False
-        await server.stop()
-        self._publish_serving()
+        while model in self.runner.servers:
+            await asyncio.sleep(0.1)
         self.on_dropped(model)
         return True
+
+    def serves(self, model: str) -> bool:
+        """Whether this node has ``model`` loaded or loading."""
+        return model in self.runner.servers
+
+    # the pool: what the mesh asks of this node (placement, the admin API)
+
+    def load(
+        self, model: str, fetch_from: tuple[str, ...] = (), *, pin: bool = False
+    ) -> str | None:
+        """Load ``model`` here (placement named this node, or an admin asked): from disk,
+        else copied from ``fetch_from`` (default: any peer that has it); ``pin``: and keep
+        it loaded.  None once the load is under way (or done); else why it cannot be."""
+        if model in self.models:
+            refusal = self.runner.load(model)
+            if refusal is None and pin:
+                self.runner.pin(model)
+            return refusal.message if refusal is not None else None
+        sources = list(fetch_from) or sorted(
+            n for n, p in self.mesh.peers().items() if model in p.available_models
+        )
+        if not sources:
+            return f"no copy of {model}'s GGUF on any live node"
+        if model not in self._fetching:
+            self._fetching.add(model)
+            self._spawn(self._fetch_and_load(model, sources, pin))
+        return None
+
+    async def _fetch_and_load(self, model: str, sources: list[str], pin: bool) -> None:
+        try:
+            if await self._fetch_from_peers(model, sources):
+                self._serve(model)
+                if pin:
+                    self.runner.pin(model)
+        finally:
+            self._fetching.discard(model)
+
+    def placement(self, model: str) -> Placement | str:
+        """Where the mesh's placement rule loads ``model`` now (DESIGN.md §6), or why
+        nowhere."""
+        result = place(model, [self.mesh.me, *self.mesh.peers().values()], free_memory=room_of)
+        return result if isinstance(result, Placement) else result.message
 
     # choosing and starting
 
@@ -159,7 +244,7 @@ class ServingManager:
         choice = choose_startup_model(names, local, self.mesh.me.memory_bytes)
         self.mesh.publish(requested_models=list(choice.requested))
         if choice.serve is not None:
-            await self._serve(self.models[choice.serve])
+            self._serve(choice.serve)
             return
         first = names[0]
         if cfg.auto_install and first == DEFAULT_MODEL:
@@ -168,19 +253,70 @@ class ServingManager:
 
             path = await asyncio.to_thread(install_default_model, cfg.models_dir)
             await self._add_local_model(path)
-            await self._serve(self.models[first])
+            self._serve(first)
             return
         if cfg.joined:  # someone in the mesh may have it
             await asyncio.sleep(ASSIGN_SETTLE)
             if await self._fetch_from_peers(first):
-                await self._serve(self.models[first])
+                self._serve(first)
                 return
         log.error("model %s is not in %s and no peer has it", first, cfg.models_dir)
         self._fail(first, f"not in {cfg.models_dir} and no peer has it")
 
-    def mesh_changed(self) -> None:
-        """The mesh changed: a node waiting for something to serve looks again now."""
+    def mesh_changed(self, departed: list[PeerAnnouncement] | None = None) -> None:
+        """The mesh changed: a node waiting for something to serve looks again now; the
+        models ``departed`` nodes (dead or left) had hot are healed where placement
+        says this node should take them."""
         self._mesh_changed.set()
+        for gone in departed or ():
+            self.heal(gone)
+
+    def heal(self, departed: PeerAnnouncement) -> list[str]:
+        """Load here the models ``departed`` (dead or left) had hot that nobody else has,
+        were pinned there or in use, and that placement now puts on this node; the models
+        it took over."""
+        taken = []
+        live = [self.mesh.me, *self.mesh.peers().values()]
+        for orphan in orphaned(departed, live, time.time()):
+            target = self.placement(orphan.model)
+            if not isinstance(target, Placement) or target.node_id != self.mesh.me.node_id:
+                continue
+            why = "pinned there" if orphan.pinned else "in use"
+            log.warning(
+                "%s's last host %s is gone (%s): loading it here",
+                orphan.model,
+                departed.node_id,
+                why,
+            )
+            if self.load(orphan.model, target.fetch_from, pin=orphan.pinned) is None:
+                taken.append(orphan.model)
+        return taken
+
+    async def _watch_demand(self) -> None:
+        while True:
+            await asyncio.sleep(REPLICA_CHECK_S)
+            self.add_replicas()
+
+    def add_replicas(self) -> list[str]:
+        """Add a replica of each model in high demand that placement (over the nodes not
+        serving it) puts on this node, where it fits without evicting anything; runs
+        every REPLICA_CHECK_S.  The models it started."""
+        me_id = self.mesh.me.node_id
+        everyone = [self.mesh.me, *self.mesh.peers().values()]
+        started = []
+        for model in wanting_replicas(everyone):
+            if model not in self.models or self.serves(model):
+                continue
+            others = [a for a in everyone if model not in a.serving]
+            target = place(model, others, free_memory=room_of)
+            if not isinstance(target, Placement) or target.node_id != me_id:
+                continue
+            plan = self.runner.pool.plan_load(model, time.monotonic())
+            if isinstance(plan, LoadPlan) and not plan.evict and not plan.wait_for:
+                log.warning("%s is in high demand: adding a replica here", model)
+                if self.runner.load(model) is None:
+                    started.append(model)
+        return started
 
     async def _auto_assign(self) -> None:
         await asyncio.sleep(ASSIGN_SETTLE)
@@ -193,69 +329,48 @@ class ServingManager:
                 self._set_idle_reason(None)
                 log.warning("auto-assigned %s (%s)", assignment.model, assignment.reason)
                 if not assignment.needs_fetch:
-                    await self._serve(self.models[assignment.model])
+                    self._serve(assignment.model)
                     return
                 if await self._fetch_from_peers(assignment.model, list(assignment.sources)):
-                    await self._serve(self.models[assignment.model])
+                    self._serve(assignment.model)
                     return
             # Again when the mesh changes (a peer joins, announces a model), or after a while.
             self._mesh_changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._mesh_changed.wait(), ASSIGN_RETRY)
 
-    async def _serve(self, model: ModelFile) -> None:
-        try:
-            binary = await self._llama_binary()
-        except ServingError as exc:
-            log.error("%s", exc)
-            self._fail(model.name, str(exc))
-            return
-        options = LlamaOptions(
-            max_tokens=self.settings.max_tokens_default or None,
-            extra_args=proven_args(binary),
-        )
-        server = LlamaServer(
-            model,
-            binary,
-            log_dir=StatePaths(self.settings.state_dir).logs,
-            options=options,
-            on_state=self._set_state,
-            on_progress=lambda name, s: log.info("loading %s: %.0f s", name, s),
-        )
-        self.llama[model.name] = server
-        self._set_state(model.name, ModelState.STARTING)
-        try:
-            await server.start()
-        except ServingError as exc:
-            log.error("%s", exc)
-            self._fail(model.name, str(exc))
+    def _serve(self, model: str) -> None:
+        """Load ``model`` (on disk) now: at start, assigned, healed or fetched for a request."""
+        self._failures.pop(model, None)
+        refusal = self.runner.load(model)
+        if refusal is not None:
+            log.error("cannot load %s: %s", model, refusal.message)
+            self._fail(model, refusal.message)
 
     async def _llama_binary(self) -> Path:
+        if self._binary is not None:
+            return self._binary
         try:
-            return find_llama_server(self.settings.llama_server)
+            self._binary = find_llama_server(self.settings.llama_server)
+            return self._binary
         except ServingError:
             if not self.settings.auto_install:
                 raise
         print("llama-server not found: building it (about 10 minutes)", file=sys.stderr)
         from meshllm.serving.install import install_llama_server
 
-        return await asyncio.to_thread(install_llama_server)
+        self._binary = await asyncio.to_thread(install_llama_server)
+        return self._binary
 
     def failures(self) -> dict[str, str]:
         """``model -> cause`` of every model this node gave up on."""
-        failed = {m: s.failure for m, s in self.llama.items() if s.failure is not None}
+        failed = dict(self.runner.fields()["failures"])
         failed.update(self._failures)
         return failed
-
-    def _set_state(self, model: str, state: ModelState) -> None:
-        if model in self.llama or state == ModelState.FETCHING:
-            self._states[model] = state
-            self._publish_serving()
 
     def _fail(self, model: str, cause: str) -> None:
         """``model`` cannot be served here, for ``cause`` (no binary, launch refused)."""
         self._failures[model] = cause[:FAILURE_MAX_CHARS]
-        self._states[model] = ModelState.FAILED
         self._publish_serving()
 
     def _set_idle_reason(self, reason: str | None) -> None:
@@ -264,13 +379,40 @@ class ServingManager:
                 log.warning("auto-assignment: nothing to serve yet: %s", reason)
             self.idle_reason = reason
 
+    def _pool_changed(self, urgent: bool) -> None:
+        """The pool changed: what routing reads (``urgent``) goes out now, the rest
+        (hot <-> cooling, TTL deadlines) within POOL_PUBLISH_DELAY."""
+        if urgent:
+            self._publish_serving()
+        elif self._publish_timer is None:
+            loop = asyncio.get_running_loop()
+            self._publish_timer = loop.call_later(POOL_PUBLISH_DELAY, self._publish_serving)
+
     def _publish_serving(self) -> None:
+        if self._publish_timer is not None:
+            self._publish_timer.cancel()
+            self._publish_timer = None
         me = self.mesh.me
+        fields = self.runner.fields()
         serving, failures = self.serving(), self.failures()
         role = Role.HOST if any(v != ModelState.FAILED for v in serving.values()) else Role.WORKER
-        if (serving, failures, role) != (me.serving, me.failures, me.role):
-            self.mesh.publish(serving=serving, failures=failures, role=role)
+        pool, room = fields["pool"], fields["pool_room"]
+        if room is not None:  # the budget, but no more than is free once idle models go
+            room = min(room, me.memory_bytes + self.runner.pool.evictable_bytes())
+        if (serving, failures, role, pool, room) != (
+            me.serving,
+            me.failures,
+            me.role,
+            me.pool,
+            me.pool_room,
+        ):
+            self.mesh.publish(
+                serving=serving, failures=failures, role=role, pool=pool, pool_room=room
+            )
         self.on_serving_changed()
+
+    def _add_to_pool(self, model: ModelFile, *, pinned: bool = False) -> None:
+        self.runner.add(model, pinned=pinned, keep_alive=self.settings.model_ttls.get(model.name))
 
     async def _publish_digests(self) -> None:
         """Announce each model's sha256, hashing on a worker thread where not cached."""
@@ -293,6 +435,7 @@ class ServingManager:
         if found is None:
             raise ServingError(f"{path} is not a usable GGUF model")
         self.models[found.name] = found
+        self._add_to_pool(found)
         available = dict(self.mesh.me.available_models, **{found.name: found.size_bytes})
         self.mesh.publish(available_models=available)
         self._spawn(self._publish_digest(found))
@@ -304,18 +447,17 @@ class ServingManager:
         if sources is None:
             sources = sorted(n for n, p in peers.items() if model in p.available_models)
         for node_id in sources:
-            self._states[model] = ModelState.FETCHING
-            self._publish_serving()
+            self.runner.fetching(model)
             try:
                 path = await self._fetch_from(node_id, model)
                 await self._add_local_model(path)
+                self.runner.fetch_ended(model)
                 return True
             except (PeerError, TransferError, ServingError, OSError) as exc:
                 log.warning("fetching %s from %s failed: %s", model, node_id, exc)
             except Exception:  # a bug in one copy must not end the node's search for a model
                 log.exception("fetching %s from %s failed", model, node_id)
-            finally:
-                self._states.pop(model, None)
+            self.runner.fetch_ended(model, "copy failed")
         self._publish_serving()
         return False
 

@@ -36,47 +36,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
-from meshllm.gossip import ModelState
+from meshllm.gossip import SERVING_STATE, ModelState, PoolState
 from meshllm.serving.durations import duration
 
 DEFAULT_IDLE_TTL = 15 * 60.0  # seconds: DESIGN.md §6
 MAX_CAUSE_CHARS = 2000  # a failure's cause kept (the announcement's own bound)
 
 
-class PoolState(StrEnum):
-    """A model's state in this node's pool (DESIGN.md §6, seed "Model Pool Manager")."""
-
-    COLD = "cold"  # on disk, not loaded
-    FETCHING = "fetching"  # copying the GGUF from a peer
-    WARMING = "warming"  # llama-server starting, /health not yet 200
-    HOT = "hot"  # loaded: busy, pinned or kept for good
-    COOLING = "cooling"  # loaded and idle, its TTL counting down
-    UNLOADING = "unloading"  # its server being stopped
-    FAILED = "failed"  # given up on; the cause is kept
-
-
-# What the gossiped ModelState can say today.  Peers refuse an announcement with
-# a state they do not know (announcement.py ``_STATES``), so new values there
-# would cut this node off older ones: map, until every node knows the new names.
-_ANNOUNCED: dict[PoolState, ModelState | None] = {
-    PoolState.COLD: None,
-    PoolState.FETCHING: ModelState.FETCHING,
-    PoolState.WARMING: ModelState.STARTING,
-    PoolState.HOT: ModelState.READY,
-    PoolState.COOLING: ModelState.READY,  # still answers: a request makes it hot again
-    PoolState.UNLOADING: None,  # takes no new requests
-    PoolState.FAILED: ModelState.FAILED,
-}
-
 _HOLDS_MEMORY = frozenset({PoolState.WARMING, PoolState.HOT, PoolState.UNLOADING})
 
 
 def announced_state(state: PoolState) -> ModelState | None:
     """The gossiped state of a model in ``state``; None: not announced in ``serving``."""
-    return _ANNOUNCED[state]
+    return SERVING_STATE[state]
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,6 +296,17 @@ class ModelPool:
         if entry.phase != PoolState.FAILED:
             entry.phase = PoolState.COLD
 
+    def begin_unload(self, model: str) -> bool:
+        """An unload asked for (not by the TTL): ``model`` is marked unloading and
+        unpinned, and takes no new requests; the caller waits for its requests in flight
+        to end (:meth:`in_flight`), stops it and reports :meth:`unloaded`.  False when
+        it is not loaded or warming."""
+        entry = self._entry(model)
+        if entry.phase not in (PoolState.HOT, PoolState.WARMING):
+            return False
+        entry.phase, entry.pinned = PoolState.UNLOADING, False
+        return True
+
     def pin(self, model: str) -> None:
         """Keep ``model`` loaded for good: never unloaded for idleness, never evicted."""
         self._entry(model).pinned = True
@@ -434,6 +419,37 @@ class ModelPool:
         """Pinned models that are cold: the node loads them at start, and again after
         an unload (DESIGN.md §6: "pinned models load at start and stay")."""
         return sorted(n for n, e in self._models.items() if e.pinned and e.phase == PoolState.COLD)
+
+    def room(self) -> int | None:
+        """Bytes a model placed here now could have once idle models are evicted: the
+        budget less what busy and pinned models hold, 0 when they take every
+        ``max_loaded`` slot; None without a memory budget (then only ``max_loaded``
+        limits, and the node's free memory is the measure).  Models unloading count as
+        free: they soon are."""
+        fixed = [
+            e
+            for e in self._models.values()
+            if e.holds_memory and e.phase != PoolState.UNLOADING and (e.busy or e.pinned)
+        ]
+        max_loaded = self.settings.max_loaded or None
+        if max_loaded is not None and len(fixed) >= max_loaded:
+            return 0
+        budget = self.settings.memory_budget or None
+        if budget is None:
+            return None
+        return max(0, budget - sum(e.size_bytes for e in fixed))
+
+    def evictable_bytes(self) -> int:
+        """Bytes idle, unpinned loaded models hold: what an eviction could free."""
+        return sum(
+            e.size_bytes
+            for e in self._models.values()
+            if e.phase == PoolState.HOT and not e.busy and not e.pinned
+        )
+
+    def is_pinned(self, model: str) -> bool:
+        """Whether ``model`` is pinned."""
+        return self._entry(model).pinned
 
     # what status pages show
 

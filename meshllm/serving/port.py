@@ -8,13 +8,14 @@ implements :class:`MeshPort` (DESIGN.md §2), and tests hand it fakes.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from meshllm.config import default
 from meshllm.gossip import PeerAnnouncement
 from meshllm.serving.file_server import DEFAULT_FILE_LIMITS, FileServerLimits
+from meshllm.serving.pool import DEFAULT_IDLE_TTL
 from meshllm.wire import FrameStream
 
 
@@ -40,6 +41,18 @@ class ServingSettings:
     """llama-server ``-n`` for requests without ``max_tokens``; 0: no cap."""
     file_limits: FileServerLimits = DEFAULT_FILE_LIMITS
     """Budgets of the model-file port (connections, handshake deadline)."""
+    pins: tuple[str, ...] = ()
+    """``--pin`` names or paths: loaded at start, never unloaded for idleness or room."""
+    idle_ttl: float | None = DEFAULT_IDLE_TTL
+    """Seconds an idle model stays loaded (``--ttl``); None: never."""
+    max_loaded: int | None = None
+    """Models loaded at once (``--max-loaded``); None: no limit."""
+    memory_budget: int | None = None
+    """Bytes the loaded models may take together (``--memory-budget``); None: no limit."""
+    model_ports: tuple[int, int] | None = None
+    """Ports of the model servers (``--model-ports``, inclusive); None: any free port."""
+    model_ttls: Mapping[str, float] = field(default_factory=dict)
+    """Per-model idle TTLs from ``--model-config``, in keep_alive terms (negative: never)."""
 
 
 class MeshPort(Protocol):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -142,3 +143,68 @@ async def test_a_joined_node_with_nothing_to_serve_says_why_and_looks_again(
     port.peer_table["p"] = PeerAnnouncement("p", "mesh", requested_models=["ghost"])
     manager.mesh_changed()
     await until(lambda: manager.idle_reason == "no node has a copy of ghost", timeout=5)
+
+
+def peer(node_id: str, **fields: Any) -> PeerAnnouncement:
+    """A peer that serves models, with plenty of memory for them."""
+    return PeerAnnouncement(node_id, "mesh", memory_bytes=8 * GIB, pool_room=8 * GIB, **fields)
+
+
+async def test_a_model_whose_host_died_while_pinned_is_taken_over_here(
+    settings: ServingSettings, run: Callable[..., Any]
+) -> None:
+    port = FakeMeshPort()
+    manager = await run(settings, port)  # "tiny" on disk, nothing loaded
+    size = port.me.available_models["tiny"]
+    port.me = port.me.bump(pool_room=8 * GIB)
+    gone = peer(
+        "dead", serving={"tiny": "ready"}, pool={"tiny": {"state": "hot", "since": 1,
+        "pinned": True}}, available_models={"tiny": size},
+    )  # fmt: skip
+    # Another live node with the file and less room: placement weighs room, so it is
+    # the ranking that decides; whichever it names loads it, the other does not.
+    assert manager.heal(gone) == ["tiny"]
+    await until(lambda: port.me.serving.get("tiny") == "ready")
+    assert port.me.pool["tiny"]["pinned"] is True
+
+
+async def test_a_model_nobody_used_is_not_healed_and_a_live_claim_stops_it(
+    settings: ServingSettings, run: Callable[..., Any]
+) -> None:
+    port = FakeMeshPort()
+    manager = await run(settings, port)
+    size = port.me.available_models["tiny"]
+    idle = peer("dead", serving={"tiny": "ready"}, available_models={"tiny": size})
+    assert manager.heal(idle) == []  # neither pinned nor routed lately
+    used = peer(
+        "dead", serving={"tiny": "ready"}, available_models={"tiny": size},
+        demand={"tiny": {"rpm": 3.0, "last": int(time.time() * 1000)}},
+    )  # fmt: skip
+    port.peer_table["other"] = peer("other", serving={"tiny": "starting"})
+    assert manager.heal(used) == []  # another node already loads it
+    del port.peer_table["other"]
+    assert manager.heal(used) == ["tiny"]
+    await until(lambda: port.me.serving.get("tiny") == "ready")
+
+
+async def test_a_model_in_high_demand_gets_a_replica_where_placement_says(
+    settings: ServingSettings, run: Callable[..., Any]
+) -> None:
+    port = FakeMeshPort()
+    manager = await run(settings, port)
+    size = port.me.available_models["tiny"]
+    port.me = port.me.bump(pool_room=8 * GIB)
+    busy = {"tiny": {"rpm": 40.0, "last": int(time.time() * 1000)}}
+    port.peer_table["host"] = peer(
+        "host", serving={"tiny": "ready"}, available_models={"tiny": size}, demand=busy
+    )
+    assert manager.add_replicas() == ["tiny"]  # the only node with room that lacks it
+    await until(lambda: port.me.serving.get("tiny") == "ready")
+    assert manager.add_replicas() == []  # it has one now
+
+    # Low demand: no replica.
+    calm = {"tiny": {"rpm": 4.0, "last": int(time.time() * 1000)}}
+    port.peer_table["host"] = peer("host", serving={"tiny": "ready"}, demand=calm)
+    manager.runner.unload("tiny", "test")
+    await until(lambda: "tiny" not in port.me.serving)
+    assert manager.add_replicas() == []

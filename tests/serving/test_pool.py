@@ -765,3 +765,202 @@ def test_pool_announced_state(state: PoolState, announced: ModelState | None) ->
 def test_pool_every_state_is_announced_or_not() -> None:
     for state in PoolState:
         announced_state(state)  # no KeyError
+
+
+# room: what a model placed here now could have
+
+
+def test_pool_room_is_none_without_a_budget() -> None:
+    pool = make_pool({"a": 4, "b": 4})
+    assert pool.room() is None
+    load(pool, "a", 0.0)
+    pool.request_started("a", 1.0)
+    assert pool.room() is None
+    assert make_pool(memory_budget=0, max_loaded=0).room() is None  # 0: no limit
+
+
+def test_pool_room_is_the_budget_when_nothing_is_loaded() -> None:
+    pool = make_pool({"a": 4, "p": 3}, memory_budget=10)
+    pool.pin("p")  # pinned but cold: it holds nothing yet
+    assert pool.room() == 10
+
+
+def test_pool_room_is_the_budget_less_busy_and_pinned_models() -> None:
+    pool = make_pool({"a": 4, "b": 3, "c": 2, "d": 1}, memory_budget=20)
+    load(pool, "a", 0.0)
+    pool.request_started("a", 1.0)  # busy: a request in flight
+    load(pool, "b", 0.0)
+    pool.pin("b")  # pinned, idle
+    assert isinstance(pool.begin_load("c", 2.0), LoadPlan)  # warming: busy too
+    assert pool.room() == 20 - 4 - 3 - 2
+    pool.request_finished("a", 3.0)  # idle now: evictable, so free
+    assert pool.room() == 20 - 3 - 2
+    pool.unpin("b", 4.0)
+    pool.loaded("c", 5.0)
+    assert pool.room() == 20
+
+
+def test_pool_room_counts_idle_hot_models_as_free() -> None:
+    pool = make_pool({"a": 4, "b": 4}, memory_budget=10)
+    load(pool, "a", 0.0)  # cooling
+    serve(pool, "b", 1.0, 2.0, keep_alive=-1)
+    load(pool, "b", 2.0)  # hot for good, but idle: still evictable
+    assert (pool.state("a"), pool.state("b")) == (PoolState.COOLING, PoolState.HOT)
+    assert pool.room() == 10
+
+
+def test_pool_room_counts_unloading_models_as_free() -> None:
+    pool = make_pool({"a": 4, "b": 4}, memory_budget=10)
+    load(pool, "a", 0.0)
+    load(pool, "b", 0.0)
+    pool.pin("b")
+    pool.request_started("a", 1.0)
+    assert pool.room() == 2
+    assert pool.begin_unload("a")  # draining its request, but on its way out
+    assert pool.begin_unload("b")
+    assert pool.room() == 10
+    assert pool.snapshot(2.0).held_bytes == 8  # the memory is still held meanwhile
+
+
+def test_pool_room_ignores_failed_and_fetching_models() -> None:
+    pool = make_pool({"a": 4, "b": 4}, memory_budget=10)
+    pool.pin("a")
+    pool.load_failed("a", "signal 9", 0.0)
+    pool.fetch_started("b")
+    pool.request_started("b", 1.0)  # waiting for its load
+    assert pool.room() == 10
+
+
+def test_pool_room_is_zero_when_busy_or_pinned_models_fill_max_loaded() -> None:
+    pool = make_pool({"a": 1, "b": 1, "c": 1}, max_loaded=2, memory_budget=100)
+    load(pool, "a", 0.0)
+    pool.request_started("a", 1.0)
+    assert pool.room() == 99
+    load(pool, "b", 0.0)
+    assert pool.room() == 99  # b idle: it can make way
+    pool.pin("b")
+    assert pool.room() == 0
+    pool.unpin("b", 2.0)
+    assert pool.room() == 99
+
+
+def test_pool_room_without_a_budget_is_zero_only_when_slots_are_full() -> None:
+    pool = make_pool({"a": 1, "b": 1}, max_loaded=1)
+    assert pool.room() is None
+    load(pool, "a", 0.0)
+    assert pool.room() is None  # idle
+    pool.request_started("a", 1.0)
+    assert pool.room() == 0
+
+
+def test_pool_room_never_negative() -> None:
+    pool = make_pool({"a": 4}, memory_budget=10)
+    load(pool, "a", 0.0)
+    pool.pin("a")
+    pool.add("a", 25, pinned=True)  # a rescan found it bigger than the budget
+    assert pool.room() == 0
+
+
+def test_pool_room_agrees_with_plan_load() -> None:
+    pool = make_pool({"busy": 4, "idle": 3, "fits": 6, "too-big": 7}, memory_budget=10)
+    load(pool, "busy", 0.0)
+    load(pool, "idle", 0.0)
+    pool.request_started("busy", 1.0)
+    assert pool.room() == 6
+    assert pool.plan_load("fits", 2.0) == LoadPlan("fits", 6, ("idle",))
+    assert isinstance(pool.plan_load("too-big", 2.0), Refusal)
+
+
+# begin_unload: an unload asked for
+
+
+@pytest.mark.parametrize("busy", [False, True])
+def test_pool_begin_unload_a_loaded_model(busy: bool) -> None:
+    pool = make_pool({"a": 4})
+    load(pool, "a", 0.0)
+    if busy:
+        pool.request_started("a", 1.0)
+    assert pool.state("a") == (PoolState.HOT if busy else PoolState.COOLING)
+    assert pool.begin_unload("a") is True
+    assert pool.state("a") == PoolState.UNLOADING
+    assert pool.in_flight("a") == (1 if busy else 0)  # the caller drains them
+    assert pool.tick(1e9) == []  # not asked again by the TTL
+    assert pool.next_deadline() is None
+
+
+def test_pool_begin_unload_a_warming_model() -> None:
+    pool = make_pool({"a": 4})
+    assert isinstance(pool.begin_load("a", 0.0), LoadPlan)
+    assert pool.begin_unload("a") is True
+    assert pool.state("a") == PoolState.UNLOADING
+
+
+def test_pool_begin_unload_unpins() -> None:
+    pool = make_pool({"a": 4})
+    pool.pin("a")
+    load(pool, "a", 0.0)
+    assert pool.begin_unload("a")
+    assert pool.is_pinned("a") is False
+    pool.unloaded("a")
+    assert pool.state("a") == PoolState.COLD
+    assert pool.wanted() == []  # not loaded again as a pinned model would be
+
+
+@pytest.mark.parametrize("state", ["cold", "fetching", "failed", "unloading"])
+def test_pool_begin_unload_of_a_model_not_loaded_is_false(state: str) -> None:
+    pool = make_pool({"a": 4})
+    pool.pin("a")
+    if state == "fetching":
+        pool.fetch_started("a")
+    elif state == "failed":
+        pool.load_failed("a", "exit code 1", 0.0)
+    elif state == "unloading":
+        load(pool, "a", 0.0)
+        assert pool.begin_unload("a")
+        pool.pin("a")
+    before = pool.snapshot(1.0)
+    assert pool.begin_unload("a") is False
+    assert pool.snapshot(1.0) == before  # nothing changed, the pin neither
+    assert pool.state("a") == PoolState(state)
+
+
+def test_pool_unloading_model_holds_memory_until_unloaded() -> None:
+    pool = make_pool({"a": 4, "b": 4}, memory_budget=6)
+    load(pool, "a", 0.0)
+    assert pool.begin_unload("a")
+    snap = pool.snapshot(1.0)
+    assert (snap.loaded, snap.held_bytes) == (1, 4)
+    assert pool.plan_load("b", 1.0) == LoadPlan("b", 4, (), ("a",))  # wait for it
+    assert pool.plan_load("a", 1.0) == Refusal(
+        "a", "a is unloading; load it again once it is unloaded"
+    )
+    with pytest.raises(ValueError, match="unloading"):
+        pool.remove("a")
+    pool.unloaded("a")
+    snap = pool.snapshot(2.0)
+    assert (snap.loaded, snap.held_bytes) == (0, 0)
+    assert pool.state("a") == PoolState.COLD
+    assert pool.plan_load("b", 2.0) == LoadPlan("b", 4)
+
+
+def test_pool_begin_unload_unknown_model_raises_key_error() -> None:
+    with pytest.raises(KeyError, match="'zz' is not in this node's pool"):
+        make_pool().begin_unload("zz")
+
+
+# is_pinned
+
+
+def test_pool_is_pinned() -> None:
+    pool = ModelPool()
+    pool.add("a", 1)
+    pool.add("p", 1, pinned=True)
+    assert (pool.is_pinned("a"), pool.is_pinned("p")) == (False, True)
+    pool.pin("a")
+    assert pool.is_pinned("a")
+    pool.unpin("a", 0.0)
+    assert not pool.is_pinned("a")
+    pool.add("p", 1)  # a rescan takes the pin it is given
+    assert not pool.is_pinned("p")
+    with pytest.raises(KeyError):
+        pool.is_pinned("zz")
