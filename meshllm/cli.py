@@ -14,6 +14,7 @@ import os
 import sys
 import typing
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import Field, fields
 from pathlib import Path
@@ -24,7 +25,8 @@ from meshllm.config import Config
 from meshllm.errors import MeshError
 from meshllm.paths import StatePaths
 
-SUBCOMMANDS = ("token", "status", "models", "drop", "console", "owner")
+POOL_COMMANDS = ("load", "unload", "pin", "unpin", "extend-ttl")  # pool_commands.ACTIONS
+SUBCOMMANDS = ("token", "status", "models", "drop", "console", "owner", *POOL_COMMANDS)
 
 EPILOG = """\
 examples:
@@ -32,6 +34,8 @@ examples:
   meshllm --join mesh1-…                    join; the mesh picks the model this node serves
   meshllm --client --join mesh1-… --port 9555   lite client: proxy only
   meshllm status | token | models | drop MODEL | console   talk to the local node
+  meshllm load | unload | pin | unpin MODEL [--node ID]   the model pool, mesh-wide
+  meshllm extend-ttl MODEL SECONDS [--node ID]            keep a loaded model longer
   meshllm owner export | import KEY         move the mesh owner key to another admin machine
 """
 
@@ -43,7 +47,7 @@ def _env(name: str) -> str | None:
 _TRUE = ("1", "true", "yes", "on")
 _FIELDS = {f.name: f for f in fields(Config)}
 _TYPES = typing.get_type_hints(Config)
-_GROUPS = ("serving", "mesh", "local")
+_GROUPS = ("serving", "pool", "mesh", "local")
 
 
 def _flag(f: Field[Any]) -> str:
@@ -208,6 +212,31 @@ def print_status(status: dict) -> None:
         print(f"\nfailed: {model} on {node_id}: {cause}")
 
 
+def print_models(models: list[dict]) -> None:
+    """Human-readable ``meshllm models``: one row a model of the pool view
+    (:func:`meshllm.election.pool_view.pool_view`), each failure's first line under it."""
+    from meshllm.election.pool_view import node_detail
+
+    if not models:
+        print("no model in the mesh catalog")
+        return
+    print(f"{'MODEL':<36}{'STATE':<11}{'SIZE':>8}{'RPM':>8}  NODES")
+    for m in models:
+        cells = []
+        for node in m["nodes"]:
+            words = [node["state"], node_detail(node), "pinned" if node.get("pinned") else ""]
+            cells.append(f"{node['node_id'][:4]}…: {' '.join(w for w in words if w)}")
+        rpm = f"{m['rpm']:.1f}" if m.get("rpm") else "-"
+        print(
+            f"{m['model']:<36}{m['state']:<11}{_format_bytes(m.get('size_bytes')):>8}{rpm:>8}  "
+            f"{'; '.join(cells) or '-'}"
+        )
+        for node in m["nodes"]:
+            if node["state"] == "failed":
+                cause = (node.get("cause") or "").strip().splitlines() or ["no cause given"]
+                print(f"  failed on {node['node_id']}: {cause[0]}")
+
+
 def failures(status: dict) -> list[tuple[str, str, str]]:
     """``(node id, model, cause)`` of every model a node of ``status`` gave up serving."""
     nodes = [status, *status.get("peers", [])]
@@ -286,11 +315,22 @@ def run_subcommand(name: str, argv: list[str]) -> int:
         return run_owner(argv)
     p = argparse.ArgumentParser(prog=f"meshllm {name}")
     add_setting(p, "port")
-    if name == "status":
-        p.add_argument("--json", action="store_true", help="print the raw /api/status JSON")
+    if name in ("status", "models"):
+        what = "the raw /api/status" if name == "status" else "the pool view's"
+        p.add_argument("--json", action="store_true", help=f"print {what} JSON")
     if name == "drop":
         p.add_argument("model", help="model to stop serving, wherever it is served")
-    if name in ("token", "drop", "console"):
+    if name in POOL_COMMANDS:
+        p.add_argument("model", help="the model, by name")
+        if name == "extend-ttl":
+            p.add_argument("seconds", type=float, help="keep it loaded at least this long more")
+        p.add_argument(
+            "--node",
+            metavar="ID",
+            help="the node to do it on (another node's needs the mesh owner key here); "
+            "default: where placement puts it (load), or wherever it is loaded",
+        )
+    if name in ("token", "drop", "console", *POOL_COMMANDS):
         add_setting(p, "state_dir")
     args = p.parse_args(argv)
     if name == "token":
@@ -302,19 +342,25 @@ def run_subcommand(name: str, argv: list[str]) -> int:
         else:
             print_status(status)
     elif name == "models":
-        status = _request(args.port, "/api/status")
-        failed: dict[str, list[str]] = {}
-        for node_id, model, cause in failures(status):
-            failed.setdefault(model, []).append(f"{node_id}: {cause.splitlines()[0]}")
-        for m in status["catalog"]:
-            state = "warm" if m["warm"] else "failed" if m["model"] in failed else "cold"
-            line = f"{m['model']:<40}{state:<7}{len(m['nodes'])} node(s)"
-            print("  ".join([line, *failed.get(m["model"], [])]))
+        models = _request(args.port, "/api/models")["models"]
+        if args.json:
+            print(json.dumps(models, indent=2))
+        else:
+            print_models(models)
     elif name == "drop":
         result = _request(
             args.port, "/api/drop", {"model": args.model}, token=_admin_token(args.state_dir)
         )
         print(f"dropped {result['dropped']} on {', '.join(result['nodes']) or 'no node'}")
+    elif name in POOL_COMMANDS:
+        body: dict[str, Any] = {}
+        if args.node:
+            body["node"] = args.node
+        if name == "extend-ttl":
+            body["seconds"] = args.seconds
+        path = f"/api/models/{urllib.parse.quote(args.model)}/{name}"
+        result = _request(args.port, path, body, token=_admin_token(args.state_dir))
+        print(f"{name} {result['model']}: {', '.join(result['nodes']) or 'no node'}")
     elif name == "console":
         from meshllm.console import run_console
 

@@ -41,9 +41,39 @@ class Config:
     # serving
     models: list[str] = setting(
         [],
-        "model to serve, by name or path (repeat: the first that fits is served, the others "
-        "seed the mesh catalog)",
+        "model to serve, by name or path (repeat: the first that fits is loaded at start, the "
+        "others seed the mesh catalog and load on their first request)",
         group="serving", flag="--model", metavar="NAME|PATH",
+    )  # fmt: skip
+    pins: list[str] = setting(
+        [],
+        "model to load at start and keep loaded, by name or path (repeatable)",
+        group="pool", flag="--pin", metavar="NAME|PATH",
+    )  # fmt: skip
+    ttl: str = setting(
+        "15m",
+        "how long an idle model stays loaded (90s, 15m, 1h; 0: never unloaded for idleness); "
+        "each request extends it, a request's keep_alive sets it",
+        group="pool", metavar="DURATION",
+    )  # fmt: skip
+    max_loaded: int = setting(
+        0, "models loaded at once on this node; 0: no limit", group="pool", metavar="N"
+    )
+    memory_budget: str = setting(
+        "auto",
+        "memory the loaded models may take together (bytes, 8G, 8GiB); auto: VRAM, or RAM "
+        "on a CPU-only node, less a reserve",
+        group="pool", metavar="BYTES|auto",
+    )  # fmt: skip
+    model_ports: str = setting(
+        "",
+        "TCP ports of the model servers, START-END on 127.0.0.1 (default: any free port)",
+        group="pool", metavar="START-END",
+    )  # fmt: skip
+    model_config: Path | None = setting(
+        None,
+        'per-model settings, TOML: [models."NAME"] ttl = "1h", pin = true',
+        group="pool", metavar="FILE",
     )  # fmt: skip
     endpoints: list[str] = setting(
         [], "front an existing OpenAI-compatible or Ollama server (repeatable)",

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from meshllm import __version__
 from meshllm.config import Config
+from meshllm.election.pool_view import pool_view
 from meshllm.errors import AuthError, ConfigError, TransferError
 from meshllm.gossip import (
     Gossip,
@@ -22,6 +23,7 @@ from meshllm.gossip import (
     MembershipSettings,
     MeshState,
     PeerAnnouncement,
+    PeerRemoved,
     QuicFrameStream,
     QuicTransport,
     Role,
@@ -33,12 +35,26 @@ from meshllm.identity import Identity
 from meshllm.join_token import JoinToken, MeshCredentials
 from meshllm.owner import OwnerKey, SeenNonces, sign_statement, verify_statement
 from meshllm.paths import load_admin_token
-from meshllm.ports import GossipMeshPort, NodeProxyMesh, status_snapshot
+from meshllm.pool_admin import PoolCommands
+from meshllm.ports import GossipMeshPort, MeshEventFeed, NodeProxyMesh, status_snapshot
 from meshllm.proxy import ByteBudget, Forwarder, HttpLimits, create_app, serve_tunnel, start_http
 from meshllm.proxy.guard import GuardSettings
-from meshllm.resources import host_resources, model_capacity_bytes, model_memory_kind
+from meshllm.proxy.routes import KEEP_ALIVE_HEADER
+from meshllm.resources import (
+    host_resources,
+    memory_budget_auto,
+    model_capacity_bytes,
+    model_memory_kind,
+)
 from meshllm.serving.manager import ServingManager
 from meshllm.serving.model_file import model_name
+from meshllm.serving.pool_config import (
+    load_model_config,
+    parse_bytes,
+    parse_port_range,
+    parse_ttl,
+)
+from meshllm.serving.pool_load import answer_load_request
 from meshllm.serving.port import ServingSettings
 from meshllm.wire import Frame, FrameType, make_frame
 
@@ -84,11 +100,22 @@ class Node:
                 GossipMeshPort(self.gossip),
                 self.identity,
                 self.credentials.secret,
-                on_serving_changed=lambda: self.proxy_mesh.notify_changed(),
+                on_serving_changed=lambda: self._view_changed(),
                 on_dropped=lambda model: self._exit_soon(),
             )
         )
         self.proxy_mesh = NodeProxyMesh(self.gossip, Forwarder(), self.serving)
+        self.events = MeshEventFeed(self.gossip)
+        self.pool = PoolCommands(
+            self.gossip,
+            self.serving,
+            mesh_id=self.credentials.mesh_id,
+            owner_public_key=self.credentials.owner,
+            owner_key=self.owner_key,
+            seen=self.seen_statements,
+            load_anywhere=self.proxy_mesh.load,
+        )
+        self.gossip.add_handler(FrameType.POOL, self.pool.on_frame)
         # Request bodies held in memory, from our HTTP clients and peers' tunnels together.
         self.http_limits = HttpLimits()
         self.body_budget = ByteBudget(self.http_limits.max_body_bytes_in_flight)
@@ -159,6 +186,7 @@ class Node:
             task.cancel()
         if self.serving is not None:
             await self.serving.stop()
+        self.proxy_mesh.close()
         await self.proxy_mesh.forwarder.close()
         await self.transport.close()
         if self._runner is not None:
@@ -242,10 +270,25 @@ class Node:
 
     def _on_mesh_events(self, events: list[StateEvent]) -> None:
         """The mesh changed: requests waiting for a model, and a node waiting for
-        something to serve, look again."""
-        self.proxy_mesh.notify_changed()
+        something to serve, look again; models a departed node had hot are healed."""
+        self._view_changed()
         if self.serving is not None:
-            self.serving.mesh_changed()
+            departed = [e.peer for e in events if isinstance(e, PeerRemoved)]
+            self.serving.mesh_changed(departed)
+
+    def _view_changed(self) -> None:
+        self.proxy_mesh.notify_changed()
+        self.events.changed()
+
+    def models(self) -> list[dict[str, Any]]:
+        """``GET /api/models``: every model's state on every node."""
+        return pool_view(self.state.all(), int(time.time() * 1000))
+
+    async def pool_command(
+        self, model: str, action: str, node_id: str | None, seconds: float | None
+    ) -> list[str]:
+        """``POST /api/models/{name}/{action}`` (see :mod:`meshllm.pool_admin`)."""
+        return await self.pool.run(model, action, node_id, seconds)
 
     def _on_stream(self, link: Link, stream: QuicFrameStream, head: Frame) -> None:
         kind = head.get("t")
@@ -253,12 +296,17 @@ class Node:
             self._spawn(self._serve_tunnel(stream, head))
         elif kind == FrameType.FILE and self.serving is not None:
             self._spawn(self.serving.handle_file_request(stream, head))
+        elif kind == FrameType.LOAD and self.serving is not None:
+            self._spawn(answer_load_request(stream, head, self.serving.load_for_peer))
         else:
             stream.reset()
 
     async def _serve_tunnel(self, stream: QuicFrameStream, head: Frame) -> None:
         mesh = self.proxy_mesh
-        mesh.backend_started()
+        model = head.get("model") if isinstance(head.get("model"), str) else None
+        headers = head.get("headers")
+        keep_alive = headers.get(KEEP_ALIVE_HEADER) if isinstance(headers, dict) else None
+        mesh.backend_started(model, keep_alive if isinstance(keep_alive, str) else None)
         try:
             await serve_tunnel(
                 stream,
@@ -269,7 +317,7 @@ class Node:
                 budget=self.body_budget,
             )
         finally:
-            mesh.backend_finished()
+            mesh.backend_finished(model)
 
     # drop
 
@@ -278,7 +326,7 @@ class Node:
         when this machine holds the owner key, on every peer serving it, each told by a
         statement signed by that key.  Returns the node ids told to drop it; raises
         :class:`AuthError` when peers serve it and this machine is not the owner."""
-        if self.serving is not None and model in self.serving.llama:
+        if self.serving is not None and self.serving.serves(model):
             await self.serving.drop(model)
             return [self.identity.node_id]
         nodes = sorted(n for n, p in self.state.peers.items() if model in p.serving)
@@ -309,7 +357,7 @@ class Node:
         model = frame.get("model")
         if not (isinstance(model, str) and self.serving is not None):
             return
-        if model not in self.serving.llama:
+        if not self.serving.serves(model):
             return
         try:
             body = verify_statement(
@@ -344,6 +392,7 @@ class Node:
             self,
             self.proxy_mesh,
             GuardSettings.from_config(self.config),
+            events=self.events,
             load_timeout=self.config.load_timeout,
             limits=self.http_limits,
             budget=self.body_budget,
@@ -380,8 +429,18 @@ def membership_settings(cfg: Config) -> MembershipSettings:
 
 
 def serving_settings(cfg: Config) -> ServingSettings:
-    """The part of ``cfg`` that serving reads."""
+    """The part of ``cfg`` that serving reads; raises ConfigError for a bad pool setting."""
+    per_model = load_model_config(cfg.model_config)
+    budget = parse_bytes(cfg.memory_budget)
+    if budget is None:  # auto
+        budget = memory_budget_auto(host_resources())
     return ServingSettings(
+        pins=(*cfg.pins, *(name for name, m in per_model.items() if m.pin)),
+        idle_ttl=parse_ttl(cfg.ttl),
+        max_loaded=cfg.max_loaded or None,
+        memory_budget=budget or None,
+        model_ports=parse_port_range(cfg.model_ports),
+        model_ttls={name: m.ttl for name, m in per_model.items() if m.ttl is not None},
         models_dir=cfg.models_dir,
         state_dir=cfg.state_dir,
         models=tuple(cfg.models),

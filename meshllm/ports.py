@@ -9,16 +9,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from meshllm.election import catalog, elect
+from meshllm.election import Placement, catalog, elect, rank
+from meshllm.election.demand import DemandMeter
+from meshllm.election.pool_view import pool_view
 from meshllm.errors import PeerError
+from meshllm.events import EventHub, model_events, snapshot_events
 from meshllm.gossip import Gossip, ModelState, PeerAnnouncement, Role, split_addr
 from meshllm.proxy import Forwarder, Target
-from meshllm.serving.manager import ServingManager
+from meshllm.serving.durations import duration
+from meshllm.serving.manager import ServingManager, room_of
+from meshllm.serving.pool_load import ask_to_load
 from meshllm.wire import FrameStream
+
+ASKED_GRACE_S = 10.0  # a node asked to load a model counts as loading it this long,
+# until its own announcement says so (or that it failed)
+LOAD_CANDIDATES = 3  # nodes in placement order a request asks before it gives up (a
+# node takes a peer's ask when it ranks among its own first LOAD_RANK_SLACK: keep <=)
+DEMAND_PUBLISH_S = 10.0  # seconds between publishes of this node's demand
 
 
 class GossipMeshPort:
@@ -63,10 +75,22 @@ class NodeProxyMesh:
         self.serving = serving  # None on a lite client
         self.in_flight: Counter[str] = Counter()  # node id -> our requests to it
         self.backend_load = 0  # requests our own backend is answering (ours and peers')
+        self.demand = DemandMeter()
         self._changed = asyncio.Event()
+        self._asked: dict[str, tuple[str, float]] = {}  # model -> (node asked, until)
+        self._demand_timer: asyncio.TimerHandle | None = None
 
     def catalog(self) -> list[dict[str, Any]]:
-        return catalog(self.gossip.state.all())
+        """The catalog, each entry with its mesh-wide pool ``state`` and, in ``pool``,
+        its state on every node that has it (:func:`pool_view`)."""
+        anns = list(self.gossip.state.all())
+        views = {v["model"]: v for v in pool_view(anns, _wall_ms())}
+        entries = catalog(anns)
+        for entry in entries:
+            view = views.get(entry["model"])
+            entry["state"] = view["state"] if view else "cold"
+            entry["pool"] = view["nodes"] if view else []
+        return entries
 
     def targets(self) -> Mapping[str, Sequence[Target]]:
         me = self.gossip.state.me
@@ -89,13 +113,77 @@ class NodeProxyMesh:
 
     def warming(self, model: str | None) -> dict[str, str]:
         warming = {}
-        for ann in self.gossip.state.all():
+        now = time.monotonic()
+        peers = {a.node_id: a for a in self.gossip.state.all()}
+        for name, (node_id, until) in list(self._asked.items()):
+            ann = peers.get(node_id)
+            if now >= until or ann is None or ann.serving.get(name) == ModelState.FAILED:
+                del self._asked[name]
+            elif (model is None or name == model) and name not in ann.serving:
+                warming[node_id] = "asked to load"
+        for ann in peers.values():
             if ann.role == Role.CLIENT:
                 continue
             for name, state in ann.serving.items():
                 if state in _WARMING and (model is None or name == model):
                     warming[ann.node_id] = state
         return warming
+
+    async def load(self, model: str) -> str | None:
+        """Have ``model``, hot nowhere, loaded where the mesh's placement rule puts it
+        (DESIGN.md §6): here, or asked of that node over the mesh; the next in
+        placement order when one refuses.  None once a load is under way; else why no
+        node can take it, for the 503."""
+        asked = self._asked.get(model)
+        if asked is not None and time.monotonic() < asked[1]:
+            return None
+        anns = list(self.gossip.state.all())
+        order = rank(model, anns, free_memory=room_of)
+        if not order:
+            if self.serving is not None:
+                refusal = self.serving.placement(model)
+                if isinstance(refusal, str):
+                    return refusal
+            return f"no node can load {model}"
+        me = self.gossip.state.me.node_id
+        why: list[str] = []
+        for node_id in order[:LOAD_CANDIDATES]:
+            if node_id == me and self.serving is not None:
+                target = self.serving.placement(model)
+                sources = target.fetch_from if isinstance(target, Placement) else ()
+                refused = self.serving.load(model, sources)
+            else:
+                try:
+                    refused = await ask_to_load(await self.open_stream(node_id), model)
+                except PeerError as exc:
+                    refused = str(exc)
+            if refused is None:
+                self._asked[model] = (node_id, time.monotonic() + ASKED_GRACE_S)
+                self.notify_changed()
+                return None
+            why.append(f"{node_id}: {refused}")
+        return f"no node could load {model}: " + "; ".join(why)
+
+    def routed(self, model: str) -> None:
+        """A request for ``model`` was routed by this node: its demand."""
+        self.demand.record(model, time.time())
+        if self._demand_timer is None:
+            loop = asyncio.get_running_loop()
+            self._demand_timer = loop.call_later(DEMAND_PUBLISH_S, self._publish_demand)
+
+    def _publish_demand(self) -> None:
+        self._demand_timer = None
+        demand = self.demand.fields(time.time())
+        if demand != self.gossip.state.me.demand:
+            self.gossip.publish(demand=demand)
+        if demand:  # the rate decays as the window moves on: publish again
+            loop = asyncio.get_running_loop()
+            self._demand_timer = loop.call_later(DEMAND_PUBLISH_S, self._publish_demand)
+
+    def close(self) -> None:
+        """Stop the demand timer."""
+        if self._demand_timer is not None:
+            self._demand_timer.cancel()
 
     def failures(self, model: str) -> dict[str, str]:
         return {
@@ -124,29 +212,65 @@ class NodeProxyMesh:
         """The data path to ``node_id`` broke: the membership starts its suspicion now."""
         self.gossip.suspect(node_id, reason)
 
-    def request_started(self, target: Target) -> None:
+    def request_started(self, target: Target, keep_alive: str | None = None) -> None:
         self.in_flight[target.node_id] += 1
         if target.local:
-            self.backend_started()
+            self.backend_started(target.model, keep_alive)
 
     def request_finished(self, target: Target) -> None:
         self.in_flight[target.node_id] -= 1
         if self.in_flight[target.node_id] <= 0:
             del self.in_flight[target.node_id]
         if target.local:
-            self.backend_finished()
+            self.backend_finished(target.model)
 
-    def backend_started(self) -> None:
-        """A request reached this node's backend (from our proxy or through a tunnel)."""
+    def backend_started(self, model: str | None, keep_alive: str | None = None) -> None:
+        """A request for ``model`` reached this node's backend (from our proxy or through
+        a tunnel); ``keep_alive`` (a peer's word: garbage is ignored) sets its TTL."""
         self.backend_load += 1
         self.gossip.set_load(self.backend_load)
+        if self.serving is not None and model is not None:
+            try:
+                duration(keep_alive, "keep_alive") if keep_alive is not None else None
+            except ValueError:
+                keep_alive = None
+            self.serving.runner.request_started(model, keep_alive)
 
-    def backend_finished(self) -> None:
+    def backend_finished(self, model: str | None) -> None:
         self.backend_load -= 1
         self.gossip.set_load(self.backend_load)
+        if self.serving is not None and model is not None:
+            self.serving.runner.request_finished(model)
 
 
 _WARMING = (ModelState.STARTING, ModelState.FETCHING)
+
+
+class MeshEventFeed:
+    """``/api/events``' source: the mesh's model states, diffed on every change."""
+
+    def __init__(self, gossip: Gossip) -> None:
+        self.hub = EventHub()
+        self._gossip = gossip
+        self._view: dict[str, PeerAnnouncement] = self._now_view()
+
+    def changed(self) -> None:
+        """Something in the mesh (a peer, or this node's own announcement) changed."""
+        after = self._now_view()
+        events = model_events(self._view, after, _wall_ms())
+        self._view = after
+        if events:
+            self.hub.publish(events)
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        return snapshot_events(self._now_view(), _wall_ms())
+
+    def _now_view(self) -> dict[str, PeerAnnouncement]:
+        return {a.node_id: a for a in self._gossip.state.all()}
+
+
+def _wall_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def status_snapshot(
@@ -179,6 +303,8 @@ def status_snapshot(
         "membership": {"refused": dict(gossip.counters), "awareness": gossip.awareness},
         # Why auto-assignment serves nothing on this node (None: it serves, or was told what).
         "idle_reason": serving.idle_reason if serving is not None else None,
+        # This node's pool: requests in flight, TTLs and pins per model, what is held.
+        "pool_detail": serving.runner.snapshot() if serving is not None else None,
         "peers": peers,
         "catalog": entries,
     }

@@ -24,6 +24,8 @@ GiB = 1 << 30
 # a model is sized against RAM: 10 % of it, at least 1 GiB.
 RAM_MARGIN_FRACTION = 0.10
 RAM_MARGIN_MIN = 1 * GiB
+VRAM_RESERVE_FRACTION = 0.05  # --memory-budget auto leaves this much VRAM to the driver,
+VRAM_RESERVE_MIN = 512 * 1024 * 1024  # the desktop and other programs (at least this)
 
 _nvml_ready: bool | None = None  # None: not tried yet; False: no usable NVML
 
@@ -118,12 +120,13 @@ def model_capacity_bytes(resources: dict[str, Any]) -> int:
 
 
 def memory_budget_auto(resources: dict[str, Any]) -> int:
-    """``--memory-budget auto``: all VRAM (CPU-only: all RAM) less the safety margin,
-    for the loaded models together.  Unlike :func:`model_capacity_bytes` it does not
-    shrink as our own models load: the pool counts those itself."""
+    """``--memory-budget auto``: all VRAM (CPU-only: all RAM) less a reserve, for the
+    loaded models together.  Unlike :func:`model_capacity_bytes` it does not shrink as
+    our own models load: the pool counts those itself."""
     gpu_list = resources.get("gpus") or []
     if gpu_list:
-        return sum(g["vram_total"] for g in gpu_list)
+        total = sum(g["vram_total"] for g in gpu_list)
+        return max(0, total - max(VRAM_RESERVE_MIN, int(total * VRAM_RESERVE_FRACTION)))
     total = resources.get("ram_total", 0)
     return max(0, total - max(RAM_MARGIN_MIN, int(total * RAM_MARGIN_FRACTION)))
 

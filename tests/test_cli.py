@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -78,3 +79,75 @@ def test_status_names_a_suspect_peer(capsys: pytest.CaptureFixture[str]) -> None
     lines = capsys.readouterr().out.splitlines()
     assert any(line.startswith("b" * 16) and "suspect" in line for line in lines)
     assert any(line.startswith("c" * 16) and "1.5 ms" in line for line in lines)
+
+
+def _pool_mesh() -> list[Any]:
+    from meshllm.gossip import PeerAnnouncement
+
+    now = 1_750_000_000_000
+    hot = {"state": "hot", "since": now - 60_000, "pinned": True}
+    cooling = {"state": "cooling", "since": now - 60_000, "until": now + 42_500}
+    warming = {"state": "warming", "since": now - 4_000, "eta": 10.0}
+    failed = {"state": "failed", "since": now - 1_000}
+    disk = {"m": 253_000_000, "n": 10_000}
+    return [
+        PeerAnnouncement("ab12" + "0" * 12, "x", pool={"m": hot}, available_models=disk,
+                         demand={"m": {"rpm": 12.0, "last": now}}),
+        PeerAnnouncement("cd34" + "0" * 12, "x", pool={"m": cooling}, available_models=disk),
+        PeerAnnouncement("ef56" + "0" * 12, "x", pool={"m": warming, "n": failed},
+                         available_models=disk,
+                         failures={"n": "SIGILL while loading; last log lines:\nIllegal"}),
+    ]  # fmt: skip
+
+
+def test_models_shows_each_nodes_pool_state(capsys: pytest.CaptureFixture[str]) -> None:
+    from meshllm.cli import print_models
+    from meshllm.election.pool_view import pool_view
+
+    print_models(pool_view(_pool_mesh(), 1_750_000_000_000))
+    header, m, n, cause = capsys.readouterr().out.splitlines()
+    assert header.split() == ["MODEL", "STATE", "SIZE", "RPM", "NODES"]
+    assert m.split()[:5] == ["m", "hot", "253", "MB", "12.0"]
+    assert m.endswith("ab12…: hot pinned; cd34…: cooling 42s; ef56…: warming 40%")
+    assert n.split()[:5] == ["n", "cold", "10", "KB", "-"]
+    assert n.endswith("ab12…: cold; cd34…: cold; ef56…: failed")
+    # A failure's first line, under its model's row.
+    assert cause == f"  failed on ef56{'0' * 12}: SIGILL while loading; last log lines:"
+
+
+def test_models_of_an_empty_mesh(capsys: pytest.CaptureFixture[str]) -> None:
+    from meshllm.cli import print_models
+
+    print_models([])
+    assert capsys.readouterr().out == "no model in the mesh catalog\n"
+    print_models([{"model": "w", "state": "cold", "size_bytes": None, "rpm": 0.0, "nodes": []}])
+    assert capsys.readouterr().out.splitlines()[1].split() == ["w", "cold", "-", "-", "-"]
+
+
+def test_models_subcommand_reads_the_pool_view(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+    import time
+
+    from meshllm import cli
+    from meshllm.election.pool_view import pool_view
+
+    view = {"models": pool_view(_pool_mesh(), int(time.time() * 1000))}
+    asked: list[str] = []
+    monkeypatch.setattr(cli, "_request", lambda port, path, *a, **k: asked.append(path) or view)
+    assert cli.run_subcommand("models", ["--json"]) == 0
+    models = json.loads(capsys.readouterr().out)
+    assert [(m["model"], m["state"], m["rpm"]) for m in models] == [("m", "hot", 12.0),
+                                                                    ("n", "cold", 0.0)]  # fmt: skip
+    assert [n["state"] for n in models[0]["nodes"]] == ["hot", "cooling", "warming"]
+    assert cli.run_subcommand("models", []) == 0
+    assert "ab12…: hot pinned; cd34…: cooling" in capsys.readouterr().out
+    assert asked == ["/api/models", "/api/models"]
+
+
+def test_the_pool_subcommands_are_the_pool_actions() -> None:
+    from meshllm.cli import POOL_COMMANDS
+    from meshllm.serving.pool_commands import ACTIONS
+
+    assert POOL_COMMANDS == ACTIONS  # the CLI spells them without importing serving

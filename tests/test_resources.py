@@ -133,3 +133,17 @@ def test_model_capacity_of_this_host() -> None:
 
 def test_model_memory_kind_of_unknown_resources() -> None:
     assert model_memory_kind({}) == "ram"
+
+
+def test_memory_budget_auto_is_all_memory_less_a_reserve() -> None:
+    from meshllm.resources import memory_budget_auto
+
+    gib = 1 << 30
+    cpu = {"ram_total": 24 * gib, "ram_used": 20 * gib, "gpus": []}
+    assert memory_budget_auto(cpu) == 24 * gib - int(24 * gib * 0.10)  # used RAM is ours
+    small = {"ram_total": 4 * gib, "gpus": []}
+    assert memory_budget_auto(small) == 3 * gib  # at least 1 GiB stays free
+    gpus = {"ram_total": 64 * gib, "gpus": [{"vram_total": 24 * gib, "vram_used": 23 * gib},
+                                             {"vram_total": 8 * gib, "vram_used": 0}]}  # fmt: skip
+    assert memory_budget_auto(gpus) == 32 * gib - int(32 * gib * 0.05)
+    assert memory_budget_auto({"ram_total": 0, "gpus": []}) == 0

@@ -18,7 +18,9 @@ from typing import Any
 
 import aiohttp
 
+from meshllm.election.pool_view import announcements_from_status
 from meshllm.errors import MeshError
+from meshllm.gossip import PeerAnnouncement
 from meshllm.paths import StatePaths
 
 MEMORY_KINDS = ("vram", "ram")
@@ -105,6 +107,9 @@ class MeshStatus:
     catalog: tuple[CatalogEntry, ...]
     idle_reason: str | None = None
     """Why this node's auto-assignment serves nothing; None when it serves (or was told what)."""
+    announcements: tuple[PeerAnnouncement, ...] = ()
+    """Every node's announcement as `/api/status` gave it (fields that do not validate at
+    their defaults): what `meshllm.election.pool_view` reads (pool, demand, states)."""
 
     @property
     def me(self) -> NodeInfo:
@@ -221,6 +226,7 @@ def parse_status(raw: Any) -> MeshStatus:
         nodes=(me, *peers),
         catalog=catalog,
         idle_reason=idle_reason if isinstance(idle_reason, str) and idle_reason else None,
+        announcements=tuple(announcements_from_status(raw)),
     )
 
 

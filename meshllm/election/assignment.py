@@ -41,6 +41,20 @@ def estimate_model_memory(file_bytes: int) -> int:
     return file_bytes + int(file_bytes * KV_CACHE_FRACTION) + COMPUTE_ALLOWANCE_BYTES
 
 
+def estimate_loaded_memory(
+    file_bytes: int, kv_bytes_per_token: int | None, context_tokens: int
+) -> int:
+    """Bytes llama-server needs for a GGUF whose header is read: its weights, its f16 KV
+    cache at ``context_tokens``, and the compute allowance.  Without the header's shape
+    (``kv_bytes_per_token`` None), :func:`estimate_model_memory`, which is what peers
+    use, knowing only the file's size."""
+    if kv_bytes_per_token is None:
+        return estimate_model_memory(file_bytes)
+    if file_bytes < 0 or kv_bytes_per_token < 0 or context_tokens < 0:
+        raise ValueError("negative model size, KV width or context")
+    return file_bytes + kv_bytes_per_token * context_tokens + COMPUTE_ALLOWANCE_BYTES
+
+
 def fits(model_bytes: int, capacity_bytes: int) -> bool:
     """Whether a GGUF of ``model_bytes`` (file size) can be served within ``capacity_bytes``.
 

@@ -17,8 +17,9 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from meshllm.errors import AuthError
+from meshllm.errors import AuthError, CommandError
 from meshllm.proxy.errors import error_response, openai_error_middleware
+from meshllm.proxy.events import EventSource, add_event_routes
 from meshllm.proxy.guard import GuardSettings, install_guard
 from meshllm.proxy.limits import DEFAULT_LIMITS, ByteBudget, HttpLimits
 from meshllm.proxy.openapi import openapi_handler
@@ -43,6 +44,17 @@ class NodeAPI(Protocol):
         only the mesh owner may (it is served elsewhere)."""
         ...
 
+    def models(self) -> list[dict[str, Any]]:
+        """``GET /api/models``: every catalog model's state on every node."""
+        ...
+
+    async def pool_command(
+        self, model: str, action: str, node_id: str | None, seconds: float | None
+    ) -> list[str]:
+        """A pool command (load, unload, pin, unpin, extend-ttl); the node ids it went to.
+        Raises CommandError (with its HTTP status) or AuthError (needs the owner key)."""
+        ...
+
 
 NODE_KEY = web.AppKey("node", NodeAPI)
 
@@ -52,6 +64,7 @@ def create_app(
     mesh: ProxyMesh | None,
     guard: GuardSettings,
     *,
+    events: EventSource | None = None,
     load_timeout: float = LOAD_TIMEOUT_S,
     limits: HttpLimits = DEFAULT_LIMITS,
     budget: ByteBudget | None = None,
@@ -72,6 +85,10 @@ def create_app(
     app.router.add_get("/api/status", status)
     app.router.add_get("/api/token", token)
     app.router.add_post("/api/drop", drop)
+    app.router.add_get("/api/models", models)
+    app.router.add_post("/api/models/{name:.+}/{action}", pool_command)
+    if events is not None:
+        add_event_routes(app, events)
     app.router.add_get("/openapi.json", openapi_handler)
     if mesh is not None:
         add_proxy_routes(app, mesh, load_timeout=load_timeout, limits=limits, budget=budget)
@@ -131,3 +148,36 @@ async def drop(request: web.Request) -> web.Response:
     if not nodes:
         return error_response(404, f"no node serves {model}", "model_not_found")
     return web.json_response({"dropped": model, "nodes": nodes})
+
+
+async def models(request: web.Request) -> web.Response:
+    """``GET /api/models``: every catalog model with its state on every node."""
+    return web.json_response({"models": request.app[NODE_KEY].models()})
+
+
+async def pool_command(request: web.Request) -> web.Response:
+    """``POST /api/models/{name}/{action}`` with an optional ``{"node": ID, "seconds": N}``
+    (localhost + admin token): load, unload, pin, unpin or extend-ttl a model, here or
+    on another node (that needs the mesh owner key on this machine, else 403)."""
+    node = request.app[NODE_KEY]
+    name, action = request.match_info["name"], request.match_info["action"]
+    if (refused := admin_refusal(request, node, f"{action} of a model")) is not None:
+        return refused
+    raw = await request.read()
+    try:
+        body = json.loads(raw) if raw.strip() else {}
+    except (ValueError, RecursionError):
+        return error_response(400, "body is not JSON", "invalid_json")
+    if not isinstance(body, dict):
+        message = 'body must be {"node": ID, "seconds": N}, or empty'
+        return error_response(400, message, "invalid_request")
+    target, seconds = body.get("node"), body.get("seconds")
+    if target is not None and not isinstance(target, str):
+        return error_response(400, "'node' must be a node id", "invalid_request")
+    try:
+        nodes = await node.pool_command(name, action, target, seconds)
+    except CommandError as exc:
+        return error_response(exc.status, str(exc), "pool_command_refused")
+    except AuthError as exc:
+        return error_response(403, str(exc), "not_mesh_owner")
+    return web.json_response({"model": name, "action": action, "nodes": nodes})

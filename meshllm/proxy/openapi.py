@@ -18,8 +18,12 @@ from typing import Any
 from aiohttp import web
 
 from meshllm import __version__
-from meshllm.gossip import ModelState, Role
+from meshllm.events import MAX_QUEUED_EVENTS, MAX_SUBSCRIBERS
+from meshllm.gossip import ModelState, PoolState, Role
+from meshllm.proxy.events import HEARTBEAT_S, RETRY_AFTER_S
 from meshllm.proxy.routes import MAX_BODY_BYTES, MODEL_HEADER, NODE_HEADER
+from meshllm.serving.durations import UNIT_SECONDS
+from meshllm.serving.pool_commands import ACTIONS, MAX_EXTEND_S
 
 OPENAPI_VERSION = "3.1.0"
 ADMIN_SCHEME = "adminToken"
@@ -50,6 +54,7 @@ def _obj(required: list[str], properties: dict[str, Schema], **extra: Any) -> Sc
 _STRING: Schema = {"type": "string"}
 _COUNT: Schema = {"type": "integer", "minimum": 0}
 _STRINGS: Schema = {"type": "array", "items": _STRING}
+_WALL_MS: Schema = {"type": "integer", "minimum": 0, "description": "Wall clock, ms."}
 _TOKENS: Schema = {"type": "array", "items": {"type": "integer"}, "minItems": 1}
 
 # --- shared pieces ---------------------------------------------------------------------------
@@ -99,6 +104,11 @@ _MESSAGE = _obj(
 
 _STOP: Schema = {"anyOf": [_STRING, {"type": "array", "items": _STRING, "maxItems": 4}]}
 
+_UNITS = "|".join(sorted(UNIT_SECONDS, key=len, reverse=True))
+_NUMBER = r"([0-9]+(\.[0-9]*)?|\.[0-9]+)"
+# meshllm.serving.durations: a plain number (seconds), or Go's <number><unit>... .
+_DURATION_PATTERN = rf"^[-+]?({_NUMBER}|({_NUMBER}({_UNITS}))+)$"
+
 # Fields of all three inference bodies: the proxy routes on `model` (none: any served
 # model), a streaming request that waits for its model gets `: loading` SSE comments.
 _COMMON: dict[str, Schema] = {
@@ -108,7 +118,19 @@ _COMMON: dict[str, Schema] = {
         "catalog that no node serves right now waits for one that is starting, else gets 503; "
         "left out, or a model the mesh does not know, goes to the model most nodes serve "
         f"(the {MODEL_HEADER} response header names it); with no model served, an unknown "
-        "model gets 404 and a request naming none 503.",
+        "model gets 404 and a request naming none 503.  A catalog model loaded nowhere is "
+        "loaded on its first request, on the node the placement rule names; 503 when no "
+        "node can load it.",
+    },
+    "keep_alive": {
+        "anyOf": [
+            {"type": "number"},
+            {"type": "string", "pattern": _DURATION_PATTERN},
+        ],
+        "description": "Ollama's: how long the model stays loaded after this request, on "
+        'the node that answers it: seconds (300), or a Go duration ("90s", "15m", '
+        '"1h30m"); 0 unloads it right after, a negative value never.  Anything else gets '
+        "400 (invalid_keep_alive).",
     },
     "user": _STRING,
 }
@@ -301,6 +323,14 @@ _EMBEDDINGS = _obj(
     additionalProperties=True,
 )
 
+_MESH_STATE: Schema = {
+    "type": "string",
+    "enum": [str(s) for s in PoolState if s != PoolState.COOLING],
+    "description": "Mesh-wide: hot if a node serves it (hot or cooling), else the furthest "
+    "along of warming, fetching, unloading; failed if every node that has it failed it; "
+    "else cold.",
+}
+
 _MODEL_LIST = _obj(
     ["object", "data"],
     {
@@ -315,13 +345,19 @@ _MODEL_LIST = _obj(
                     "created": {"type": "integer"},
                     "owned_by": _STRING,
                     "meshllm": _obj(
-                        ["warm", "nodes"],
+                        ["warm", "nodes", "state", "pool"],
                         {
                             "warm": {
                                 "type": "boolean",
                                 "description": "Some node serves it now.",
                             },
                             "nodes": {**_STRINGS, "description": "Node ids serving it."},
+                            "state": _MESH_STATE,
+                            "pool": {
+                                "type": "array",
+                                "items": _ref("PoolNode"),
+                                "description": "Its state on each node that has it.",
+                            },
                         },
                     ),
                 },
@@ -332,6 +368,40 @@ _MODEL_LIST = _obj(
 )
 
 _STATES = [str(s) for s in ModelState]
+_POOL_STATES = [str(s) for s in PoolState]
+_NULLABLE_POOL_STATE: Schema = {"type": ["string", "null"], "enum": [*_POOL_STATES, None]}
+_SECONDS: Schema = {"type": "number", "minimum": 0}
+
+# meshllm/gossip/announcement.py POOL_KEYS and DEMAND_KEYS: closed records, checked on receipt.
+_POOL_ENTRY = _obj(
+    ["state"],
+    {
+        "state": {
+            "type": "string",
+            "enum": [str(s) for s in PoolState if s != PoolState.COLD],
+            "description": "Never cold: a model on disk and not in the pool is cold.",
+        },
+        "since": {**_WALL_MS, "description": "When it entered this state (wall ms)."},
+        "eta": {
+            **_SECONDS,
+            "description": "Seconds a fetch or warm-up takes in all, from since (an estimate).",
+        },
+        "until": {**_WALL_MS, "description": "When a cooling model unloads (wall ms)."},
+        "pinned": {"type": "boolean", "description": "Pinned: never unloaded; absent: false."},
+    },
+    additionalProperties=False,
+    description="A model in a node's pool.",
+)
+
+_DEMAND_ENTRY = _obj(
+    ["rpm"],
+    {
+        "rpm": {**_SECONDS, "description": "Requests a minute this node's proxy routed for it."},
+        "last": {**_WALL_MS, "description": "When it routed the last one (wall ms)."},
+    },
+    additionalProperties=False,
+    description="A model's demand as one node's proxy sees it.",
+)
 
 # PeerAnnouncement.to_wire(): what every node announces (meshllm/gossip/announcement.py).
 _ANNOUNCEMENT: dict[str, Schema] = {
@@ -392,6 +462,21 @@ _ANNOUNCEMENT: dict[str, Schema] = {
         additionalProperties=True,
     ),
     "load": {"type": "integer", "description": "Requests in flight."},
+    "pool": {
+        "type": "object",
+        "additionalProperties": _ref("PoolEntry"),
+        "description": "model -> its state in this node's pool (not cold ones).",
+    },
+    "demand": {
+        "type": "object",
+        "additionalProperties": _ref("Demand"),
+        "description": "model -> requests this node's proxy routed for it.",
+    },
+    "pool_room": {
+        **_nullable(_COUNT),
+        "description": "Bytes a newly placed model could get here, idle models evicted; "
+        "null: no pool memory budget, memory_bytes is the measure.",
+    },
     "version": _STRING,
     "incarnation": _COUNT,
     "seq": _COUNT,
@@ -428,8 +513,62 @@ _CATALOG_ENTRY = _obj(
     },
 )
 
+# ModelPool.snapshot().to_wire() (meshllm/serving/pool.py): this node's own pool.
+_POOL_DETAIL = _obj(
+    ["models", "loaded", "held_bytes", "max_loaded", "memory_budget"],
+    {
+        "models": {
+            "type": "array",
+            "items": _obj(
+                [
+                    "name",
+                    "state",
+                    "size_bytes",
+                    "in_flight",
+                    "pinned",
+                    "ttl_s",
+                    "seconds_left",
+                    "idle_s",
+                    "cause",
+                ],
+                {
+                    "name": _STRING,
+                    "state": {"type": "string", "enum": _POOL_STATES},
+                    "size_bytes": _COUNT,
+                    "in_flight": {**_COUNT, "description": "Requests in flight, or waiting."},
+                    "pinned": {"type": "boolean"},
+                    "ttl_s": {
+                        **_SECONDS_OR_NULL,
+                        "description": "Idle seconds before it unloads; null: never.",
+                    },
+                    "seconds_left": {
+                        **_SECONDS_OR_NULL,
+                        "description": "Cooling: seconds until it unloads; else null.",
+                    },
+                    "idle_s": {
+                        **_SECONDS_OR_NULL,
+                        "description": "Loaded and idle: seconds since its last request.",
+                    },
+                    "cause": {**_nullable(_STRING), "description": "Failed: why; else null."},
+                },
+            ),
+        },
+        "loaded": {**_COUNT, "description": "Models holding memory."},
+        "held_bytes": {**_COUNT, "description": "Bytes they hold."},
+        "max_loaded": {
+            **_nullable({"type": "integer", "minimum": 1}),
+            "description": "Models it may hold loaded at once; null: no limit.",
+        },
+        "memory_budget": {
+            **_nullable({"type": "integer", "minimum": 1}),
+            "description": "Bytes its loaded models may hold together; null: no limit.",
+        },
+    },
+    description="This node's model pool: its models, their TTLs and pins, what they hold.",
+)
+
 _STATUS = _obj(
-    [*_ANNOUNCEMENT, "uptime_s", "membership", "idle_reason", "peers", "catalog"],
+    [*_ANNOUNCEMENT, "uptime_s", "membership", "idle_reason", "pool_detail", "peers", "catalog"],
     {
         **_ANNOUNCEMENT,
         "uptime_s": {"type": "number", "minimum": 0},
@@ -454,12 +593,143 @@ _STATUS = _obj(
             "description": "Why auto-assignment serves nothing here; null: it serves, or "
             "was told what.",
         },
+        "pool_detail": {
+            **_nullable(_ref("PoolDetail")),
+            "description": "This node's pool; null on a client.",
+        },
         "peers": {"type": "array", "items": _ref("Peer")},
         "catalog": {"type": "array", "items": _ref("CatalogEntry")},
     },
     additionalProperties=True,
     description="This node's announcement, its live peers and the mesh catalog.  No secret: "
     "the join token is only at /api/token.",
+)
+
+# pool_view() (meshllm/election/pool_view.py): GET /api/models.
+_NULL_OR_MS: Schema = {"type": ["integer", "null"], "minimum": 0}
+
+_POOL_NODE = _obj(
+    ["node_id", "state", "since", "eta", "progress", "seconds_left", "pinned", "cause", "rpm"],
+    {
+        "node_id": _STRING,
+        "state": {"type": "string", "enum": _POOL_STATES},
+        "since": {**_NULL_OR_MS, "description": "When it entered this state (wall ms)."},
+        "eta": {**_SECONDS_OR_NULL, "description": "Seconds a fetch or warm-up takes in all."},
+        "progress": {
+            "type": ["number", "null"],
+            "minimum": 0,
+            "maximum": 1,
+            "description": "A fetch or warm-up's share done (an estimate); null: unknown.",
+        },
+        "seconds_left": {
+            "type": ["integer", "null"],
+            "minimum": 0,
+            "description": "Cooling: seconds before it unloads; else null.",
+        },
+        "pinned": {"type": "boolean"},
+        "cause": {**_nullable(_STRING), "description": "Failed: why (its start); else null."},
+        "rpm": {**_SECONDS, "description": "Requests a minute this node's proxy routed for it."},
+    },
+    description="A model on one node that has it.",
+)
+
+_POOL_MODEL = _obj(
+    ["model", "state", "size_bytes", "rpm", "nodes"],
+    {
+        "model": _STRING,
+        "state": _MESH_STATE,
+        "size_bytes": {**_nullable(_COUNT), "description": "Its GGUF's size; null: unknown."},
+        "rpm": {**_SECONDS, "description": "Requests a minute, all nodes' proxies together."},
+        "nodes": {
+            "type": "array",
+            "items": _ref("PoolNode"),
+            "description": "Each node that has it (never a client), by node id.",
+        },
+    },
+    description="A catalog model's state in the mesh and on each node.",
+)
+
+# meshllm/events.py: the events of GET /api/events (each event's JSON is its data line).
+_EVENT_RECORD: dict[str, Schema] = {
+    "node_id": _STRING,
+    "model": _STRING,
+    "since": _NULL_OR_MS,
+    "eta": _SECONDS_OR_NULL,
+    "until": _NULL_OR_MS,
+    "pinned": {"type": "boolean"},
+    "cause": {**_nullable(_STRING), "description": "Failed: why; else null."},
+}
+
+_MESH_EVENT: Schema = {
+    "oneOf": [
+        _obj(
+            ["type", "at", "models"],
+            {
+                "type": {"const": "snapshot"},
+                "at": _WALL_MS,
+                "models": {
+                    "type": "array",
+                    "items": _obj(
+                        [*_EVENT_RECORD, "state"],
+                        {**_EVENT_RECORD, "state": {"type": "string", "enum": _POOL_STATES}},
+                    ),
+                    "description": "Every (node, model), cold ones too, by node and model.",
+                },
+            },
+            description="First on every stream: the mesh's models as they are.",
+        ),
+        _obj(
+            [*_EVENT_RECORD, "type", "state", "previous", "at"],
+            {
+                "type": {"const": "model_state"},
+                **_EVENT_RECORD,
+                "state": {
+                    **_NULLABLE_POOL_STATE,
+                    "description": "null: the model left the node.",
+                },
+                "previous": {
+                    **_NULLABLE_POOL_STATE,
+                    "description": "null: it was not on the node (or the node is new).",
+                },
+                "at": _WALL_MS,
+            },
+            description="A model's record on a node changed.",
+        ),
+        _obj(
+            ["type", "node_id", "at"],
+            {
+                "type": {"type": "string", "enum": ["node_joined", "node_left"]},
+                "node_id": _STRING,
+                "at": _WALL_MS,
+            },
+            description="A node joined (its models but cold ones follow, as model_state) or left.",
+        ),
+        _obj(
+            ["type"],
+            {"type": {"const": "overflow"}},
+            description=f"Last: this client fell over {MAX_QUEUED_EVENTS} events behind and "
+            "the stream ends; reconnect for a fresh snapshot.",
+        ),
+    ]
+}
+
+_MESH_SSE_EVENT = _obj(
+    ["event", "data"],
+    {
+        "event": {
+            "type": "string",
+            "enum": ["snapshot", "model_state", "node_joined", "node_left", "overflow"],
+            "description": "The data's type.",
+        },
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": _ref("MeshEvent"),
+            "description": f"The event, as one line of JSON.  A ': ping' comment follows "
+            f"every {HEARTBEAT_S:g} s of quiet.",
+        },
+    },
+    description="One server-sent event of the mesh's event stream.",
 )
 
 _SCHEMAS: dict[str, Schema] = {
@@ -477,6 +747,14 @@ _SCHEMAS: dict[str, Schema] = {
     "Status": _STATUS,
     "Peer": _PEER,
     "CatalogEntry": _CATALOG_ENTRY,
+    "PoolEntry": _POOL_ENTRY,
+    "Demand": _DEMAND_ENTRY,
+    "PoolDetail": _POOL_DETAIL,
+    "PoolModel": _POOL_MODEL,
+    "PoolNode": _POOL_NODE,
+    "PoolModels": _obj(["models"], {"models": {"type": "array", "items": _ref("PoolModel")}}),
+    "MeshEvent": _MESH_EVENT,
+    "MeshServerSentEvent": _MESH_SSE_EVENT,
     "Health": _obj(["ok", "node_id"], {"ok": {"const": True}, "node_id": _STRING}),
     "JoinToken": _obj(["token"], {"token": {**_STRING, "description": "meshllm --join <token>"}}),
     "DropRequest": _obj(
@@ -485,6 +763,33 @@ _SCHEMAS: dict[str, Schema] = {
     "Dropped": _obj(
         ["dropped", "nodes"],
         {"dropped": _STRING, "nodes": {**_STRINGS, "description": "Node ids told to drop it."}},
+    ),
+    "PoolCommandRequest": _obj(
+        [],
+        {
+            "node": {
+                **_STRING,
+                "description": "The node to command; absent: where it makes sense (see the "
+                "operation).",
+            },
+            "seconds": {
+                "type": "number",
+                "exclusiveMinimum": 0,
+                "maximum": MAX_EXTEND_S,
+                "description": "extend-ttl's seconds to add (required there, at most a "
+                "week); other actions ignore it.",
+            },
+        },
+        additionalProperties=True,
+        description="Other fields are ignored.",
+    ),
+    "PoolCommandResult": _obj(
+        ["model", "action", "nodes"],
+        {
+            "model": _STRING,
+            "action": {"type": "string", "enum": list(ACTIONS)},
+            "nodes": {**_STRINGS, "description": "Node ids the command went to."},
+        },
     ),
 }
 
@@ -498,14 +803,14 @@ def _error(description: str, headers: dict[str, Schema] | None = None) -> Schema
 
 _RESPONSES: dict[str, Schema] = {
     "InvalidJson": _error(
-        "The body is not JSON, not a JSON object, or 'model' is not a string "
-        "(invalid_json, invalid_model)."
+        "The body is not JSON, not a JSON object, 'model' is not a string, or 'keep_alive' "
+        "is not a duration (invalid_json, invalid_model, invalid_keep_alive)."
     ),
     "Unauthorized": _error("No admin token, or a wrong one (unauthorized)."),
     "Forbidden": _error(
         "A web page's Origin not allowed with --cors-origin (origin_not_allowed); for "
-        "an admin route, a caller not on this machine (forbidden); for a drop on other "
-        "nodes, a node without the mesh owner key (not_mesh_owner)."
+        "an admin route, a caller not on this machine (forbidden); for a drop or a pool "
+        "command on other nodes, a node without the mesh owner key (not_mesh_owner)."
     ),
     "ModelNotFound": _error(
         "The model is not in the mesh catalog, and no other model is served (model_not_found)."
@@ -523,8 +828,8 @@ _RESPONSES: dict[str, Schema] = {
         "answer was complete (no_reachable_target, upstream_error)."
     ),
     "Unavailable": _error(
-        "The model is known but no node serves it right now, or it is still loading after "
-        "--load-timeout (no_target).",
+        "The model is known but no node serves it right now and none can load it, or it "
+        "is still loading after --load-timeout (no_target).",
         headers={
             "Retry-After": {
                 "description": "Seconds to wait before trying again.",
@@ -650,6 +955,94 @@ def openapi_spec(version: str) -> dict[str, Any]:
                     "415": _response("UnsupportedMediaType"),
                 },
             }
+        },
+        "/api/models": {
+            "get": _get(
+                "poolModels",
+                "Every catalog model's state in the mesh and on each node",
+                _ok("The mesh's model pool, by model.", "PoolModels"),
+                tags=["Node"],
+            )
+        },
+        "/api/models/{name}/{action}": {
+            "post": {
+                "operationId": "poolCommand",
+                "summary": "Load, unload, pin, unpin or extend-ttl a model (admin)",
+                "description": "On the node named by 'node', else where it makes sense: "
+                "load where the placement rule puts it; unload, unpin and extend-ttl on "
+                "every node that has it loaded; pin there too, or on the placement's node "
+                "when it is loaded nowhere.  A command for another node needs the mesh "
+                "owner key on this machine.  Only from this machine, with the admin token; "
+                "the body may be empty (still sent as application/json).",
+                "tags": ["Admin"],
+                "security": admin,
+                "parameters": [
+                    {
+                        "name": "name",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "minLength": 1},
+                        "description": "The model; it may hold '/'.",
+                    },
+                    {
+                        "name": "action",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "enum": list(ACTIONS)},
+                    },
+                ],
+                "requestBody": {
+                    "required": False,
+                    "content": _json(_ref("PoolCommandRequest")),
+                },
+                "responses": {
+                    "200": _ok("The nodes the command went to.", "PoolCommandResult"),
+                    "400": _error(
+                        "The body is not JSON (invalid_json), not an object or 'node' not "
+                        "a string (invalid_request), or an unknown action or bad seconds "
+                        "(pool_command_refused)."
+                    ),
+                    **admin_errors,
+                    **_GUARD,
+                    "404": _error(
+                        "No node has the model, or no live node has that id (pool_command_refused)."
+                    ),
+                    "409": _error(
+                        "Refused: it cannot be loaded, is loaded nowhere or not loaded "
+                        "there, or the node has no pool (pool_command_refused)."
+                    ),
+                    "413": _response("TooLarge"),
+                    "415": _response("UnsupportedMediaType"),
+                    "503": _error(
+                        "No link to the node to command right now (pool_command_refused)."
+                    ),
+                },
+            }
+        },
+        "/api/events": {
+            "get": _get(
+                "events",
+                "The mesh's model-state events, as server-sent events",
+                {
+                    "description": "A text/event-stream that does not end: a snapshot event, "
+                    "then an event for each change (model_state, node_joined, node_left); "
+                    "an overflow event ends it when this client falls behind.",
+                    "content": {"text/event-stream": {"schema": _ref("MeshServerSentEvent")}},
+                },
+                {
+                    "503": _error(
+                        f"{MAX_SUBSCRIBERS} clients are on the stream already (server_busy).",
+                        headers={
+                            "Retry-After": {
+                                "description": f"Seconds to wait: {RETRY_AFTER_S}.",
+                                "required": True,
+                                "schema": {"type": "integer", "minimum": 0},
+                            }
+                        },
+                    )
+                },
+                tags=["Node"],
+            )
         },
         "/v1/models": {
             "get": _get(

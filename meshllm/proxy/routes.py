@@ -15,9 +15,12 @@ once rather than at the next probe (DESIGN.md §5).  A clean refusal (an ``error
 frame: not served here, no room for the body, its backend down) proves the node
 alive and suspects nothing.
 
-A request for a model that some node is still starting or fetching waits for
-it, up to ``load_timeout``: a streaming one answers at once with SSE comment
-lines (``: loading …``) until the first real event, so the client sees progress
+A request for a catalog model that no node serves or is loading is loaded on its
+first request (DESIGN.md §6): :meth:`ProxyMesh.load` has the node the placement rule
+names load it (a 503 says why when none can), and the request waits for it like one
+for a model some node is still starting or fetching, up to ``load_timeout``: a
+streaming one answers at once with SSE comment lines (``: loading …``) until the
+first real event, so the client sees progress
 and its connection stays alive.  A model the mesh does not know gets 404 at
 once when nothing else could answer it.
 
@@ -29,7 +32,8 @@ Budgets (:class:`~meshllm.proxy.limits.HttpLimits`): a request body must keep co
 in flight (:class:`~meshllm.proxy.limits.ByteBudget`, held from its first byte until the
 answer's head is in: else 503 with ``Retry-After`` after ``body_budget_wait``); a
 non-streamed answer is buffered up to ``max_response_bytes`` (else 502 and the upstream
-is closed).
+is closed).  A request's ``keep_alive`` (Ollama's) must be a duration (else 400); it
+travels to the serving node in ``x-meshllm-keep-alive`` and sets that model's TTL there.
 """
 
 from __future__ import annotations
@@ -38,7 +42,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import random
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import aclosing
@@ -69,6 +72,7 @@ from meshllm.proxy.forward import (
 from meshllm.proxy.limits import DEFAULT_LIMITS, BudgetHold, ByteBudget, HttpLimits
 from meshllm.proxy.routing import RoutePlan, Target, plan_route
 from meshllm.proxy.tunnel import open_tunnel_request
+from meshllm.serving.durations import duration
 from meshllm.wire import FrameStream
 
 log = logging.getLogger(__name__)
@@ -79,7 +83,8 @@ LOAD_TIMEOUT_S: float = default("load_timeout")  # a request waits this long for
 PROGRESS_INTERVAL_S = 1.0  # between ": loading" comment lines of a waiting stream
 MODEL_HEADER = "x-meshllm-model"
 NODE_HEADER = "x-meshllm-node"
-_REQUEST_DROP = REQUEST_DROP | {"content-type"}  # set anew, in one spelling
+KEEP_ALIVE_HEADER = "x-meshllm-keep-alive"  # a request's keep_alive, to the serving node
+_REQUEST_DROP = REQUEST_DROP | {"content-type", KEEP_ALIVE_HEADER}  # set anew, or ours
 
 
 class ProxyMesh(Protocol):
@@ -108,8 +113,9 @@ class ProxyMesh(Protocol):
         """A new stream to ``node_id`` for one tunnelled request; raises ``PeerError``."""
         ...
 
-    def request_started(self, target: Target) -> None:
-        """A request goes to ``target`` (load accounting)."""
+    def request_started(self, target: Target, keep_alive: str | None = None) -> None:
+        """A request goes to ``target`` (load accounting; ``keep_alive`` for the pool of
+        a local target)."""
         ...
 
     def request_finished(self, target: Target) -> None:
@@ -133,6 +139,15 @@ class ProxyMesh(Protocol):
         """The data path to ``node_id`` broke: start a suspicion at once (DESIGN.md §5)."""
         ...
 
+    async def load(self, model: str) -> str | None:
+        """Have ``model``, a catalog model hot and loading nowhere, loaded where the mesh
+        places it; None once under way, else why no node can (for a 503)."""
+        ...
+
+    def routed(self, model: str) -> None:
+        """A request for ``model`` is being routed (its demand)."""
+        ...
+
 
 def add_proxy_routes(
     app: web.Application,
@@ -141,7 +156,6 @@ def add_proxy_routes(
     max_body_bytes: int = MAX_BODY_BYTES,
     retry_after_s: int = RETRY_AFTER_S,
     load_timeout: float = LOAD_TIMEOUT_S,
-    rng: random.Random | None = None,
     limits: HttpLimits = DEFAULT_LIMITS,
     budget: ByteBudget | None = None,
 ) -> None:
@@ -153,9 +167,7 @@ def add_proxy_routes(
     """
     if budget is None:
         budget = ByteBudget(limits.max_body_bytes_in_flight)
-    proxy = _Proxy(
-        mesh, max_body_bytes, retry_after_s, load_timeout, rng or random.Random(), limits, budget
-    )
+    proxy = _Proxy(mesh, max_body_bytes, retry_after_s, load_timeout, limits, budget)
     app.router.add_get("/v1/models", proxy.models)
     for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):
         app.router.add_post(path, proxy.relay)
@@ -168,7 +180,6 @@ class _Proxy:
         max_body: int,
         retry_after_s: int,
         load_timeout: float,
-        rng: random.Random,
         limits: HttpLimits,
         budget: ByteBudget,
     ) -> None:
@@ -178,18 +189,24 @@ class _Proxy:
         self._max_body = max_body
         self._retry_after = str(retry_after_s)
         self._load_timeout = load_timeout
-        self._rng = rng
         self._created = int(time.time())
 
     async def models(self, request: web.Request) -> web.Response:
-        """OpenAI's model list, one entry per catalog model, with ``meshllm: {warm, nodes}``."""
+        """OpenAI's model list, one entry per catalog model, with ``meshllm: {warm, nodes,
+        state, pool}``: the nodes serving it, its mesh-wide pool state and its state on
+        every node that has it."""
         data = [
             {
                 "id": entry["model"],
                 "object": "model",
                 "created": int(entry.get("created", self._created)),
                 "owned_by": "meshllm",
-                "meshllm": {"warm": bool(entry.get("warm")), "nodes": list(entry.get("nodes", ()))},
+                "meshllm": {
+                    "warm": bool(entry.get("warm")),
+                    "nodes": list(entry.get("nodes", ())),
+                    "state": entry.get("state", "hot" if entry.get("warm") else "cold"),
+                    "pool": list(entry.get("pool", ())),
+                },
             }
             for entry in self._mesh.catalog()
         ]
@@ -218,16 +235,30 @@ class _Proxy:
         if model is not None and not isinstance(model, str):
             return error_response(400, "'model' must be a string", "invalid_model")
 
+        keep_alive = payload.get("keep_alive")
+        if keep_alive is not None:
+            try:
+                duration(keep_alive, "keep_alive")
+            except ValueError as exc:
+                return error_response(400, str(exc), "invalid_keep_alive")
+            keep_alive = str(keep_alive).strip()  # it travels in a header
+
         targets = self._mesh.targets()
-        # A catalog model that is cold gets 503, not another model: its name was meant.
+        # A catalog model that is cold gets loaded, never another model: its name was meant.
         known = model is not None and model not in targets and self._in_catalog(model)
-        plan = plan_route(model, targets, self._rng, fallback=not known)
+        plan = plan_route(model, targets, fallback=not known)
         stream: web.StreamResponse | None = None  # prepared while waiting for a model
         if not plan.attempts:
             if model is not None and not known:
                 return error_response(
                     404, f"model {model!r} is not in the mesh catalog", "model_not_found"
                 )
+            if model is not None and not self._mesh.warming(model):
+                refused = await self._mesh.load(model)  # load on first request (§6)
+                if refused is not None:
+                    retry = {"Retry-After": self._retry_after}
+                    message = self._unloadable(model, refused)
+                    return error_response(503, message, "no_target", headers=retry)
             waited = await self._wait_for_model(request, model, payload.get("stream") is True)
             if not isinstance(waited, _Waiting):
                 return waited
@@ -244,10 +275,13 @@ class _Proxy:
 
         headers = filter_headers(request.headers.items(), _REQUEST_DROP)
         headers["Content-Type"] = "application/json"  # the body is JSON: we parsed it
+        if keep_alive is not None:
+            headers[KEEP_ALIVE_HEADER] = keep_alive
+        self._mesh.routed(plan.model_used)
         failures: list[str] = []
         for i, target in enumerate(plan.attempts):
             hurry = i + 1 < len(plan.attempts)  # another replica is left to try
-            self._mesh.request_started(target)
+            self._mesh.request_started(target, keep_alive)
             try:
                 upstream = await self._open(target, request.path_qs, headers, box.data, hurry)
             except (PeerError, BackendUnavailable) as exc:
@@ -294,7 +328,7 @@ class _Proxy:
                 await stream.write(line.encode())
             await self._mesh.wait_changed(min(PROGRESS_INTERVAL_S, deadline - now))
             # A named model must be that model; a request naming none takes any.
-            plan = plan_route(model, self._mesh.targets(), self._rng, fallback=model is None)
+            plan = plan_route(model, self._mesh.targets(), fallback=model is None)
             if plan.attempts:
                 return _Waiting(plan, stream)
 
@@ -310,6 +344,14 @@ class _Proxy:
             first = next(iter(sorted(causes.items())))
             what += f"; it failed on {first[0]}: {first[1].splitlines()[0]}"
         return f"{what} right now; try again shortly"
+
+    def _unloadable(self, model: str, refused: str) -> str:
+        message = f"model {model!r} is loaded nowhere and no node can load it: {refused}"
+        causes = self._mesh.failures(model)
+        if causes and "failed" not in refused:
+            node, cause = next(iter(sorted(causes.items())))
+            message += f"; it failed on {node}: {cause.splitlines()[0]}"
+        return message
 
     def _in_catalog(self, model: str) -> bool:
         return any(entry.get("model") == model for entry in self._mesh.catalog())

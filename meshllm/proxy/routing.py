@@ -1,7 +1,6 @@
 """The routing decision (DESIGN.md §7): which node answers a request for a model.
 
-Pure: plain data in, a :class:`RoutePlan` out; no I/O, no clock.  Randomness
-comes from the ``random.Random`` the caller passes, so tests fix a seed.
+Pure: plain data in, a :class:`RoutePlan` out; no I/O, no clock, no randomness.
 
 Order of the attempts for a model:
 
@@ -9,7 +8,11 @@ Order of the attempts for a model:
    target plus the load the target announces (the caller adds them up);
 2. on equal load the local replica first: it costs no network hop, and the
    load it reports is exact rather than a gossiped snapshot;
-3. remaining ties in random order, so equal peers share the traffic.
+3. remaining ties in rendezvous order of the model and node id (the placement
+   rule's hash, DESIGN.md §6), the same on every node: "pack idle, spread busy".
+   Requests one at a time all go to the same replica, so replicas beyond need go
+   idle and cool off by their TTL; concurrent ones spread by rule 1, since each
+   request in flight raises its replica's load.
 
 An unknown or missing model falls back, as mesh-llm does, to "the first
 available target": the model with the most ready replicas (ties: the lowest
@@ -19,9 +22,10 @@ plan's ``model_used`` (the proxy's ``x-meshllm-model`` header).
 
 from __future__ import annotations
 
-import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+from meshllm.election.placement import rendezvous_hash
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,13 +46,15 @@ class RoutePlan:
     attempts: tuple[Target, ...]
 
 
-def order_targets(targets: Sequence[Target], rng: random.Random) -> tuple[Target, ...]:
-    """``targets`` least loaded first, local first on equal load, other ties shuffled."""
-    shuffled = list(targets)
-    rng.shuffle(shuffled)
-    # sort() is stable: the shuffle decides among exact ties.
-    shuffled.sort(key=lambda t: (t.load, not t.local))
-    return tuple(shuffled)
+def order_targets(targets: Sequence[Target]) -> tuple[Target, ...]:
+    """``targets`` least loaded first, local first on equal load, other ties in
+    rendezvous order (then by node id)."""
+    return tuple(
+        sorted(
+            targets,
+            key=lambda t: (t.load, not t.local, -rendezvous_hash(t.model, t.node_id), t.node_id),
+        )
+    )
 
 
 def fallback_model(targets_by_model: Mapping[str, Sequence[Target]]) -> str | None:
@@ -66,7 +72,6 @@ def fallback_model(targets_by_model: Mapping[str, Sequence[Target]]) -> str | No
 def plan_route(
     model: str | None,
     targets_by_model: Mapping[str, Sequence[Target]],
-    rng: random.Random,
     *,
     fallback: bool = True,
 ) -> RoutePlan:
@@ -81,10 +86,10 @@ def plan_route(
     if model is not None:
         targets = targets_by_model.get(model)
         if targets:
-            return RoutePlan(model, order_targets(targets, rng))
+            return RoutePlan(model, order_targets(targets))
         if not fallback:
             return RoutePlan(model, ())
     chosen = fallback_model(targets_by_model)
     if chosen is None:
         return RoutePlan(model or "", ())
-    return RoutePlan(chosen, order_targets(targets_by_model[chosen], rng))
+    return RoutePlan(chosen, order_targets(targets_by_model[chosen]))

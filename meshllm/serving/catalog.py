@@ -210,6 +210,7 @@ def read_model(path: Path) -> ModelFile:
         name, size, params = _split_totals(path, split_count, header)
     ctx = meta.get(gguf.Keys.LLM.CONTEXT_LENGTH.format(arch=arch))
     return ModelFile(
+        kv_bytes_per_token=kv_bytes_per_token(meta, arch),
         name=name,
         path=path,
         size_bytes=size,
@@ -219,6 +220,38 @@ def read_model(path: Path) -> ModelFile:
         context_length=ctx if isinstance(ctx, int) else None,
         has_chat_template=header.has_chat_template,
     )
+
+
+def kv_bytes_per_token(meta: dict[str, Any], arch: str) -> int | None:
+    """Bytes of f16 KV cache one token of context takes (K and V, every layer), from the
+    header's shape keys; None when they are missing or make no sense."""
+
+    def key(name: str) -> Any:
+        return meta.get(f"{arch}.{name}")
+
+    layers, heads, kv_heads = (
+        key("block_count"),
+        key("attention.head_count"),
+        key("attention.head_count_kv"),
+    )
+    if isinstance(heads, list):  # per-layer counts (some hybrid models)
+        heads = max(heads, default=None)
+    if kv_heads is None:
+        kv_heads = heads
+    if not isinstance(layers, int) or layers <= 0:
+        return None
+    per_layer = kv_heads if isinstance(kv_heads, list) else [kv_heads] * layers
+    width = key("embedding_length")
+    head_dim = (
+        width // heads if isinstance(width, int) and isinstance(heads, int) and heads else None
+    )
+    k_len, v_len = (
+        key("attention.key_length") or head_dim,
+        key("attention.value_length") or head_dim,
+    )
+    if not all(isinstance(n, int) and n >= 0 for n in (*per_layer, k_len, v_len)):
+        return None
+    return 2 * sum(per_layer) * (k_len + v_len)
 
 
 def _split_totals(first: Path, count: int, header: _Header) -> tuple[str, int, int | None]:

@@ -68,11 +68,16 @@ def default_threads() -> int:
     return max(1, min(allowed, psutil.cpu_count(logical=False) or allowed))
 
 
+def context_size(model: ModelFile, options: LlamaOptions) -> int:
+    """The context llama-server runs ``model`` with: ``ctx_size``, capped at the model's."""
+    if model.context_length:
+        return min(options.ctx_size, model.context_length)
+    return options.ctx_size
+
+
 def llama_argv(binary: Path, model: ModelFile, port: int, options: LlamaOptions) -> list[str]:
     """The llama-server command line for ``model`` on ``127.0.0.1:port``."""
-    ctx = options.ctx_size
-    if model.context_length:
-        ctx = min(ctx, model.context_length)
+    ctx = context_size(model, options)
     threads = options.threads or default_threads()
     generation = ["-n", str(options.max_tokens)] if options.max_tokens else []
     template = fallback_chat_template(model)

@@ -28,6 +28,7 @@ from meshllm.election import (
     assign,
     choose_startup_model,
     place,
+    rank,
     why_unassigned,
 )
 from meshllm.election.demand import orphaned, wanting_replicas
@@ -57,6 +58,7 @@ ASSIGN_SETTLE = 2.0  # seconds to hear the mesh's state before auto-assignment
 ASSIGN_RETRY = 10.0  # seconds between tries while nothing changes and nothing can be assigned
 POOL_PUBLISH_DELAY = 1.0  # seconds a change of ``pool`` alone (hot <-> cooling) may wait
 REPLICA_CHECK_S = 15.0  # seconds between looks at demand for replicas
+LOAD_RANK_SLACK = 3  # a peer's load request is taken when we rank this high for the model
 
 
 def room_of(ann: PeerAnnouncement) -> int:
@@ -228,6 +230,21 @@ class ServingManager:
                     self.runner.pin(model)
         finally:
             self._fetching.discard(model)
+
+    def load_for_peer(self, model: str) -> str | None:
+        """A peer asks this node to load ``model`` (its placement named us): done when this
+        node's own view ranks it among the first LOAD_RANK_SLACK nodes for the model (the
+        views of two nodes may differ by a moment of gossip), so a member cannot make
+        every node load, and evict for, whatever it likes."""
+        if self.serves(model):
+            return None
+        everyone = [self.mesh.me, *self.mesh.peers().values()]
+        order = rank(model, everyone, free_memory=room_of)
+        if self.mesh.me.node_id not in order[:LOAD_RANK_SLACK]:
+            first = order[0] if order else None
+            where = f"on {first}" if first else "nowhere"
+            return f"this node's placement puts {model} {where}, not here"
+        return self.load(model)
 
     def placement(self, model: str) -> Placement | str:
         """Where the mesh's placement rule loads ``model`` now (DESIGN.md §6), or why
@@ -478,8 +495,19 @@ class ServingManager:
             pinned_cert_sha256=pin,
             mesh_secret=self.mesh_secret,
             dest_dir=self.settings.models_dir,
-            progress=_progress_printer(model),
+            progress=self._fetch_progress(model),
         )
+
+    def _fetch_progress(self, model: str) -> Callable[[int, int], None]:
+        """Progress of a copy: printed, and its ETA announced (from the rate so far)."""
+        printer, started = _progress_printer(model), time.monotonic()
+
+        def progress(done: int, total: int) -> None:
+            printer(done, total)
+            if done and total:
+                self.runner.fetch_progress(model, total * (time.monotonic() - started) / done)
+
+        return progress
 
     async def handle_file_request(self, stream: FrameStream, head: Frame) -> None:
         """A peer asks for a model file: a one-time grant, or why not."""

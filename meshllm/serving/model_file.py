@@ -22,6 +22,11 @@ class ModelFile:
     # one llama-server falls back to ChatML unless given a template
     # (see meshllm.serving.chat_template)
     has_chat_template: bool = False
+    # KV cache bytes per token of context at f16: 2 bytes x layers x KV heads x (key +
+    # value head width), from {arch}.block_count, .attention.head_count_kv and
+    # .attention.key_length/.value_length (else embedding_length / head_count); None
+    # when the header lacks them
+    kv_bytes_per_token: int | None = None
 
     def to_wire(self) -> dict[str, Any]:
         """Plain dict for JSON."""

@@ -27,9 +27,12 @@ evicts idle models, least recently used first; never a busy one (a request in
 flight, or warming) and never a pinned one.  A model kept by ``keep_alive < 0``
 is idle, so it may be evicted for room (Ollama's ``findRunnerToUnload`` does the
 same): "never" is about the clock, pinning is about memory as well.  What a model
-needs is the caller's to say, by the mesh's one memory rule
-(:func:`meshllm.election.assignment.estimate_model_memory`), so that placement and
-the pool agree.
+needs is the caller's to say: the runner reads it from the GGUF's header
+(:func:`meshllm.election.assignment.estimate_loaded_memory`: weights, KV cache at
+its context, compute buffers).  Peers, who know only the file's size, place by the
+cruder :func:`~meshllm.election.assignment.estimate_model_memory`; where the two
+disagree the node refuses the load and the asker tries the next node in placement
+order.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ async def ask_to_load(
         await stream.send(make_frame(FrameType.LOAD, model=model))
         reply = await asyncio.wait_for(stream.recv(), timeout)
     except TimeoutError:
-        return f"no answer within {timeout:.0f} s"
+        return f"no answer within {timeout:g} s"
     except PeerError as exc:
         return f"the link failed: {exc}"
     finally:

@@ -20,10 +20,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from meshllm.election import estimate_model_memory
+from meshllm.election import estimate_loaded_memory
 from meshllm.errors import ServingError
 from meshllm.gossip import SERVING_STATE, ModelState, PoolState
-from meshllm.serving.launch import LlamaOptions
+from meshllm.serving.launch import LlamaOptions, context_size
 from meshllm.serving.llama import LlamaServer
 from meshllm.serving.locate import proven_args
 from meshllm.serving.model_file import ModelFile
@@ -75,17 +75,21 @@ class ModelRunner:
         its own idle TTL (keep_alive semantics: negative never), else the node's."""
         self.files[model.name] = model
         pinned = pinned or (model.name in self.pool.models() and self.pool.is_pinned(model.name))
-        need = estimate_model_memory(model.size_bytes)
+        context = context_size(model, self._options)
+        need = estimate_loaded_memory(model.size_bytes, model.kv_bytes_per_token, context)
         self.pool.add(model.name, need, pinned=pinned, keep_alive=keep_alive)
 
-    def fetching(self, model: str, eta_s: float | None = None) -> None:
-        """``model``'s GGUF is being copied here; ``eta_s``: how long the copy takes in all."""
+    def fetching(self, model: str) -> None:
+        """``model``'s GGUF is being copied here."""
         if model not in self.pool.models():
             self.pool.add(model, 0)
         self.pool.fetch_started(model)
-        if eta_s is not None:
-            self._fetch_eta[model] = eta_s
         self._changed(urgent=True)
+
+    def fetch_progress(self, model: str, eta_s: float) -> None:
+        """The copy of ``model`` takes about ``eta_s`` seconds in all, by its rate so far."""
+        self._fetch_eta[model] = eta_s
+        self._on_change(False)
 
     def fetch_ended(self, model: str, cause: str | None = None) -> None:
         """The copy of ``model`` ended: it is on disk (``add`` it), or failed for ``cause``."""

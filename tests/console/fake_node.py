@@ -164,6 +164,38 @@ def idle_status() -> dict[str, Any]:
     return status
 
 
+PHI = "phi-3-mini-4k-instruct-q4_k_m"
+NOW_MS = 1_750_000_000_000
+"""The wall clock (ms) the pool states of `pool_status` are reckoned from."""
+
+
+def pool_status() -> dict[str, Any]:
+    """The sample mesh with pool states, as of `NOW_MS`.
+
+    gemma is hot (pinned) here, cooling on b7e4 (42 s left), warming on c93d (40 %);
+    qwen is cooling on c93d and fetching on d0f1 (50 %); phi is warming on c93d and cold
+    on d0f1.
+    """
+    status = sample_status()
+    status["pool"] = {GEMMA: {"state": "hot", "since": NOW_MS - 600_000, "pinned": True}}
+    status["demand"] = {GEMMA: {"rpm": 12.0, "last": NOW_MS - 1_000}}
+    b7e4, c93d, d0f1 = status["peers"][:3]
+    b7e4["pool"] = {GEMMA: {"state": "cooling", "since": NOW_MS - 60_000, "until": NOW_MS + 42_500}}
+    c93d["serving"] = {GEMMA: "starting", QWEN: "ready", PHI: "starting"}
+    c93d["pool"] = {
+        GEMMA: {"state": "warming", "since": NOW_MS - 4_000, "eta": 10.0},
+        QWEN: {"state": "cooling", "since": NOW_MS - 10_000, "until": NOW_MS + 42_500},
+        PHI: {"state": "warming", "since": NOW_MS - 4_000, "eta": 10.0},
+    }
+    c93d["available_models"] = {GEMMA: 253_000_000, QWEN: 491_000_000, PHI: 2_390_000_000}
+    d0f1["pool"] = {QWEN: {"state": "fetching", "since": NOW_MS - 30_000, "eta": 60.0}}
+    d0f1["available_models"] = {PHI: 2_390_000_000}
+    status["catalog"].insert(
+        2, {"model": PHI, "warm": False, "nodes": [], "size_bytes": 2_390_000_000}
+    )
+    return status
+
+
 class FakeNode:
     """The node API of DESIGN §4 over `status`, which tests may change at any time."""
 

@@ -24,6 +24,7 @@ from meshllm.console.widgets import (
     NodesTable,
 )
 from meshllm.console.widgets.models_table import state_cell
+from meshllm.election.pool_view import pool_view
 
 from .fake_node import (
     ADMIN_TOKEN,
@@ -33,11 +34,14 @@ from .fake_node import (
     IDLE_REASON,
     JOIN_TOKEN,
     LLAMA,
+    NOW_MS,
+    PHI,
     QWEN,
     SIGILL,
     FakeNode,
     idle_status,
     peer,
+    pool_status,
     resources,
     sample_status,
 )
@@ -104,11 +108,11 @@ async def test_console_tables_show_status(fake: FakeNode, state_dir: Path) -> No
         models = app.query_one(ModelsTable)
         await wait_for(pilot, lambda: models.row_count == 3, "the models")
         rows = row_texts(models)
-        assert rows[0].startswith(GEMMA) and "warm" in rows[0] and "3 ready" in rows[0]
-        assert "warm" in rows[1] and "starting" in rows[1]
-        assert rows[2].startswith(LLAMA) and "cold" in rows[2]
+        assert rows[0].startswith(GEMMA) and "● hot" in rows[0] and "3 hot" in rows[0]
+        assert "◐ warming" in rows[1] and "1 warming, 1 fetching" in rows[1]
+        assert rows[2].startswith(LLAMA) and "✖ failed" in rows[2]
         # The CPU-only peer gave up on llama: the first line of its cause, cut to the cell.
-        assert "1 failed: SIGILL whil…" in rows[2]
+        assert "1 failed: SIGILL while l…" in rows[2]
 
         await pilot.press("2")
         nodes = app.query_one(NodesTable)
@@ -377,7 +381,7 @@ async def test_console_drop_with_wrong_token_sends_it_and_survives(
         await wait_for(pilot, lambda: len(fake.drops) == 1, "the drop request")
         assert fake.drops[0]["authorization"] == "Bearer not-the-token"
         await pilot.pause(0.5)
-        assert "warm" in row_texts(models)[0] and app.down_reason is None
+        assert "● hot" in row_texts(models)[0] and app.down_reason is None
 
 
 async def test_client_parses_status_and_maps_errors(fake: FakeNode, state_dir: Path) -> None:
@@ -441,7 +445,7 @@ async def test_console_failure_detail_follows_the_cursor(fake: FakeNode, state_d
         fake.status["serving"][LLAMA] = "failed"
         await wait_for(pilot, lambda: "failed on 2 nodes" in _detail_text(detail)[0], "2 nodes")
         assert _detail_text(detail)[1] == "  a1b2c3d: no cause given"
-        assert "2 failed: SIGILL whil…" in row_texts(models)[2]  # the first cause given
+        assert "2 failed: SIGILL while l…" in row_texts(models)[2]  # the first cause given
 
         await pilot.press("up")
         await wait_for(pilot, lambda: not detail.display, "the detail to go")
@@ -497,14 +501,12 @@ def test_state_cell_shows_the_first_line_of_the_cause() -> None:
     raw["serving"][LLAMA] = "ready"
     # A node that lists the failure only in `failures` counts as failed too.
     raw["peers"][2]["failures"] = {LLAMA: "exit 1 while loading, 3 starts in a row"}
-    status = parse_status(raw)
-    entry = next(e for e in status.catalog if e.model == LLAMA)
-    wide = state_cell(status, entry, 80)
-    assert wide.plain == "1 ready, 2 failed: SIGILL while loading, 3 starts in a row"
+    views = {v["model"]: v for v in pool_view(parse_status(raw).announcements, 0)}
+    wide = state_cell(views[LLAMA], 80)
+    assert wide.plain == "1 hot, 2 failed: SIGILL while loading, 3 starts in a row"
     assert wide.spans[-1].style == "bold red"  # the cause, in the failed style
-    assert state_cell(status, entry, 22).plain == "1 ready, 2 failed: SI…"
-    gemma = next(e for e in status.catalog if e.model == GEMMA)
-    assert state_cell(status, gemma, 22).plain == "3 ready"
+    assert state_cell(views[LLAMA], 22).plain == "1 hot, 2 failed: SIGI…"
+    assert state_cell(views[GEMMA], 22).plain == "3 hot"
 
 
 def test_parse_status_reads_failures_and_idle_reason() -> None:
@@ -547,3 +549,38 @@ def test_parse_status_tolerates_missing_fields() -> None:
     assert status.catalog[0].size_bytes is None
     with pytest.raises(NodeAPIError):
         parse_status({"hello": "world"})
+
+
+async def test_console_models_show_cooling_and_warming(state_dir: Path) -> None:
+    node = FakeNode(pool_status())
+    await node.start()
+    try:
+        app = app_for(node.port, state_dir)
+        async with app.run_test(size=(100, 24)) as pilot:
+            models = app.query_one(ModelsTable)
+            models.clock = lambda: NOW_MS / 1000
+            await wait_for(pilot, lambda: models.row_count == 4, "the models")
+            models.refresh_rows()  # with the fixed clock, whenever the first poll came
+            rows = [" ".join(r.split()) for r in row_texts(models)]
+            assert rows == [
+                f"{GEMMA} ● hot 1 hot, 1 cooling 42s, 1 warming 40% 241 MiB",
+                f"{QWEN} ● hot 1 cooling 42s, 1 fetching 50% 468 MiB",  # cooling still serves
+                f"{PHI} ◐ warming 1 warming 40%, 1 cold 2.2 GiB",
+                f"{LLAMA} ✖ failed 1 failed: SIGILL while loading, 3 starts… —",
+            ]
+            # Its TTL runs out: the cooling nodes count down, the warm-ups go on.
+            models.clock = lambda: (NOW_MS + 2_000) / 1000
+            models.refresh_rows()
+            assert "1 cooling 40s, 1 warming 60%" in row_texts(models)[0]
+    finally:
+        await node.stop()
+
+
+def test_state_cell_styles_each_state() -> None:
+    status = parse_status(pool_status())
+    views = {v["model"]: v for v in pool_view(status.announcements, NOW_MS)}
+    cell = state_cell(views[GEMMA], 80)
+    assert cell.plain == "1 hot, 1 cooling 42s, 1 warming 40%"
+    styles = [str(span.style) for span in cell.spans if span.style != "grey50"]
+    assert styles == ["bold green", "dark_sea_green", "yellow"]
+    assert state_cell(views[PHI], 12).plain == "1 warming 4…"

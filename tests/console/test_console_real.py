@@ -57,8 +57,8 @@ async def test_console_follows_a_real_mesh(
         app.animation_level = "none"
         async with app.run_test(size=(80, 24)) as pilot:
             models, nodes = app.query_one(ModelsTable), app.query_one(NodesTable)
-            await until(pilot, lambda: any(FAKE in r and "warm" in r for r in rows(models)),
-                        "the endpoint's model, warm")  # fmt: skip
+            await until(pilot, lambda: any(FAKE in r and "● hot" in r for r in rows(models)),
+                        "the endpoint's model, hot")  # fmt: skip
             await until(pilot, lambda: nodes.row_count == 1, "this node's row")
 
             # A node serving the default model with llama-server joins.
@@ -68,8 +68,8 @@ async def test_console_follows_a_real_mesh(
             )  # fmt: skip
             await until(pilot, lambda: nodes.row_count == 2, "the new node's row")
             assert any(b.node_id[:6] in r for r in rows(nodes))
-            await until(pilot, lambda: any(GEMMA in r and "warm" in r for r in rows(models)),
-                        "the default model, warm")  # fmt: skip
+            await until(pilot, lambda: any(GEMMA in r and "● hot" in r for r in rows(models)),
+                        "the default model, hot")  # fmt: skip
 
             # A third node joins, then dies: the table follows both.
             c = await asyncio.to_thread(cluster.add, name="c")
@@ -96,7 +96,7 @@ async def test_console_follows_a_real_mesh(
             assert isinstance(app.screen, ConfirmDrop) and app.screen.model == GEMMA
             await pilot.press("y")
             # Cold, or gone from the catalog once B (its only copy) has left.
-            await until(pilot, lambda: not any(GEMMA in r and "warm" in r for r in rows(models)),
-                        "the default model, no longer warm")  # fmt: skip
+            await until(pilot, lambda: not any(GEMMA in r and "● hot" in r for r in rows(models)),
+                        "the default model, no longer hot")  # fmt: skip
             await asyncio.to_thread(wait_for, lambda: not b.alive(), 60, 0.1, "B to exit")
             await until(pilot, lambda: nodes.row_count == 1, "B gone")

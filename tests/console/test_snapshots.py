@@ -19,8 +19,17 @@ from textual.pilot import Pilot
 from textual.widgets import Input
 
 from meshllm.console import MeshConsole
+from meshllm.console.widgets import ModelsTable
 
-from .fake_node import ADMIN_TOKEN, LLAMA, FakeNode, idle_status, serve_in_thread
+from .fake_node import (
+    ADMIN_TOKEN,
+    LLAMA,
+    NOW_MS,
+    FakeNode,
+    idle_status,
+    pool_status,
+    serve_in_thread,
+)
 
 DOCS_CAPTURE = Path(__file__).resolve().parents[2] / "docs" / "console.txt"
 SIZE = (80, 24)
@@ -71,6 +80,21 @@ def test_snapshot_models_tab(snap_compare, port: int, state_dir: Path) -> None:
     """The main screen: fleet lines and the Models tab."""
     app = console(port, state_dir)
     assert snap_compare(app, terminal_size=SIZE, run_before=lambda p: settle(p, loaded(app)))
+
+
+def test_snapshot_pool_states(snap_compare, state_dir: Path) -> None:
+    """Models hot, cooling, warming and fetching on a wider terminal, at a fixed clock."""
+    with serve_in_thread(FakeNode(pool_status())) as pool_port:
+        app = console(pool_port, state_dir)
+
+        async def run_before(pilot: Pilot) -> None:
+            models = app.query_one(ModelsTable)
+            models.clock = lambda: NOW_MS / 1000
+            await settle(pilot, lambda: loaded(app)() and models.row_count == 4)
+            models.refresh_rows()  # with the fixed clock, whenever the first poll came
+            await settle(pilot, lambda: True)
+
+        assert snap_compare(app, terminal_size=(100, 24), run_before=run_before)
 
 
 def test_snapshot_failed_model_detail(snap_compare, port: int, state_dir: Path) -> None:

@@ -575,3 +575,16 @@ def test_assign_independent_of_peer_order(scenario, rnd):
 def test_why_unassigned_table(me, peers, expected):
     assert assign(me, peers) is None
     assert why_unassigned(me, peers) == expected
+
+
+def test_the_loaded_memory_estimate_reads_the_kv_cache_from_the_header() -> None:
+    from meshllm.election import estimate_loaded_memory, estimate_model_memory
+    from meshllm.election.assignment import COMPUTE_ALLOWANCE_BYTES
+
+    # Gemma 3 270M: 18 layers x 1 KV head x (256 + 256) x 2 B = 18432 B a token.
+    assert estimate_loaded_memory(253_113_024, 18432, 8192) == (
+        253_113_024 + 18432 * 8192 + COMPUTE_ALLOWANCE_BYTES
+    )
+    assert estimate_loaded_memory(10**9, None, 8192) == estimate_model_memory(10**9)
+    with pytest.raises(ValueError):
+        estimate_loaded_memory(1, -1, 10)

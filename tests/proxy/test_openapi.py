@@ -5,7 +5,8 @@ node serves it; (b) it validates as OpenAPI 3.1; (c) schemathesis runs live node
 it (real daemons: one fronting a fake OpenAI backend with ``--endpoint``, one serving
 nothing, whose /v1 routes answer 404 and 503): no 5xx (but the idle node's 503),
 documented status codes, content types, headers, bodies and SSE events, admin routes
-refusing a missing or wrong token, 405 for undocumented methods.  Bounded and seeded:
+refusing a missing or wrong token, 405 for undocumented methods; the never-ending
+``/api/events`` stream is left to a test that reads its first event.  Bounded and seeded:
 ``EXAMPLES_PER_OPERATION`` fuzzed cases per operation, plus schemathesis' coverage cases.
 Every process started here is ended by pid, in the fixtures.
 """
@@ -13,6 +14,7 @@ Every process started here is ended by pid, in the fixtures.
 from __future__ import annotations
 
 import json
+import re
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -72,11 +74,13 @@ def spec_operations(spec: dict[str, Any]) -> set[tuple[str, str]]:
 
 
 def test_spec_lists_exactly_the_apps_routes() -> None:
-    # The app as the node builds it; the proxy routes only keep the mesh, never call it here.
+    # The app as the node builds it; the proxy and event routes only keep the mesh and the
+    # event source, never call them here.
     app = create_app(
         SimpleNamespace(),  # type: ignore[arg-type]
         object(),  # type: ignore[arg-type]
         GuardSettings.from_config(Config()),
+        events=SimpleNamespace(),  # type: ignore[arg-type]
     )
     routes = {(r.resource.canonical, r.method) for r in app.router.routes() if r.resource}
     # aiohttp answers HEAD for every GET route (RFC 9110: GET without the body); the spec
@@ -133,7 +137,11 @@ def test_spec_is_valid_openapi_3_1() -> None:
         for method, operation in item.items()
         if operation.get("security") == [{ADMIN_SCHEME: []}]
     }
-    assert secured == {("/api/token", "GET"), ("/api/drop", "POST")}
+    assert secured == {
+        ("/api/token", "GET"),
+        ("/api/drop", "POST"),
+        ("/api/models/{name}/{action}", "POST"),
+    }
 
 
 # --- live nodes ---------------------------------------------------------------------------------
@@ -174,10 +182,12 @@ def test_live_node_serves_the_spec(live_node: NodeProcess) -> None:
     with urllib.request.urlopen(live_node.url + "/openapi.json", timeout=10) as resp:
         assert resp.headers["Content-Type"].startswith("application/json")
         assert json.loads(resp.read()) == openapi_spec(__version__)
-    # Every documented operation is routed (none is a 404 or 405 of the router) ...
+    # Every documented operation is routed (none is a 404 or 405 of the router; a path
+    # parameter gets a plain value) ...
     for path, method in sorted(spec_operations(openapi_spec(__version__))):
         body = b"{}" if method == "POST" else None
-        request = urllib.request.Request(live_node.url + path, body, method=method)
+        url = live_node.url + re.sub(r"\{\w+\}", "x", path)
+        request = urllib.request.Request(url, body, method=method)
         request.add_header("Content-Type", "application/json")
         try:
             with urllib.request.urlopen(request, timeout=10) as resp:
@@ -233,7 +243,13 @@ def idle_schema(idle_node: NodeProcess) -> schemathesis.BaseSchema:
 
 
 # `path_regex` selects every operation: without it, /openapi.json itself is left out.
-live = schemathesis.pytest.from_fixture("live_schema").include(path_regex="^/")
+# /api/events never ends (a ping every 15 s keeps it open), so a client reading it whole
+# waits forever: test_live_event_stream_conforms reads its first event instead.
+live = (
+    schemathesis.pytest.from_fixture("live_schema")
+    .include(path_regex="^/")
+    .exclude(path="/api/events")
+)
 idle = schemathesis.pytest.from_fixture("idle_schema").include(path_regex="^/v1/")
 
 
@@ -256,6 +272,31 @@ IDLE_CHECKS = [no_server_error_but_unavailable, *CHECKS[1:]]
 @idle.parametrize()
 def test_idle_node_conforms_to_the_spec(case: schemathesis.Case) -> None:
     case.call_and_validate(checks=IDLE_CHECKS)
+
+
+def spec_validator(schema: dict[str, Any]) -> Any:
+    """A validator for ``schema``, whose ``$ref``s point into the spec's components."""
+    spec = openapi_spec(__version__)
+    return jsonschema_rs.validator_for({**schema, "components": spec["components"]})
+
+
+def test_live_event_stream_conforms(live_node: NodeProcess) -> None:
+    # The stream opens with one snapshot event: an event the spec describes, whose data
+    # is a MeshEvent.
+    spec = openapi_spec(__version__)
+    content = spec["paths"]["/api/events"]["get"]["responses"]["200"]["content"]
+    event_schema = content["text/event-stream"]["schema"]
+    with urllib.request.urlopen(live_node.url + "/api/events", timeout=10) as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"].startswith("text/event-stream")
+        lines = []
+        while (line := resp.readline().decode()) not in ("\n", ""):
+            lines.append(line.rstrip("\n"))
+    fields = dict(line.split(": ", 1) for line in lines)
+    spec_validator(event_schema).validate(fields)
+    data = json.loads(fields["data"])
+    spec_validator({"$ref": "#/components/schemas/MeshEvent"}).validate(data)
+    assert fields["event"] == data["type"] == "snapshot"
 
 
 def test_nodes_survived_the_run(live_node: NodeProcess, idle_node: NodeProcess) -> None:

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import json
 import math
-import random
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from meshllm.proxy import (
     openai_error_middleware,
     serve_tunnel,
 )
+from meshllm.proxy.routes import KEEP_ALIVE_HEADER
 from meshllm.testing import FakeBackend
 from meshllm.wire import FrameStream, MemoryFrameStream, memory_stream_pair
 
@@ -60,6 +60,10 @@ class MemoryMesh:
     in_flight: Counter[Target] = field(default_factory=Counter)
     started: list[Target] = field(default_factory=list)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    loadable: dict[str, str] = field(default_factory=dict)  # model -> node load() starts it on
+    load_asks: list[str] = field(default_factory=list)  # load() calls, by model
+    demand: list[str] = field(default_factory=list)  # routed() calls, by model
+    keep_alives: list[str | None] = field(default_factory=list)  # request_started()'s
 
     def catalog(self) -> list[dict[str, Any]]:
         entries: dict[str, list[str]] = {m: [] for m in self.cold}
@@ -107,10 +111,22 @@ class MemoryMesh:
         if self.suspect_error is not None:
             raise self.suspect_error
 
-    def request_started(self, target: Target) -> None:
+    def request_started(self, target: Target, keep_alive: str | None = None) -> None:
         key = Target(target.node_id, target.model, target.local)
         self.in_flight[key] += 1
         self.started.append(target)
+        self.keep_alives.append(keep_alive)
+
+    async def load(self, model: str) -> str | None:
+        self.load_asks.append(model)
+        node = self.loadable.get(model)
+        if node is None:
+            return f"no node can hold {model} (test)"
+        self.loading[(node, model)] = "starting"
+        return None
+
+    def routed(self, model: str) -> None:
+        self.demand.append(model)
 
     def request_finished(self, target: Target) -> None:
         key = Target(target.node_id, target.model, target.local)
@@ -178,7 +194,7 @@ async def make_client(mesh: MemoryMesh) -> AsyncIterator[MakeClient]:
 
     async def make(**options: Any) -> TestClient[web.Request, web.Application]:
         app = web.Application(middlewares=[openai_error_middleware])
-        add_proxy_routes(app, mesh, rng=random.Random(0), **options)
+        add_proxy_routes(app, mesh, **options)
         client = TestClient(TestServer(app))  # TestServer runs with handler_cancellation=True
         await client.start_server()
         clients.append(client)
@@ -233,8 +249,53 @@ async def test_models_lists_the_catalog_with_meshllm_fields(
         assert entry["object"] == "model"
         assert entry["owned_by"] == "meshllm"
         assert isinstance(entry["created"], int)
-    assert by_id["m"]["meshllm"] == {"warm": True, "nodes": [SELF, "peer"]}
-    assert by_id["cold"]["meshllm"] == {"warm": False, "nodes": []}
+    # Without pool detail in the catalog, the state follows warm.
+    assert by_id["m"]["meshllm"] == {"warm": True, "nodes": [SELF, "peer"], "state": "hot",
+                                     "pool": []}  # fmt: skip
+    assert by_id["cold"]["meshllm"] == {"warm": False, "nodes": [], "state": "cold", "pool": []}
+
+
+async def test_a_keep_alive_is_checked_and_travels_to_the_serving_node(
+    mesh: MemoryMesh, make_client: MakeClient, backends: dict[str, FakeBackend]
+) -> None:
+    mesh.replicas = {(SELF, "m"): backends["local_m"].url}
+    client = await make_client()
+    bad = await client.post("/v1/chat/completions", json=chat(keep_alive="forever"))
+    assert bad.status == 400
+    assert (await bad.json())["error"]["code"] == "invalid_keep_alive"
+    for given, sent in (("\n5m ", "5m"), (300, "300"), (-1, "-1")):
+        resp = await client.post("/v1/chat/completions", json=chat(keep_alive=given))
+        assert resp.status == 200, await resp.text()
+        assert mesh.keep_alives[-1] == sent
+        assert backends["local_m"].last_headers.get(KEEP_ALIVE_HEADER) == sent
+    resp = await client.post("/v1/chat/completions", json=chat())
+    assert mesh.keep_alives[-1] is None
+    assert KEEP_ALIVE_HEADER not in backends["local_m"].last_headers
+
+
+async def test_a_cold_catalog_model_is_loaded_and_waited_for(
+    mesh: MemoryMesh, make_client: MakeClient, backends: dict[str, FakeBackend]
+) -> None:
+    mesh.cold = ["m"]
+    mesh.loadable = {"m": "peer"}
+    client = await make_client()
+    pending = asyncio.ensure_future(client.post("/v1/chat/completions", json=chat()))
+    await asyncio.sleep(0.3)
+    assert mesh.load_asks == ["m"] and not pending.done()  # asked once, waiting
+    mesh.ready("peer", "m", backends["remote_m"].url)
+    resp = await pending
+    assert resp.status == 200 and resp.headers["x-meshllm-node"] == "peer"
+    assert mesh.demand == ["m"]
+
+
+async def test_a_cold_model_no_node_can_load_gets_503_saying_why(
+    mesh: MemoryMesh, make_client: MakeClient
+) -> None:
+    mesh.cold = ["m"]
+    client = await make_client()
+    resp = await client.post("/v1/chat/completions", json=chat())
+    assert resp.status == 503 and resp.headers["Retry-After"]
+    assert "no node can hold m (test)" in (await resp.json())["error"]["message"]
 
 
 # --- routing to local and remote ---------------------------------------------------------------

@@ -310,3 +310,22 @@ def test_scan_models_default_model(default_model: ModelFile) -> None:
     # A base model: no chat template in the GGUF, so llama.cpp's Gemma one is used.
     assert model.has_chat_template is False
     assert builtin_chat_template(model.architecture, model.name) == "gemma"
+
+
+def test_the_kv_cache_width_is_read_from_the_header() -> None:
+    from meshllm.serving.catalog import kv_bytes_per_token
+
+    gemma = {
+        "g.block_count": 18, "g.attention.head_count": 4, "g.attention.head_count_kv": 1,
+        "g.attention.key_length": 256, "g.attention.value_length": 256,
+        "g.embedding_length": 640,
+    }  # fmt: skip
+    assert kv_bytes_per_token(gemma, "g") == 2 * 18 * 1 * 512
+    llama = {"l.block_count": 32, "l.attention.head_count": 32, "l.attention.head_count_kv": 8,
+             "l.embedding_length": 4096}  # fmt: skip
+    assert kv_bytes_per_token(llama, "l") == 2 * 32 * 8 * (128 + 128)  # 128 KiB a token
+    per_layer = {"h.block_count": 2, "h.attention.head_count": 8,
+                 "h.attention.head_count_kv": [0, 4], "h.embedding_length": 512}  # fmt: skip
+    assert kv_bytes_per_token(per_layer, "h") == 2 * 4 * (64 + 64)
+    assert kv_bytes_per_token({}, "x") is None
+    assert kv_bytes_per_token({"x.block_count": 4, "x.attention.head_count": "?"}, "x") is None

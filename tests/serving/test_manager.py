@@ -147,7 +147,8 @@ async def test_a_joined_node_with_nothing_to_serve_says_why_and_looks_again(
 
 def peer(node_id: str, **fields: Any) -> PeerAnnouncement:
     """A peer that serves models, with plenty of memory for them."""
-    return PeerAnnouncement(node_id, "mesh", memory_bytes=8 * GIB, pool_room=8 * GIB, **fields)
+    fields = {"memory_bytes": 8 * GIB, "pool_room": 8 * GIB, **fields}
+    return PeerAnnouncement(node_id, "mesh", **fields)
 
 
 async def test_a_model_whose_host_died_while_pinned_is_taken_over_here(
@@ -208,3 +209,23 @@ async def test_a_model_in_high_demand_gets_a_replica_where_placement_says(
     manager.runner.unload("tiny", "test")
     await until(lambda: "tiny" not in port.me.serving)
     assert manager.add_replicas() == []
+
+
+async def test_a_peer_asks_a_load_only_of_a_node_its_placement_ranks_high(
+    settings: ServingSettings, run: Callable[..., Any]
+) -> None:
+    port = FakeMeshPort()
+    manager = await run(settings, port)
+    size = port.me.available_models["tiny"]
+    port.me = port.me.bump(pool_room=1 << 30)
+    for i in range(5):  # five nodes with the file and far more room than this one
+        port.peer_table[f"p{i}"] = peer(
+            f"p{i}", available_models={"tiny": size}, pool_room=1 << 40, memory_bytes=1 << 40
+        )
+    refused = manager.load_for_peer("tiny")
+    assert refused is not None and "placement puts tiny on p" in refused
+    assert "tiny" not in port.me.serving
+    port.peer_table.clear()  # alone now: placement names this node
+    assert manager.load_for_peer("tiny") is None
+    await until(lambda: port.me.serving.get("tiny") == "ready")
+    assert manager.load_for_peer("tiny") is None  # loaded already: yes, at once
