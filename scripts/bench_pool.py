@@ -46,7 +46,12 @@ import psutil
 from meshllm.serving import find_llama_server
 from meshllm.serving.install import DEFAULT_MODEL, install_default_model
 from meshllm.testing.cluster import Cluster, NodeProcess, wait_for
-from meshllm.testing.pool import linked_models_dir, llama_servers_under, pool_state
+from meshllm.testing.pool import (
+    chat_stream_request,
+    linked_models_dir,
+    llama_servers_under,
+    pool_state,
+)
 
 SLOW = 300.0  # a load takes seconds; a slow, shared machine may take much longer
 FAST_MESH = ["--probe-interval", "0.5", "--probe-timeout", "0.5"]
@@ -95,17 +100,7 @@ class Stream:
 
 def timed_stream(node: NodeProcess, model: str, max_tokens: int = 8) -> Stream:
     """A streamed chat read line by line, raw SSE (comments included), read to its end."""
-    body = json.dumps(
-        {
-            "model": model,
-            "messages": [{"role": "user", "content": "Count to ten."}],
-            "max_tokens": max_tokens,
-            "stream": True,
-        }
-    ).encode()
-    req = urllib.request.Request(
-        f"{node.url}/v1/chat/completions", data=body, headers={"Content-Type": "application/json"}
-    )
+    req = chat_stream_request(node, model, max_tokens)
     first_byte = first_token = first_data = None
     loading = 0
     t0 = time.perf_counter()

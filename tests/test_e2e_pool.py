@@ -25,6 +25,7 @@ import pytest
 from meshllm.serving import ModelFile
 from meshllm.testing.cluster import Cluster, NodeProcess, wait_for
 from meshllm.testing.pool import (
+    chat_stream_request,
     linked_models_dir,
     llama_aliases,
     llama_servers_under,
@@ -88,17 +89,7 @@ def chat(node: NodeProcess, model: str, **extra: Any) -> Any:
 
 def raw_stream(node: NodeProcess, model: str, max_tokens: int = 8) -> list[str]:
     """A streamed chat read line by line, SSE comments included."""
-    body = json.dumps(
-        {
-            "model": model,
-            "messages": [{"role": "user", "content": "Count to ten."}],
-            "max_tokens": max_tokens,
-            "stream": True,
-        }
-    ).encode()
-    req = urllib.request.Request(
-        f"{node.url}/v1/chat/completions", data=body, headers={"Content-Type": "application/json"}
-    )
+    req = chat_stream_request(node, model, max_tokens)
     with urllib.request.urlopen(req, timeout=SLOW) as resp:
         return [line.decode().rstrip("\n") for line in resp]
 

@@ -4,7 +4,9 @@ and the llama-servers nodes run."""
 
 from __future__ import annotations
 
+import json
 import os
+import urllib.request
 from pathlib import Path
 
 import psutil
@@ -62,3 +64,20 @@ def llama_servers_under(root: Path) -> list[psutil.Process]:
         if "llama-server" in (proc.info["name"] or "") and str(root) in argv:
             found.append(proc)
     return found
+
+
+def chat_stream_request(
+    node: NodeProcess, model: str, max_tokens: int = 8
+) -> urllib.request.Request:
+    """A streamed chat for ``model`` on ``node``'s proxy, to read raw (SSE comments and all)."""
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": "Count to ten."}],
+        "max_tokens": max_tokens,
+        "stream": True,
+    }
+    return urllib.request.Request(
+        f"{node.url}/v1/chat/completions",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
