@@ -4,7 +4,8 @@ GPUs come from NVML (``pynvml``, provided by ``nvidia-ml-py``).  Without a
 driver ``nvmlInit()`` raises ``NVMLError_LibraryNotFound``: that means no GPU,
 not an error (DESIGN.md §9); the answer is remembered so NVML is tried once.
 ``pynvml`` is imported only on a machine with an NVIDIA driver (it costs every
-daemon 1.1 MiB otherwise).
+daemon 1.1 MiB otherwise).  A GPU's live readings (utilisation, temperature,
+power) are optional: one the GPU does not support reads None, the GPU stays.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import ctypes.util
 import logging
 import os
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
@@ -28,6 +30,7 @@ VRAM_RESERVE_FRACTION = 0.05  # --memory-budget auto leaves this much VRAM to th
 VRAM_RESERVE_MIN = 512 * 1024 * 1024  # the desktop and other programs (at least this)
 
 _nvml_ready: bool | None = None  # None: not tried yet; False: no usable NVML
+_pynvml: ModuleType | None = None  # the initialised bindings, once _nvml_ready
 
 
 def driver_present() -> bool:
@@ -37,60 +40,92 @@ def driver_present() -> bool:
     )
 
 
+def _load_pynvml() -> ModuleType:
+    """Import the NVML bindings (called only where a driver is present)."""
+    import pynvml
+
+    return pynvml
+
+
 def _nvml() -> ModuleType | None:
     """NVML, initialised once; None for good when there is no driver or no GPU."""
-    global _nvml_ready
+    global _nvml_ready, _pynvml
     if _nvml_ready is None:
         _nvml_ready = False
         if not driver_present():
             log.debug("no NVIDIA driver")
             return None
-        import pynvml
-
+        pynvml = _load_pynvml()
         try:
             pynvml.nvmlInit()
-            _nvml_ready = True
         except pynvml.NVMLError as exc:
             log.debug("no NVIDIA GPU: %s", exc)
-    if not _nvml_ready:
-        return None
-    import pynvml
-
-    return pynvml
+            return None
+        _pynvml, _nvml_ready = pynvml, True
+    return _pynvml if _nvml_ready else None
 
 
 def _text(value: Any) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
+def _watts(milliwatts: Any) -> float | None:
+    return None if milliwatts is None else round(milliwatts / 1000, 1)
+
+
+def _gpu(pynvml: ModuleType, index: int) -> dict[str, Any] | None:
+    """One GPU's figures, or None when its memory cannot be read."""
+    try:
+        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
+        name = _text(pynvml.nvmlDeviceGetName(handle))
+    except pynvml.NVMLError as exc:  # a GPU fallen off the bus, MIG quirks: skip it
+        log.debug("NVML GPU %d unreadable: %s", index, exc)
+        return None
+
+    def read(call: Callable[[], Any]) -> Any:
+        """``call()``, or None when NVML cannot say (NotSupported on consumer, MIG GPUs)."""
+        try:
+            return call()
+        except pynvml.NVMLError:
+            return None
+
+    uuid = read(lambda: pynvml.nvmlDeviceGetUUID(handle))
+    return {
+        "index": index,
+        "name": name,
+        "uuid": None if uuid is None else _text(uuid),
+        "util_percent": read(lambda: int(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu)),
+        "vram_total": int(memory.total),
+        "vram_used": int(memory.used),
+        "temperature_c": read(
+            lambda: int(pynvml.nvmlDeviceGetTemperature(handle, pynvml.NVML_TEMPERATURE_GPU))
+        ),
+        "power_w": _watts(read(lambda: pynvml.nvmlDeviceGetPowerUsage(handle))),
+        "power_limit_w": _watts(read(lambda: pynvml.nvmlDeviceGetEnforcedPowerLimit(handle))),
+    }
+
+
 def gpus() -> list[dict[str, Any]]:
-    """NVIDIA GPUs with their VRAM in bytes; [] when there are none."""
+    """NVIDIA GPUs: VRAM in bytes, utilisation in %, temperature in °C, power in W
+    (readings a GPU does not support are None); [] when there are none."""
     pynvml = _nvml()
     if pynvml is None:
         return []
-    found: list[dict[str, Any]] = []
     try:
         count = pynvml.nvmlDeviceGetCount()
     except pynvml.NVMLError as exc:
         log.debug("NVML device count failed: %s", exc)
         return []
-    for index in range(count):
-        try:
-            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-            memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
-            name = _text(pynvml.nvmlDeviceGetName(handle))
-        except pynvml.NVMLError as exc:  # a GPU fallen off the bus, MIG quirks: skip it
-            log.debug("NVML GPU %d unreadable: %s", index, exc)
-            continue
-        found.append(
-            {
-                "index": index,
-                "name": name,
-                "vram_total": int(memory.total),
-                "vram_used": int(memory.used),
-            }
-        )
-    return found
+    return [gpu for index in range(count) if (gpu := _gpu(pynvml, index)) is not None]
+
+
+def load_avg() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages; None where the OS has none (Windows)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
 
 
 def host_resources() -> dict[str, Any]:
@@ -100,6 +135,7 @@ def host_resources() -> dict[str, Any]:
         "cpu_count": os.cpu_count() or 1,
         # Since the previous call (the first call after import reads 0.0).
         "cpu_percent": psutil.cpu_percent(interval=None),
+        "load_avg": load_avg(),
         "ram_total": int(memory.total),
         # total - available, not psutil's "used": page cache is reclaimable.
         "ram_used": int(memory.total - memory.available),

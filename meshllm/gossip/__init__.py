@@ -18,6 +18,8 @@ from meshllm.gossip.health import HealthSettings
 from meshllm.gossip.membership import Membership, MembershipSettings, Seed
 from meshllm.gossip.pump import Gossip
 from meshllm.gossip.quic_stream import QuicFrameStream
+from meshllm.gossip.resource_book import ResourceState, ResourceView
+from meshllm.gossip.resource_feed import ResourceFeed
 from meshllm.gossip.state import (
     MeshState,
     PeerJoined,
@@ -44,6 +46,9 @@ __all__ = [
     "PoolState",
     "QuicFrameStream",
     "QuicTransport",
+    "ResourceFeed",
+    "ResourceState",
+    "ResourceView",
     "Role",
     "Seed",
     "SelfRefuted",

@@ -94,6 +94,23 @@ POOL_KEYS = {"state": str, "since": int, "eta": float, "until": int, "pinned": b
 seconds a fetch or warm-up takes in all, from ``since`` (from the size and this
 node's measured speed; absent: unknown); ``until`` (wall ms) a cooling model unloads."""
 
+ENDPOINT_KEYS = {
+    "name": str,
+    "kind": str,
+    "state": str,
+    "latency_ms": float,
+    "error": str,
+    "models": dict,
+}
+"""An ``endpoints`` entry (id -> this): an external server the node fronts.  ``kind``
+"openai" or "ollama"; ``state`` one of :data:`ENDPOINT_STATES`; ``models`` maps each
+model it has to :data:`ENDPOINT_MODEL_KEYS`."""
+
+ENDPOINT_STATES = frozenset({"up", "down", "probation", "draining"})
+ENDPOINT_MODEL_KEYS = {"warm": bool, "size": int, "family": str, "quant": str}
+MAX_ENDPOINTS = 16  # endpoints one node fronts
+MAX_TEXT_CHARS = 300  # a text in a pool, demand or endpoint entry (name, error, family)
+
 DEMAND_KEYS = {"rpm": float, "last": int}
 """A ``demand`` entry: requests a minute this node's proxy routed for the model (over
 the last minute), and when it routed the last one (wall ms)."""
@@ -121,6 +138,7 @@ class PeerAnnouncement:
     pool: dict[str, dict[str, Any]] = field(default_factory=dict)  # model -> POOL_KEYS
     demand: dict[str, dict[str, Any]] = field(default_factory=dict)  # model -> DEMAND_KEYS
     pool_room: int | None = None  # bytes a newly placed model could get (idle ones evicted)
+    endpoints: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> ENDPOINT_KEYS
     version: str = ""
     incarnation: int = 0
     seq: int = 0
@@ -317,6 +335,9 @@ def _check(ann: PeerAnnouncement) -> None:
         "pool": is_map(ann.pool, lambda e: _is_record(e, POOL_KEYS) and e["state"] in _POOL),
         "demand": is_map(ann.demand, lambda e: _is_record(e, DEMAND_KEYS)),
         "pool_room": ann.pool_room is None or is_int(ann.pool_room, 0, 1 << 60),
+        "endpoints": isinstance(ann.endpoints, dict)
+        and len(ann.endpoints) <= MAX_ENDPOINTS
+        and all(_is_endpoint(k, v) for k, v in ann.endpoints.items()),
         "version": isinstance(ann.version, str) and len(ann.version) <= MAX_VERSION_CHARS,
         "incarnation": is_int(ann.incarnation, 0, MAX_COUNTER),
         "seq": is_int(ann.seq, 0, MAX_COUNTER),
@@ -337,23 +358,43 @@ def _encoded_size(value: Any) -> int | None:
 
 
 def _is_record(value: Any, keys: dict[str, type]) -> bool:
-    """A small map with only ``keys``, each of its type (an int is a float too; the
-    first key is required), numbers finite, not negative and within the counters' bound
-    (a negative rate would cancel other nodes' demand)."""
-    if not isinstance(value, dict) or not set(value) <= set(keys):
+    """A small map of :func:`_is_typed` ``keys`` whose first key is present."""
+    return _is_typed(value, keys) and next(iter(keys)) in value
+
+
+def _is_endpoint(endpoint_id: Any, entry: Any) -> bool:
+    """An ``endpoints`` entry: a short id, the known keys of their types, texts bounded,
+    a known kind and state, and models that are named and described."""
+    if not (isinstance(endpoint_id, str) and 0 < len(endpoint_id) <= 64):
         return False
-    if next(iter(keys)) not in value:
+    if not isinstance(entry, dict) or not {"name", "kind", "state"} <= set(entry):
+        return False
+    if not _is_typed(entry, ENDPOINT_KEYS):
+        return False
+    models = entry.get("models", {})
+    return (
+        entry["kind"] in ("openai", "ollama")
+        and entry["state"] in ENDPOINT_STATES
+        and len(models) <= MAX_MODELS
+        and all(is_model_name(m) and _is_typed(d, ENDPOINT_MODEL_KEYS) for m, d in models.items())
+    )
+
+
+def _is_typed(value: Any, keys: dict[str, type]) -> bool:
+    """A map with only ``keys``, each of its type (an int is a float too, a bool is no
+    number): texts up to MAX_TEXT_CHARS; numbers finite, not negative (a negative rate
+    would cancel other nodes' demand) and below the counters' bound."""
+    if not isinstance(value, dict) or not set(value) <= set(keys):
         return False
     for key, item in value.items():
         kind = keys[key]
-        if kind is float:
-            ok = isinstance(item, int | float) and not isinstance(item, bool)
-            ok = ok and 0 <= item < MAX_COUNTER  # NaN fails too
-        elif kind is int:
-            ok = isinstance(item, int) and not isinstance(item, bool) and 0 <= item < MAX_COUNTER
-        else:
-            ok = isinstance(item, kind)
-        if not ok:
+        if kind in (int, float):
+            numeric = (int,) if kind is int else (int, float)
+            if isinstance(item, bool) or not isinstance(item, numeric):
+                return False
+            if not 0 <= item < MAX_COUNTER:
+                return False
+        elif not isinstance(item, kind) or (kind is str and len(item) > MAX_TEXT_CHARS):
             return False
     return True
 

@@ -110,6 +110,10 @@ class ConnectionOwner(Protocol):
         """``conn`` is over: forget it (and its link, if it was the peer's one)."""
         ...
 
+    def hello_refused(self, conn: Connection, reason: str) -> None:
+        """``conn``'s hello failed (a wrong secret, a relayed proof, an old version)."""
+        ...
+
     def frame_received(self, link: Link, frame: Frame) -> None:
         """A control frame arrived on an authenticated link."""
         ...
@@ -236,6 +240,8 @@ class Connection:
             except (FrameError, HelloError) as exc:
                 code = ERROR_HELLO if isinstance(exc, HelloError) else ERROR_PROTOCOL
                 log.info("closing link to %s: %s", self.peer_id or self.remote_addr, exc)
+                if isinstance(exc, HelloError):
+                    self.owner.hello_refused(self, str(exc))
                 if isinstance(exc, HelloError) and not self.up.done():
                     self.up.set_exception(exc)  # the dialler learns why at once
                     self.up.exception()  # mark retrieved: nobody may be waiting

@@ -282,6 +282,19 @@ class Membership:
 
     # --- inputs: frames --------------------------------------------------------------------
 
+    def admit(self, node_id: str, now: float) -> bool:
+        """Whether a frame from ``node_id`` for another part (``drop``, ``pool``,
+        ``resources``) fits the link's frame budget: they share it with membership's, so
+        no frame type lets a peer send more.  A refusal is counted."""
+        book = self._books.get(node_id)
+        if book is None:
+            return False
+        if not book.bucket.take(now):
+            self.counters["rate_limited"] += 1
+            return False
+        self.health.heard_from(node_id, now)
+        return True
+
     def receive(self, node_id: str, frame: Frame, now: float) -> None:
         """A control frame from the linked peer ``node_id``.  Never raises."""
         book = self._books.get(node_id)

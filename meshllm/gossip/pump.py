@@ -74,8 +74,12 @@ class Gossip:
 
     @property
     def counters(self) -> Mapping[str, int]:
-        """What membership refused from peers, and why (for status pages and tests)."""
-        return self.core.refusals()
+        """What membership refused from peers, and why, with the hellos the transport
+        refused (for status pages and tests)."""
+        refused = dict(self.core.refusals())
+        if self.transport is not None:
+            refused.update(self.transport.refused)
+        return refused
 
     def now(self) -> float:
         """The monotonic clock the core runs on."""
@@ -120,6 +124,23 @@ class Gossip:
         """The data path to ``node_id`` broke: start a suspicion at once."""
         self.core.suspect(node_id, reason, self.now())
         self._flush()
+
+    def add_seeds(self, seeds: Iterable[Seed]) -> None:
+        """Join through ``seeds`` too (found after start: on the LAN, say)."""
+        now = self.now()
+        for seed in seeds:
+            self.core.add_seed(seed, now)
+        self._flush()
+
+    def broadcast(self, frame: Frame) -> set[str]:
+        """Send ``frame`` to every linked peer now (ephemeral news: nothing is relayed
+        or retried); the node ids it went to."""
+        sent = set()
+        for node_id, link in list(self.transport.links.items() if self.transport else ()):
+            if not link.closed:
+                link.send(frame)
+                sent.add(node_id)
+        return sent
 
     def link(self, node_id: str) -> Link | None:
         """The live link to ``node_id``, if any."""
@@ -173,6 +194,8 @@ class Gossip:
         if handler is None:
             self.core.receive(link.node_id, frame, self.now())
             self._flush()
+            return
+        if not self.core.admit(link.node_id, self.now()):
             return
         try:
             handler(link, frame)

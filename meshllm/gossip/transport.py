@@ -23,6 +23,7 @@ import logging
 import os
 import socket
 import ssl
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -80,6 +81,7 @@ MIN_INITIAL_SIZE = 1200  # a client's Initial datagram is padded to at least thi
 SUPPORTED_VERSIONS = frozenset(QuicConfiguration().supported_versions)
 
 # Hello slots and request heads: what an unauthenticated or slow peer can hold.
+MAX_REFUSAL_KINDS = 16  # kinds of hello refusal counted apart; the rest count as "other"
 HELLO_TIMEOUT = 5.0  # seconds for TLS plus the hello; a real one takes milliseconds
 MAX_PENDING_HELLOS = 64
 MAX_PENDING_PER_SOURCE = 16  # so one address, spoofed ports and all, can't hold every slot
@@ -153,6 +155,7 @@ class QuicTransport(asyncio.DatagramProtocol):
         self.incarnation: Callable[[], int] = lambda: 0  # this node's, sent in the hello
         self.datagram_transport: asyncio.DatagramTransport | None = None
         self.links: dict[str, Link] = {}
+        self.refused: Counter[str] = Counter()  # hellos refused, by what failed
         self._connections: dict[bytes, Connection] = {}
         self._all: set[Connection] = set()
         self._pending: PendingHellos[Connection] = PendingHellos(
@@ -343,6 +346,14 @@ class QuicTransport(asyncio.DatagramProtocol):
         if not conn.up.done():
             conn.up.set_result(conn.link)
         self.handler.link_up(conn.link)
+
+    def hello_refused(self, conn: Connection, reason: str) -> None:
+        """Count a failed hello by its kind (``hello: bad proof``, ...), for status pages."""
+        kind = reason.split(":", 1)[0].strip()[:40] or "refused"
+        if len(self.refused) < MAX_REFUSAL_KINDS or f"hello: {kind}" in self.refused:
+            self.refused[f"hello: {kind}"] += 1
+        else:
+            self.refused["hello: other"] += 1
 
     def connection_terminated(self, conn: Connection) -> None:
         self._all.discard(conn)

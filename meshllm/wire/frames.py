@@ -44,6 +44,7 @@ class FrameType(StrEnum):
     SUSPECT = "suspect"
     LOAD = "load"
     POOL = "pool"
+    RESOURCES = "resources"
 
 
 def make_frame(frame_type: FrameType, **fields: Any) -> Frame:

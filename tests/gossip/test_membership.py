@@ -352,6 +352,15 @@ def test_a_flood_of_frames_is_rate_limited() -> None:
     assert a.core.counters["rate_limited"] >= 10_000 - 2 * SETTINGS.frame_rate
 
 
+def test_frames_for_other_parts_share_the_links_budget() -> None:
+    # drop, pool and resources frames go to the node's handlers, never past the budget.
+    net, (a, b) = mesh(2)
+    admitted = sum(a.core.admit(b.node_id, net.now) for _ in range(10_000))
+    assert admitted <= 2 * SETTINGS.frame_rate
+    assert a.core.counters["rate_limited"] == 10_000 - admitted
+    assert not a.core.admit("stranger", net.now)  # no link: nothing admitted
+
+
 def test_too_many_bad_frames_close_the_link() -> None:
     net, (a, b) = mesh(2)
     for _ in range(SETTINGS.max_offences + 1):
