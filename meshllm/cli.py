@@ -26,7 +26,10 @@ from meshllm.errors import MeshError
 from meshllm.paths import StatePaths
 
 POOL_COMMANDS = ("load", "unload", "pin", "unpin", "extend-ttl")  # pool_commands.ACTIONS
-SUBCOMMANDS = ("token", "status", "models", "drop", "console", "owner", *POOL_COMMANDS)
+FLEET_COMMANDS = ("fleet", "endpoints", "discover")
+SUBCOMMANDS = (
+    "token", "status", "models", "drop", "console", "owner", *POOL_COMMANDS, *FLEET_COMMANDS
+)  # fmt: skip
 
 EPILOG = """\
 examples:
@@ -36,6 +39,8 @@ examples:
   meshllm status | token | models | drop MODEL | console   talk to the local node
   meshllm load | unload | pin | unpin MODEL [--node ID]   the model pool, mesh-wide
   meshllm extend-ttl MODEL SECONDS [--node ID]            keep a loaded model longer
+  meshllm fleet | endpoints ls | endpoints add URL | endpoints rm ID   the fleet
+  meshllm discover                          meshes advertised on this LAN (mDNS)
   meshllm owner export | import KEY         move the mesh owner key to another admin machine
 """
 
@@ -147,10 +152,16 @@ def _use_uvloop() -> None:
 # subcommands: talk to the running node over HTTP
 
 
-def _request(port: int, path: str, body: dict | None = None, token: str | None = None) -> Any:
+def _request(
+    port: int,
+    path: str,
+    body: dict | None = None,
+    token: str | None = None,
+    method: str | None = None,
+) -> Any:
     url = f"http://127.0.0.1:{port}{path}"
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method="POST" if data else "GET")
+    req = urllib.request.Request(url, data=data, method=method or ("POST" if data else "GET"))
     req.add_header("Content-Type", "application/json")
     if token:
         req.add_header("Authorization", f"Bearer {token}")
@@ -310,13 +321,82 @@ def run_owner(argv: list[str]) -> int:
     return 0
 
 
+def print_endpoints(endpoints: list[dict[str, Any]]) -> None:
+    """``meshllm endpoints ls``: every node's endpoints, their state and models."""
+    if not endpoints:
+        print("no endpoints: add one with `meshllm endpoints add URL`")
+        return
+    print(f"{'ID':<14}{'NODE':<18}{'KIND':<8}{'STATE':<11}{'LATENCY':>9}  URL / MODELS")
+    for e in endpoints:
+        latency = f"{e['latency_ms']:.0f} ms" if e.get("latency_ms") is not None else "-"
+        key = " (key)" if e.get("has_api_key") else ""
+        print(
+            f"{e['id']:<14}{e['node_id']:<18}{e['kind']:<8}{e['state']:<11}{latency:>9}  "
+            f"{e.get('url') or e.get('name') or '-'}{key}"
+        )
+        models = ", ".join(
+            f"{m} ({'warm' if d.get('warm') else 'cold'})" for m, d in sorted(e["models"].items())
+        )
+        print(f"{'':<14}{models or 'no models'}")
+        if e.get("error") and e["state"] != "up":
+            print(f"{'':<14}last error: {e['error']}")
+
+
+def run_endpoints(argv: list[str]) -> int:
+    """``meshllm endpoints ls | add URL [--kind K] [--name N] [--api-key-file F] [--node ID]
+    | rm ID``."""
+    p = argparse.ArgumentParser(prog="meshllm endpoints")
+    actions = p.add_subparsers(dest="action", required=True)
+    ls = actions.add_parser("ls", help="every node's endpoints")
+    ls.add_argument("--refresh", action="store_true", help="poll this node's endpoints first")
+    add = actions.add_parser("add", help="front an OpenAI-compatible or Ollama server")
+    add.add_argument("url", help="its base URL, e.g. http://10.0.0.5:11434")
+    add.add_argument("--kind", choices=("auto", "openai", "ollama"), default="auto")
+    add.add_argument("--name", help="a name to show for it")
+    add.add_argument(
+        "--api-key-file", type=Path, help="a file holding its API key (never on the command line)"
+    )
+    add.add_argument("--node", metavar="ID", help="the node to front it (needs the owner key)")
+    rm = actions.add_parser("rm", help="stop fronting an endpoint, after its requests")
+    rm.add_argument("id", help="its id, from `meshllm endpoints ls`")
+    for sub in (ls, add, rm):
+        add_setting(sub, "port")
+        add_setting(sub, "state_dir")
+    args = p.parse_args(argv)
+    if args.action == "ls":
+        path = "/api/endpoints?refresh=1" if args.refresh else "/api/endpoints"
+        print_endpoints(_request(args.port, path)["endpoints"])
+        return 0
+    token = _admin_token(args.state_dir)
+    if args.action == "rm":
+        result = _request(
+            args.port, f"/api/endpoints/{urllib.parse.quote(args.id)}", token=token, method="DELETE"
+        )
+        print(f"removed {result['removed']} from {result['node_id']}")
+        return 0
+    body: dict[str, Any] = {"url": args.url, "kind": args.kind}
+    if args.name:
+        body["name"] = args.name
+    if args.node:
+        body["node"] = args.node
+    if args.api_key_file:
+        body["api_key"] = args.api_key_file.expanduser().read_text().strip()
+    record = _request(args.port, "/api/endpoints", body, token=token)["endpoint"]
+    print(f"added {record['id']} ({record['url']}) on {record['node_id']}")
+    return 0
+
+
 def run_subcommand(name: str, argv: list[str]) -> int:
     if name == "owner":
         return run_owner(argv)
+    if name == "endpoints":
+        return run_endpoints(argv)
     p = argparse.ArgumentParser(prog=f"meshllm {name}")
     add_setting(p, "port")
-    if name in ("status", "models"):
-        what = "the raw /api/status" if name == "status" else "the pool view's"
+    if name == "discover":
+        p.add_argument("--timeout", type=float, default=3.0, help="seconds to listen")
+    if name in ("status", "models", "fleet"):
+        what = {"status": "the raw /api/status", "models": "the pool view's"}.get(name, "the")
         p.add_argument("--json", action="store_true", help=f"print {what} JSON")
     if name == "drop":
         p.add_argument("model", help="model to stop serving, wherever it is served")
@@ -352,6 +432,18 @@ def run_subcommand(name: str, argv: list[str]) -> int:
             args.port, "/api/drop", {"model": args.model}, token=_admin_token(args.state_dir)
         )
         print(f"dropped {result['dropped']} on {', '.join(result['nodes']) or 'no node'}")
+    elif name == "fleet":
+        fleet = _request(args.port, "/api/fleet")
+        if args.json:
+            print(json.dumps(fleet, indent=2))
+        else:
+            from meshllm.election.fleet import format_fleet
+
+            print(format_fleet(fleet))
+    elif name == "discover":
+        from meshllm.mdns import browse, format_meshes
+
+        print(format_meshes(asyncio.run(browse(args.timeout))))
     elif name in POOL_COMMANDS:
         body: dict[str, Any] = {}
         if args.node:

@@ -79,6 +79,17 @@ class Config:
         [], "front an existing OpenAI-compatible or Ollama server (repeatable)",
         group="serving", flag="--endpoint", metavar="URL",
     )  # fmt: skip
+    auto_endpoints: bool = setting(
+        True,
+        "front an Ollama running on this machine (127.0.0.1:11434) when one answers",
+        group="serving", flag="--no-auto-endpoints",
+    )  # fmt: skip
+    endpoint_poll_interval: float = setting(
+        10.0,
+        "seconds between health polls of each endpoint (3 failed in a row: down; back "
+        "after 2 good ones); its models are discovered again every 3 polls",
+        group="serving", metavar="S",
+    )  # fmt: skip
     models_dir: Path = setting(
         Path("~/.models"), "where GGUF models are found and fetched to", group="serving"
     )
@@ -148,6 +159,18 @@ class Config:
         "seconds between redials of the seeds and of removed peers' last addresses, so a "
         "split mesh heals once the network does",
         group="mesh", metavar="S",
+    )  # fmt: skip
+    resources_interval: float = setting(
+        5.0,
+        "seconds between this node's live resource reports (CPU, RAM, GPUs) to its peers; "
+        "a node's figures are shown stale after 3 missed reports and unknown after 12",
+        group="mesh", metavar="S",
+    )  # fmt: skip
+    mdns: bool = setting(
+        True,
+        "advertise this mesh on the LAN over mDNS (mesh id, node id, QUIC port; never the "
+        "secret), and look there for the mesh when the join token's addresses answer not",
+        group="mesh", flag="--no-mdns",
     )  # fmt: skip
     max_peers: int = setting(
         256, "peers this node tracks at most (announcements of more are refused)",

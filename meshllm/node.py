@@ -13,7 +13,15 @@ import psutil
 from aiohttp import web
 
 from meshllm import __version__
+from meshllm.commands import (
+    ENDPOINT_KIND,
+    EndpointCommands,
+    OwnerChannel,
+    PoolCommands,
+    statement_kind,
+)
 from meshllm.config import Config
+from meshllm.election.fleet import ResourceSeen, fleet_view
 from meshllm.election.pool_view import pool_view
 from meshllm.errors import AuthError, ConfigError, TransferError
 from meshllm.gossip import (
@@ -26,6 +34,7 @@ from meshllm.gossip import (
     PeerRemoved,
     QuicFrameStream,
     QuicTransport,
+    ResourceFeed,
     Role,
     Seed,
     StateEvent,
@@ -33,9 +42,9 @@ from meshllm.gossip import (
 )
 from meshllm.identity import Identity
 from meshllm.join_token import JoinToken, MeshCredentials
+from meshllm.mdns import MeshAdvertiser, browse
 from meshllm.owner import OwnerKey, SeenNonces, sign_statement, verify_statement
 from meshllm.paths import load_admin_token
-from meshllm.pool_admin import PoolCommands
 from meshllm.ports import GossipMeshPort, MeshEventFeed, NodeProxyMesh, status_snapshot
 from meshllm.proxy import ByteBudget, Forwarder, HttpLimits, create_app, serve_tunnel, start_http
 from meshllm.proxy.guard import GuardSettings
@@ -60,7 +69,12 @@ from meshllm.wire import Frame, FrameType, make_frame
 
 log = logging.getLogger(__name__)
 
-RESOURCES_INTERVAL = 10.0  # seconds between refreshes of cpu/ram/gpu figures
+LAN_SEARCH_AFTER = 5.0  # seconds without a peer before a joiner looks for its mesh on the LAN
+LAN_SEARCH_TIMEOUT = 3.0  # seconds it listens for mDNS answers
+LAN_SEEDS_MAX = 16  # addresses found there that it dials (and redials while unlinked)
+MEMORY_INTERVAL = 10.0  # seconds between looks at the memory free for models
+MEMORY_STEP_FRACTION = 0.05  # memory_bytes is announced again when it moves this much,
+MEMORY_STEP_MIN = 256 << 20  # and at least this many bytes
 
 
 class Node:
@@ -90,6 +104,9 @@ class Node:
             on_stream=self._on_stream,
         )
         self.gossip.add_handler(FrameType.DROP, self._on_drop_frame)
+        self.resources = ResourceFeed(
+            self.gossip, self.identity, host_resources, interval=config.resources_interval
+        )
         self.transport = QuicTransport(self.identity, self.credentials, self.gossip)
         self.transport.incarnation = lambda: self.gossip.state.me.incarnation
         self.serving = (
@@ -104,18 +121,22 @@ class Node:
                 on_dropped=lambda model: self._exit_soon(),
             )
         )
-        self.proxy_mesh = NodeProxyMesh(self.gossip, Forwarder(), self.serving)
+        serving = self.serving  # an endpoint's API key goes with requests forwarded to it
+        forwarder = Forwarder(
+            backend_headers=(lambda url: serving.endpoints.headers_for(url)) if serving else None
+        )
+        self.proxy_mesh = NodeProxyMesh(self.gossip, forwarder, self.serving)
         self.events = MeshEventFeed(self.gossip)
-        self.pool = PoolCommands(
+        owner = OwnerChannel(
             self.gossip,
-            self.serving,
             mesh_id=self.credentials.mesh_id,
             owner_public_key=self.credentials.owner,
             owner_key=self.owner_key,
             seen=self.seen_statements,
-            load_anywhere=self.proxy_mesh.load,
         )
-        self.gossip.add_handler(FrameType.POOL, self.pool.on_frame)
+        self.pool = PoolCommands(self.gossip, self.serving, owner, self.proxy_mesh.load)
+        self.endpoint_commands = EndpointCommands(self.gossip, self.serving, owner)
+        self.gossip.add_handler(FrameType.POOL, self._on_owner_statement)
         # Request bodies held in memory, from our HTTP clients and peers' tunnels together.
         self.http_limits = HttpLimits()
         self.body_budget = ByteBudget(self.http_limits.max_body_bytes_in_flight)
@@ -124,6 +145,7 @@ class Node:
         self.quic_addr: tuple[str, int] | None = None
         self.http_port: int | None = None
         self.token = ""
+        self.advertiser: MeshAdvertiser | None = None
         self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task[object]] = set()
 
@@ -158,9 +180,15 @@ class Node:
         await self._start_http()
         self.gossip.publish(addrs=addrs, http_port=self.http_port)
         self.gossip.start(self.transport, self.seeds)
+        if cfg.mdns and not cfg.client:
+            self.advertiser = MeshAdvertiser(creds.mesh_id, self.identity.node_id, addrs)
+            self._spawn(self.advertiser.start())
+        if cfg.mdns and self.seeds:
+            self._spawn(self._find_mesh_on_lan())
         if self.serving is not None:
             await self.serving.start()
-        self._spawn(self._refresh_resources())
+        self.resources.start()
+        self._spawn(self._refresh_memory())
 
     async def _bind(self, host: str, port: int) -> tuple[str, int]:
         """Bind QUIC (UDP) and the model-file port (TCP), which share one port number."""
@@ -182,6 +210,9 @@ class Node:
     async def stop(self) -> None:
         """Leave the mesh cleanly and release every port and task."""
         await self.gossip.leave()
+        await self.resources.stop()
+        if self.advertiser is not None:
+            await self.advertiser.close()
         for task in list(self._tasks):
             task.cancel()
         if self.serving is not None:
@@ -232,7 +263,9 @@ class Node:
 
     def status(self) -> dict[str, Any]:
         """``/api/status``: this node, its live peers and the catalog; never a secret."""
-        return status_snapshot(self.gossip, self.serving, time.time() - self.started_at)
+        return status_snapshot(
+            self.gossip, self.serving, self.resources.view, time.time() - self.started_at
+        )
 
     def _mesh_credentials(self) -> tuple[MeshCredentials, list[Seed]]:
         cfg = self.config
@@ -271,9 +304,11 @@ class Node:
     def _on_mesh_events(self, events: list[StateEvent]) -> None:
         """The mesh changed: requests waiting for a model, and a node waiting for
         something to serve, look again; models a departed node had hot are healed."""
+        departed = [e.peer for e in events if isinstance(e, PeerRemoved)]
+        for peer in departed:
+            self.resources.forget(peer.node_id)
         self._view_changed()
         if self.serving is not None:
-            departed = [e.peer for e in events if isinstance(e, PeerRemoved)]
             self.serving.mesh_changed(departed)
 
     def _view_changed(self) -> None:
@@ -287,8 +322,35 @@ class Node:
     async def pool_command(
         self, model: str, action: str, node_id: str | None, seconds: float | None
     ) -> list[str]:
-        """``POST /api/models/{name}/{action}`` (see :mod:`meshllm.pool_admin`)."""
+        """``POST /api/models/{name}/{action}`` (see :mod:`meshllm.commands`)."""
         return await self.pool.run(model, action, node_id, seconds)
+
+    # the fleet (meshllm.proxy.fleet_routes.FleetAPI)
+
+    def fleet(self) -> dict[str, Any]:
+        """``GET /api/fleet``: the mesh at a glance."""
+        seen = {}
+        for ann in self.state.all():
+            view = self.resources.view(ann.node_id)
+            seen[ann.node_id] = ResourceSeen(str(view.state), view.resources, view.age_s)
+        return fleet_view(self.state.all(), seen, int(time.time() * 1000))
+
+    async def endpoints(self, refresh: bool = False) -> list[dict[str, Any]]:
+        if refresh and self.serving is not None:
+            await self.serving.endpoints.refresh()
+        return self.endpoint_commands.listed()
+
+    async def add_endpoint(self, fields: dict[str, Any]) -> dict[str, Any]:
+        return await self.endpoint_commands.add(fields)
+
+    async def remove_endpoint(self, endpoint_id: str) -> str:
+        return await self.endpoint_commands.remove(endpoint_id)
+
+    def _on_owner_statement(self, link: Link, frame: Frame) -> None:
+        if statement_kind(frame) == ENDPOINT_KIND:
+            self.endpoint_commands.on_statement(link, frame, self._spawn)
+        else:
+            self.pool.on_statement(link, frame)
 
     def _on_stream(self, link: Link, stream: QuicFrameStream, head: Frame) -> None:
         kind = head.get("t")
@@ -376,14 +438,46 @@ class Node:
         log.warning("the mesh owner asks this node to drop %s (via peer %s)", model, link.node_id)
         self._spawn(self.serving.drop(model))
 
+    async def _find_mesh_on_lan(self) -> None:
+        """A join token's addresses may be stale (the seed moved, DHCP): when none has
+        answered after LAN_SEARCH_AFTER, look for the mesh over mDNS and dial what is
+        found like seeds.  The hello still needs the token's secret: being found on the
+        LAN admits nobody."""
+        await asyncio.sleep(LAN_SEARCH_AFTER)
+        if self.state.peers:
+            return
+        mesh_id = self.credentials.mesh_id
+        try:
+            found = await browse(LAN_SEARCH_TIMEOUT, mesh_id=mesh_id)
+        except ConfigError as exc:
+            log.warning("cannot look for mesh %s on the LAN: %s", mesh_id, exc)
+            return
+        me = self.identity.node_id  # a joiner advertises too: it finds itself
+        seeds = [Seed(addr, f.node_id) for f in found if f.node_id != me for addr in f.addrs]
+        seeds = seeds[:LAN_SEEDS_MAX]  # anyone on the LAN may advertise any mesh id
+        if seeds:
+            log.warning(
+                "the join token's addresses did not answer; found mesh %s on the LAN at %s",
+                mesh_id,
+                ", ".join(s.addr for s in seeds),
+            )
+            self.gossip.add_seeds(seeds)
+
     def _exit_soon(self) -> None:
         # Let the HTTP answer and the new announcement go out before leaving.
         asyncio.get_running_loop().call_later(0.3, self.request_exit)
 
-    async def _refresh_resources(self) -> None:
+    async def _refresh_memory(self) -> None:
+        """Keep ``memory_bytes`` (placement reads it) true, without bumping the
+        announcement for every wobble: live figures travel as resource reports."""
         while True:
-            await asyncio.sleep(RESOURCES_INTERVAL)
-            self.gossip.publish(**resource_fields())
+            await asyncio.sleep(MEMORY_INTERVAL)
+            fields = await asyncio.to_thread(memory_fields)
+            me = self.gossip.state.me
+            step = max(MEMORY_STEP_MIN, me.memory_bytes * MEMORY_STEP_FRACTION)
+            moved = abs(fields["memory_bytes"] - me.memory_bytes) >= step
+            if moved or fields["memory_kind"] != me.memory_kind:
+                self.gossip.publish(**fields)
 
     # HTTP
 
@@ -393,6 +487,7 @@ class Node:
             self.proxy_mesh,
             GuardSettings.from_config(self.config),
             events=self.events,
+            fleet=self,
             load_timeout=self.config.load_timeout,
             limits=self.http_limits,
             budget=self.body_budget,
@@ -409,10 +504,16 @@ class Node:
 
 
 def resource_fields() -> dict[str, Any]:
-    """This host's resources and the memory it has for models, as announcement fields."""
+    """This host's resources (as at start: live ones travel as resource reports) and
+    the memory it has for models, as announcement fields."""
     resources = host_resources()
+    return {"resources": resources, **memory_fields(resources)}
+
+
+def memory_fields(resources: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The memory this host has for models now, and of which kind."""
+    resources = host_resources() if resources is None else resources
     return {
-        "resources": resources,
         "memory_bytes": model_capacity_bytes(resources),
         "memory_kind": model_memory_kind(resources),
     }
@@ -445,6 +546,8 @@ def serving_settings(cfg: Config) -> ServingSettings:
         state_dir=cfg.state_dir,
         models=tuple(cfg.models),
         endpoints=tuple(cfg.endpoints),
+        find_local_ollama=cfg.auto_endpoints,
+        endpoint_poll_interval=cfg.endpoint_poll_interval,
         llama_server=cfg.llama_server,
         auto_install=cfg.auto_install,
         joined=cfg.join is not None,

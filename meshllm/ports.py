@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from meshllm.election import Placement, catalog, elect, rank
@@ -19,7 +19,14 @@ from meshllm.election.demand import DemandMeter
 from meshllm.election.pool_view import pool_view
 from meshllm.errors import PeerError
 from meshllm.events import EventHub, model_events, snapshot_events
-from meshllm.gossip import Gossip, ModelState, PeerAnnouncement, Role, split_addr
+from meshllm.gossip import (
+    Gossip,
+    ModelState,
+    PeerAnnouncement,
+    ResourceView,
+    Role,
+    split_addr,
+)
 from meshllm.proxy import Forwarder, Target
 from meshllm.serving.durations import duration
 from meshllm.serving.manager import ServingManager, room_of
@@ -234,13 +241,13 @@ class NodeProxyMesh:
                 duration(keep_alive, "keep_alive") if keep_alive is not None else None
             except ValueError:
                 keep_alive = None
-            self.serving.runner.request_started(model, keep_alive)
+            self.serving.request_started(model, keep_alive)
 
     def backend_finished(self, model: str | None) -> None:
         self.backend_load -= 1
         self.gossip.set_load(self.backend_load)
         if self.serving is not None and model is not None:
-            self.serving.runner.request_finished(model)
+            self.serving.request_finished(model)
 
 
 _WARMING = (ModelState.STARTING, ModelState.FETCHING)
@@ -269,15 +276,29 @@ class MeshEventFeed:
         return {a.node_id: a for a in self._gossip.state.all()}
 
 
+def _live_resources(view: ResourceView) -> dict[str, Any]:
+    age = round(view.age_s, 1) if view.age_s is not None else None
+    return {
+        "resources": view.resources,
+        "resources_state": str(view.state),
+        "resources_age_s": age,
+    }
+
+
 def _wall_ms() -> int:
     return int(time.time() * 1000)
 
 
 def status_snapshot(
-    gossip: Gossip, serving: ServingManager | None, uptime_s: float
+    gossip: Gossip,
+    serving: ServingManager | None,
+    resources: Callable[[str], ResourceView],
+    uptime_s: float,
 ) -> dict[str, Any]:
     """``/api/status``: this node, its live peers and the mesh catalog (DESIGN.md §4).
-    No join token here, nor anything else derived from the mesh secret."""
+    Each node's ``resources`` are its live report (``resources_state`` live or stale,
+    ``resources_age_s``), or null when it has gone quiet: never a stale figure passed
+    off as live.  No join token here, nor anything else derived from the mesh secret."""
     state, now = gossip.state, gossip.now()
     peers = []
     for peer in sorted(state.peers.values(), key=lambda p: p.node_id):
@@ -285,6 +306,7 @@ def status_snapshot(
         peers.append(
             {
                 **peer.to_json(),
+                **_live_resources(resources(peer.node_id)),
                 "rtt_ms": round(rtt * 1000, 3) if rtt is not None else None,
                 "last_seen_s": round(now - heard, 3) if heard is not None else None,
                 "linked": gossip.link(peer.node_id) is not None,
@@ -298,6 +320,7 @@ def status_snapshot(
         entry["host"] = group.host if group else None
     return {
         **state.me.to_json(),
+        **_live_resources(resources(state.me.node_id)),
         "uptime_s": round(uptime_s, 1),
         # What membership refused from peers, and why (bad signatures, rate limits, ...).
         "membership": {"refused": dict(gossip.counters), "awareness": gossip.awareness},

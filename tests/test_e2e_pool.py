@@ -87,9 +87,9 @@ def chat(node: NodeProcess, model: str, **extra: Any) -> Any:
     )
 
 
-def raw_stream(node: NodeProcess, model: str, max_tokens: int = 8) -> list[str]:
+def raw_stream(node: NodeProcess, model: str, max_tokens: int = 8, **extra: Any) -> list[str]:
     """A streamed chat read line by line, SSE comments included."""
-    req = chat_stream_request(node, model, max_tokens)
+    req = chat_stream_request(node, model, max_tokens, **extra)
     with urllib.request.urlopen(req, timeout=SLOW) as resp:
         return [line.decode().rstrip("\n") for line in resp]
 
@@ -217,7 +217,13 @@ def test_max_loaded_evicts_the_idle_model_never_a_busy_one(
     a.wait_serving("first", SLOW)
 
     # While a long request keeps "first" busy, "other" cannot evict it: 503, says why.
-    busy = threading.Thread(target=raw_stream, args=(a, "first", 400))
+    # 400 tokens, the end token ignored: busy for seconds whatever the model says.
+    streamed: list[str] = []
+
+    def long_request() -> None:
+        streamed.extend(raw_stream(a, "first", 400, ignore_eos=True))
+
+    busy = threading.Thread(target=long_request)
     busy.start()
     wait_for(lambda: a.status()["load"] > 0, 60, what="the long request to be in flight")
     with pytest.raises(openai.APIStatusError) as refused:
@@ -226,6 +232,7 @@ def test_max_loaded_evicts_the_idle_model_never_a_busy_one(
     assert "max_loaded" in str(refused.value) or "no node" in str(refused.value)
     assert llama_aliases(a) == ["first"]
     busy.join(SLOW)
+    assert sum(line.startswith("data: {") for line in streamed) > 100  # it was busy all along
 
     # Idle now: "other" evicts it and answers.
     reply = chat(a, "other")

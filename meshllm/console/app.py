@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from textual import work
 from textual.app import App, ComposeResult
@@ -20,23 +22,33 @@ from textual.widgets import DataTable, Footer, TabbedContent, TabPane
 
 from meshllm.console.client import MeshStatus, NodeClient
 from meshllm.console.messages import (
+    AddEndpointRequested,
     ChatDelta,
     ChatFailed,
     ChatFinished,
     ChatRequested,
+    EndpointChanged,
+    EndpointChangeFailed,
+    EndpointsUpdated,
     ModelPicked,
     NodeDown,
+    RemoveEndpointRequested,
     StatusUpdated,
 )
 from meshllm.console.widgets import (
+    AddEndpoint,
     ChatPane,
     ConfirmDrop,
+    ConfirmRemoveEndpoint,
+    EndpointDetail,
+    EndpointsTable,
     FailureDetail,
     FleetSummary,
     HeaderBar,
     IdleNotice,
     ModelsTable,
     NodeDownBanner,
+    NodeResources,
     NodesTable,
 )
 from meshllm.console.widgets.render import short_id
@@ -45,13 +57,16 @@ from meshllm.errors import MeshError
 DEFAULT_PORT = 9337
 DEFAULT_STATE_DIR = Path("~/.meshllm")
 # Actions of the main screen, off while a dialog is on top of it.
-_MAIN_ACTIONS = {"show_tab", "drop", "refresh", "token"}
+_MAIN_ACTIONS = {"show_tab", "drop", "refresh", "token", "add_endpoint", "remove_endpoint"}
+# Actions of the Endpoints tab only (shown in the key bar there, and nowhere else).
+_ENDPOINT_ACTIONS = {"add_endpoint", "remove_endpoint"}
 
 W = TypeVar("W", bound=Widget)
 
 
 class MeshConsole(App[int]):
-    """k9s-style console of a meshllm node: Models, Nodes and Chat tabs, live every second."""
+    """k9s-style console of a meshllm node: Models, Nodes, Chat and Endpoints tabs, live every
+    second."""
 
     CSS_PATH = "console.tcss"
     TITLE = "meshllm console"
@@ -60,8 +75,12 @@ class MeshConsole(App[int]):
         Binding("1", "show_tab('models')", "Models"),
         Binding("2", "show_tab('nodes')", "Nodes"),
         Binding("3", "show_tab('chat')", "Chat"),
+        Binding("4", "show_tab('endpoints')", "Endpoints"),
+        Binding("a", "add_endpoint", "Add"),
+        Binding("x,delete", "remove_endpoint", "Remove"),
         Binding("d", "drop", "Drop"),
-        Binding("r", "refresh", "Refresh"),
+        # Off the key bar, which must fit 80 columns: the poll refreshes every second anyway.
+        Binding("r", "refresh", "Refresh", show=False),
         Binding("t", "token", "Token"),
         Binding("q", "quit", "Quit"),
     ]
@@ -81,10 +100,14 @@ class MeshConsole(App[int]):
         """The latest status, None before the first answer and while the node is down."""
         self.down_reason: str | None = None
         """Why the node is unreachable, None while it answers."""
+        self.fleet: dict[str, Any] | None = None
+        """The fleet view of the latest status (`MeshStatus.fleet`), None with no status."""
+        self.clock: Callable[[], float] = time.time
+        """Wall time in seconds, for the fleet view."""
         self._wake = asyncio.Event()
 
     def compose(self) -> ComposeResult:
-        """Header, banner, fleet lines, idle notice, the three tabs, the key bar."""
+        """Header, banner, fleet lines, idle notice, the four tabs, the key bar."""
         yield HeaderBar(self.client.address, id="header")
         yield NodeDownBanner(self.client.address, id="banner")
         yield FleetSummary(id="fleet")
@@ -95,8 +118,12 @@ class MeshConsole(App[int]):
                 yield FailureDetail(id="failure-detail")
             with TabPane("Nodes", id="nodes"):
                 yield NodesTable(id="nodes-table")
+                yield NodeResources(id="node-resources")
             with TabPane("Chat", id="chat"):
                 yield ChatPane(id="chat-pane")
+            with TabPane("Endpoints", id="endpoints"):
+                yield EndpointsTable(id="endpoints-table")
+                yield EndpointDetail(id="endpoint-detail")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -122,7 +149,8 @@ class MeshConsole(App[int]):
 
     @work(exclusive=True, group="poll", exit_on_error=False)
     async def _poll(self) -> None:
-        """Fetch /api/status every `poll_interval` seconds, or at once when woken (r)."""
+        """Fetch /api/status and /api/endpoints every `poll_interval` seconds, or at once
+        when woken (r, a change)."""
         while True:
             self._wake.clear()
             try:
@@ -131,6 +159,12 @@ class MeshConsole(App[int]):
                 self.post_message(NodeDown(str(exc)))
             else:
                 self.post_message(StatusUpdated(status))
+                try:
+                    endpoints = await self.client.endpoints()
+                except MeshError as exc:  # an older node has no such route: the rest works
+                    self.post_message(EndpointsUpdated((), str(exc)))
+                else:
+                    self.post_message(EndpointsUpdated(endpoints))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.poll_interval)
 
@@ -169,25 +203,63 @@ class MeshConsole(App[int]):
         self.copy_to_clipboard(token)
         self.notify(token, title="Join token (copied)", timeout=15)
 
+    @work(group="endpoint", exit_on_error=False)
+    async def _add_endpoint(self, message: AddEndpointRequested) -> None:
+        """Ask the node to front an endpoint; tell the dialog how it went."""
+        try:
+            record = await self.client.add_endpoint(
+                message.url, message.kind, message.name, message.api_key
+            )
+        except MeshError as exc:
+            message.dialog.post_message(EndpointChangeFailed(str(exc)))
+            return
+        label = f"{record.name} ({record.id})" if record.name else record.id
+        message.dialog.post_message(
+            EndpointChanged(f"{label}: {record.url} on {short_id(record.node_id)}")
+        )
+        self._wake.set()
+
+    @work(group="endpoint", exit_on_error=False)
+    async def _remove_endpoint(self, message: RemoveEndpointRequested) -> None:
+        """Ask the node to stop fronting an endpoint; tell the dialog how it went."""
+        try:
+            removed = await self.client.remove_endpoint(message.endpoint_id)
+        except MeshError as exc:
+            message.dialog.post_message(EndpointChangeFailed(str(exc)))
+            return
+        message.dialog.post_message(EndpointChanged(f"{removed} removed"))
+        self._wake.set()
+
     # What the workers bring.
 
     def on_status_updated(self, message: StatusUpdated) -> None:
         """Hand the fresh status to every widget."""
         status = message.status
         self.status, self.down_reason = status, None
+        self.fleet = fleet = status.fleet(int(self.clock() * 1000))
         with contextlib.suppress(NoMatches):  # a late poll while the app shuts down
             self.main(HeaderBar).show_status(status)
             self.main(NodeDownBanner).hide()
-            self.main(FleetSummary).show_status(status)
+            self.main(FleetSummary).show_fleet(fleet, status)
             self.main(IdleNotice).show_status(status)
             self.main(ModelsTable).show_status(status)
             self._show_failure_detail()
             self.main(NodesTable).show_status(status)
+            self._show_node_resources()
             self.main(ChatPane).show_status(status)
+
+    def on_endpoints_updated(self, message: EndpointsUpdated) -> None:
+        """Hand the endpoints to their table; say why when there are none to show."""
+        with contextlib.suppress(NoMatches):
+            self.main(EndpointsTable).show_endpoints(message.endpoints)
+            if message.error is not None:
+                self.main(EndpointDetail).show_error(message.error)
+            else:
+                self._show_endpoint_detail()
 
     def on_node_down(self, message: NodeDown) -> None:
         """Say so, and show no figure at all rather than stale ones."""
-        self.status, self.down_reason = None, message.reason
+        self.status, self.down_reason, self.fleet = None, message.reason, None
         with contextlib.suppress(NoMatches):  # a late poll while the app shuts down
             self.main(HeaderBar).show_down()
             self.main(NodeDownBanner).show_down(message.reason)
@@ -196,6 +268,9 @@ class MeshConsole(App[int]):
             self.main(ModelsTable).clear_rows()
             self.main(FailureDetail).show_model(None, None)
             self.main(NodesTable).clear_rows()
+            self.main(NodeResources).clear()
+            self.main(EndpointsTable).clear_rows()
+            self.main(EndpointDetail).show_error(message.reason)
 
     # What the widgets ask.
 
@@ -209,14 +284,44 @@ class MeshConsole(App[int]):
         self._stream_chat(message.model, message.messages)
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
-        """The cursor moved on the Models tab: say why its model failed, if it did."""
-        if event.data_table.id == "models-table":
-            with contextlib.suppress(NoMatches):
+        """The cursor moved: say why its model failed, show its node's resources or its
+        endpoint's URL and error."""
+        with contextlib.suppress(NoMatches):
+            if event.data_table.id == "models-table":
                 self._show_failure_detail()
+            elif event.data_table.id == "nodes-table":
+                self._show_node_resources()
+            elif event.data_table.id == "endpoints-table":
+                self._show_endpoint_detail()
 
     def _show_failure_detail(self) -> None:
         # The table's cursor, not the event's row: a rebuild highlights rows on its way.
         self.main(FailureDetail).show_model(self.status, self.main(ModelsTable).selected_model)
+
+    def _show_node_resources(self) -> None:
+        node = self.main(NodesTable).selected_node
+        entries = {n["node_id"]: n for n in self.fleet["nodes"]} if self.fleet else {}
+        if node is None or node.node_id not in entries or self.status is None:
+            self.main(NodeResources).show_node(None)
+            return
+        ann = self.status.announcement(node.node_id)
+        self.main(NodeResources).show_node(
+            entries[node.node_id], ann.endpoints if ann else None, is_self=node.is_self
+        )
+
+    def _show_endpoint_detail(self) -> None:
+        table = self.main(EndpointsTable)
+        self.main(EndpointDetail).show_endpoint(
+            table.selected_endpoint, any_endpoint=bool(table.endpoints)
+        )
+
+    def on_add_endpoint_requested(self, message: AddEndpointRequested) -> None:
+        """The add dialog's form: send it to the node."""
+        self._add_endpoint(message)
+
+    def on_remove_endpoint_requested(self, message: RemoveEndpointRequested) -> None:
+        """The remove dialog's yes: send it to the node."""
+        self._remove_endpoint(message)
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         """Enter on a model: chat with it."""
@@ -231,18 +336,31 @@ class MeshConsole(App[int]):
     # Key bindings.
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        """The main screen's keys are off while a dialog is open."""
-        return not (action in _MAIN_ACTIONS and len(self.screen_stack) > 1)
+        """The main screen's keys are off while a dialog is open; adding and removing
+        endpoints are keys of the Endpoints tab, dropping a model of the others."""
+        if action in _MAIN_ACTIONS and len(self.screen_stack) > 1:
+            return False
+        if action in _ENDPOINT_ACTIONS or action == "drop":
+            with contextlib.suppress(NoMatches):
+                on_endpoints = self.main(TabbedContent).active == "endpoints"
+                return on_endpoints == (action in _ENDPOINT_ACTIONS)
+        return True
 
     def action_show_tab(self, tab: str) -> None:
-        """Show the Models, Nodes or Chat tab."""
+        """Show the Models, Nodes, Chat or Endpoints tab."""
         self.main(TabbedContent).active = tab
         self._focus_tab(tab)
 
     def _focus_tab(self, tab: str) -> None:
-        target = {"models": "#models-table", "nodes": "#nodes-table", "chat": "#chat-input"}
+        target = {
+            "models": "#models-table",
+            "nodes": "#nodes-table",
+            "chat": "#chat-input",
+            "endpoints": "#endpoints-table",
+        }
         if tab in target:
             self.main(TabbedContent).query_one(target[tab]).focus()
+        self.refresh_bindings()  # the key bar of the tab shown
 
     def action_refresh(self) -> None:
         """Poll now."""
@@ -276,6 +394,28 @@ class MeshConsole(App[int]):
                 self._drop(model)
 
         self.push_screen(ConfirmDrop(model, nodes), confirmed)
+
+    def action_add_endpoint(self) -> None:
+        """Front a new endpoint from this node, through a dialog."""
+
+        def added(summary: str | None) -> None:
+            if summary:
+                self.notify(summary, title="Endpoint added")
+
+        self.push_screen(AddEndpoint(), added)
+
+    def action_remove_endpoint(self) -> None:
+        """Remove the endpoint under the cursor, after a confirmation."""
+        endpoint = self.main(EndpointsTable).selected_endpoint
+        if endpoint is None:
+            self.notify("No endpoint to remove: pick one first.", severity="warning")
+            return
+
+        def removed(summary: str | None) -> None:
+            if summary:
+                self.notify(summary, title="Endpoint removed")
+
+        self.push_screen(ConfirmRemoveEndpoint(endpoint), removed)
 
 
 def run_console(port: int = DEFAULT_PORT, state_dir: Path = DEFAULT_STATE_DIR) -> int:

@@ -1,8 +1,8 @@
 """The console's only link to the network: an async client of the local node's HTTP API.
 
 It speaks the routes of DESIGN.md §4 (`/api/status`, `/api/token`, `/api/drop`,
-`/v1/chat/completions`, `/health`) and turns their JSON into the small frozen dataclasses
-the widgets render.
+`/api/fleet`, `/api/endpoints`, `/v1/chat/completions`, `/health`) and turns their JSON
+into the small frozen dataclasses the widgets render.
 aiohttp errors are translated here, at the edge, into `NodeUnreachable` (nothing answers)
 and `NodeAPIError` (the node answered with an error), both `MeshError`s.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import urllib.parse
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,13 @@ from typing import Any
 
 import aiohttp
 
+from meshllm.election.fleet import (
+    UNSEEN,
+    ResourceSeen,
+    fleet_view,
+    resources_from_status,
+    without_resources,
+)
 from meshllm.election.pool_view import announcements_from_status
 from meshllm.errors import MeshError
 from meshllm.gossip import PeerAnnouncement
@@ -25,6 +33,8 @@ from meshllm.paths import StatePaths
 
 MEMORY_KINDS = ("vram", "ram")
 """What a node's memory for models is: GPU memory, or RAM on a CPU-only node."""
+ENDPOINT_KINDS = ("auto", "openai", "ollama")
+"""What `POST /api/endpoints` takes as an endpoint's kind ('auto': the node probes it)."""
 
 
 class NodeUnreachable(MeshError):
@@ -78,6 +88,10 @@ class NodeInfo:
     rtt_ms: float | None
     last_seen_s: float | None
     is_self: bool = False
+    resources_state: str = "unknown"
+    """'live', 'stale' (`resources` are the last figures heard, `resources_age_s` old) or
+    'unknown' (`resources` is None)."""
+    resources_age_s: float | None = None
     failures: Mapping[str, str] = field(default_factory=dict)
     """model -> why the node gave up serving it (its `serving` shows it 'failed').
 
@@ -110,6 +124,17 @@ class MeshStatus:
     announcements: tuple[PeerAnnouncement, ...] = ()
     """Every node's announcement as `/api/status` gave it (fields that do not validate at
     their defaults): what `meshllm.election.pool_view` reads (pool, demand, states)."""
+    resources_seen: Mapping[str, ResourceSeen] = field(default_factory=dict)
+    """Each node's live resources and how fresh they are, by node id."""
+
+    def fleet(self, now_ms: int) -> dict[str, Any]:
+        """The fleet view (`meshllm.election.fleet.fleet_view`) of this status: what the
+        node's `/api/fleet` answers, from the same snapshot as the tables."""
+        return fleet_view(self.announcements, self.resources_seen, now_ms)
+
+    def announcement(self, node_id: str) -> PeerAnnouncement | None:
+        """The announcement of `node_id`, None if the status had none that parsed."""
+        return next((a for a in self.announcements if a.node_id == node_id), None)
 
     @property
     def me(self) -> NodeInfo:
@@ -176,7 +201,59 @@ def parse_failures(raw: Any) -> dict[str, str]:
     return {k: v for k, v in raw.items() if isinstance(k, str) and isinstance(v, str)}
 
 
-def _parse_node(raw: Mapping[str, Any], *, is_self: bool) -> NodeInfo:
+@dataclass(frozen=True)
+class EndpointInfo:
+    """One external server a node fronts, as `/api/endpoints` lists it (never its key)."""
+
+    id: str
+    url: str
+    kind: str
+    name: str
+    node_id: str
+    state: str
+    """'up', 'down', 'probation' or 'draining'."""
+    has_api_key: bool = False
+    latency_ms: float | None = None
+    error: str | None = None
+    models: Mapping[str, bool] = field(default_factory=dict)
+    """model -> whether the server has it loaded (warm)."""
+
+
+def parse_endpoint(raw: Any) -> EndpointInfo | None:
+    """An endpoint record from the API; None when it has no id."""
+    if not isinstance(raw, Mapping) or not isinstance(raw.get("id"), str) or not raw["id"]:
+        return None
+    models = raw.get("models")
+    error = raw.get("error")
+    return EndpointInfo(
+        id=raw["id"],
+        url=str(raw.get("url") or ""),
+        kind=str(raw.get("kind") or "?"),
+        name=str(raw.get("name") or ""),
+        node_id=str(raw.get("node_id") or "?"),
+        state=str(raw.get("state") or "?"),
+        has_api_key=bool(raw.get("has_api_key")),
+        latency_ms=_opt_float(raw.get("latency_ms")),
+        error=error if isinstance(error, str) and error else None,
+        models={
+            str(m): bool(d.get("warm")) if isinstance(d, Mapping) else False
+            for m, d in models.items()
+        }
+        if isinstance(models, Mapping)
+        else {},
+    )
+
+
+def parse_endpoints(raw: Any) -> tuple[EndpointInfo, ...]:
+    """`GET /api/endpoints`: every node's endpoints, by node then id."""
+    items = raw.get("endpoints") if isinstance(raw, Mapping) else None
+    if not isinstance(items, list):
+        raise NodeAPIError("/api/endpoints answered no endpoint list")
+    found = (parse_endpoint(e) for e in items)
+    return tuple(sorted((e for e in found if e is not None), key=lambda e: (e.node_id, e.id)))
+
+
+def _parse_node(raw: Mapping[str, Any], seen: ResourceSeen, *, is_self: bool) -> NodeInfo:
     serving = raw.get("serving") or {}
     return NodeInfo(
         node_id=str(raw.get("node_id", "?")),
@@ -189,10 +266,12 @@ def _parse_node(raw: Mapping[str, Any], *, is_self: bool) -> NodeInfo:
         load=_int(raw.get("load")),
         memory_bytes=_int(raw.get("memory_bytes")),
         memory_kind=kind if (kind := raw.get("memory_kind")) in MEMORY_KINDS else None,
-        resources=parse_resources(raw.get("resources")),
+        resources=None if seen.state == "unknown" else parse_resources(seen.resources),
         rtt_ms=None if is_self else _opt_float(raw.get("rtt_ms")),
         last_seen_s=None if is_self else _opt_float(raw.get("last_seen_s")),
         is_self=is_self,
+        resources_state=seen.state,
+        resources_age_s=seen.age_s,
         failures=parse_failures(raw.get("failures")),
     )
 
@@ -201,9 +280,14 @@ def parse_status(raw: Any) -> MeshStatus:
     """Parse a `/api/status` body; missing fields get neutral defaults."""
     if not isinstance(raw, Mapping) or "node_id" not in raw:
         raise NodeAPIError("/api/status answered something that is not a node status")
-    me = _parse_node(raw, is_self=True)
+    seen = resources_from_status(raw)
+
+    def node(entry: Mapping[str, Any], is_self: bool) -> NodeInfo:
+        return _parse_node(entry, seen.get(str(entry.get("node_id")), UNSEEN), is_self=is_self)
+
+    me = node(raw, True)
     peers = sorted(
-        (_parse_node(p, is_self=False) for p in raw.get("peers") or () if isinstance(p, Mapping)),
+        (node(p, False) for p in raw.get("peers") or () if isinstance(p, Mapping)),
         key=lambda n: n.node_id,
     )
     catalog = tuple(
@@ -226,7 +310,8 @@ def parse_status(raw: Any) -> MeshStatus:
         nodes=(me, *peers),
         catalog=catalog,
         idle_reason=idle_reason if isinstance(idle_reason, str) and idle_reason else None,
-        announcements=tuple(announcements_from_status(raw)),
+        announcements=tuple(announcements_from_status(without_resources(raw))),
+        resources_seen=seen,
     )
 
 
@@ -323,10 +408,14 @@ class NodeClient:
         except OSError as exc:
             raise NodeAPIError(f"cannot read the admin token {path}: {exc.strerror}") from exc
 
+    def _admin_headers(self) -> dict[str, str]:
+        """The header of a change (or a secret) the node takes only with the admin token."""
+        return {"Authorization": f"Bearer {self.admin_token()}"}
+
     async def join_token(self) -> str:
         """`GET /api/token`: the mesh's join token (it needs the admin token: it holds the
         mesh secret, so `/api/status` does not carry it)."""
-        headers = {"Authorization": f"Bearer {self.admin_token()}"}
+        headers = self._admin_headers()
         with map_exceptions(self.address):
             async with self._http().get(
                 "/api/token", headers=headers, timeout=self._timeout
@@ -339,7 +428,7 @@ class NodeClient:
 
     async def drop(self, model: str) -> list[str]:
         """`POST /api/drop`: ask the nodes serving `model` to stop; returns their ids."""
-        headers = {"Authorization": f"Bearer {self.admin_token()}"}
+        headers = self._admin_headers()
         with map_exceptions(self.address):
             async with self._http().post(
                 "/api/drop", json={"model": model}, headers=headers, timeout=self._timeout
@@ -347,6 +436,54 @@ class NodeClient:
                 body = await self._json(resp)
         nodes = body.get("nodes") if isinstance(body, Mapping) else None
         return [str(n) for n in nodes or ()]
+
+    async def fleet(self) -> dict[str, Any]:
+        """`GET /api/fleet`: the node's fleet view (`meshllm.election.fleet.fleet_view`)."""
+        with map_exceptions(self.address):
+            async with self._http().get("/api/fleet", timeout=self._timeout) as resp:
+                body = await self._json(resp)
+        if not isinstance(body, dict) or "summary" not in body:
+            raise NodeAPIError("/api/fleet answered something that is not a fleet")
+        return body
+
+    async def endpoints(self) -> tuple[EndpointInfo, ...]:
+        """`GET /api/endpoints`: every node's endpoints."""
+        with map_exceptions(self.address):
+            async with self._http().get("/api/endpoints", timeout=self._timeout) as resp:
+                return parse_endpoints(await self._json(resp))
+
+    async def add_endpoint(
+        self, url: str, kind: str = "auto", name: str | None = None, api_key: str | None = None
+    ) -> EndpointInfo:
+        """`POST /api/endpoints`: front the server at `url` from this node; its record.
+
+        `kind` is one of `ENDPOINT_KINDS`; `name` and `api_key` are left out when empty.
+        """
+        body = {"url": url, "kind": kind}
+        if name:
+            body["name"] = name
+        if api_key:
+            body["api_key"] = api_key
+        headers = self._admin_headers()
+        with map_exceptions(self.address):
+            async with self._http().post(
+                "/api/endpoints", json=body, headers=headers, timeout=self._timeout
+            ) as resp:
+                answer = await self._json(resp)
+        record = parse_endpoint(answer.get("endpoint") if isinstance(answer, Mapping) else None)
+        if record is None:
+            raise NodeAPIError("/api/endpoints answered no endpoint")
+        return record
+
+    async def remove_endpoint(self, endpoint_id: str) -> str:
+        """`DELETE /api/endpoints/{id}`: stop fronting an endpoint; the id removed."""
+        headers = self._admin_headers()
+        path = f"/api/endpoints/{urllib.parse.quote(endpoint_id, safe='')}"
+        with map_exceptions(self.address):
+            async with self._http().delete(path, headers=headers, timeout=self._timeout) as resp:
+                answer = await self._json(resp)
+        removed = answer.get("removed") if isinstance(answer, Mapping) else None
+        return str(removed or endpoint_id)
 
     async def chat_stream(
         self, model: str, messages: Sequence[Mapping[str, str]]

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from textual.message import Message
+from textual.screen import Screen
 
-from meshllm.console.client import MeshStatus
+from meshllm.console.client import EndpointInfo, MeshStatus
 
 
 class StatusUpdated(Message):
@@ -56,6 +57,56 @@ class ChatFinished(Message):
 
 class ChatFailed(Message):
     """The answer failed; `error` says why."""
+
+    def __init__(self, error: str) -> None:
+        super().__init__()
+        self.error = error
+
+
+class EndpointsUpdated(Message):
+    """The poll worker got `/api/endpoints`, or `error` says why it could not."""
+
+    def __init__(self, endpoints: Sequence[EndpointInfo], error: str | None = None) -> None:
+        super().__init__()
+        self.endpoints = tuple(endpoints)
+        self.error = error
+
+
+class AddEndpointRequested(Message):
+    """The add-endpoint dialog asks the node to front the server at `url`; the answer goes
+    back to `dialog` (`EndpointChanged` or `EndpointChangeFailed`)."""
+
+    def __init__(
+        self, dialog: Screen, url: str, kind: str, name: str | None, api_key: str | None
+    ) -> None:
+        super().__init__()
+        self.dialog = dialog
+        self.url = url
+        self.kind = kind
+        self.name = name
+        self.api_key = api_key
+
+
+class RemoveEndpointRequested(Message):
+    """The remove dialog asks the node to stop fronting `endpoint_id`; the answer goes back
+    to `dialog`."""
+
+    def __init__(self, dialog: Screen, endpoint_id: str) -> None:
+        super().__init__()
+        self.dialog = dialog
+        self.endpoint_id = endpoint_id
+
+
+class EndpointChanged(Message):
+    """The node added or removed the endpoint; `summary` says what was done."""
+
+    def __init__(self, summary: str) -> None:
+        super().__init__()
+        self.summary = summary
+
+
+class EndpointChangeFailed(Message):
+    """The node refused the change (or did not answer); `error` says why."""
 
     def __init__(self, error: str) -> None:
         super().__init__()

@@ -10,16 +10,15 @@ the join token, which holds the mesh secret, is only at ``GET /api/token``, whic
 
 from __future__ import annotations
 
-import hmac
-import ipaddress
-import json
 from typing import Any, Protocol
 
 from aiohttp import web
 
 from meshllm.errors import AuthError, CommandError
+from meshllm.proxy.admin import admin_refusal, read_json_object
 from meshllm.proxy.errors import error_response, openai_error_middleware
 from meshllm.proxy.events import EventSource, add_event_routes
+from meshllm.proxy.fleet_routes import FleetAPI, add_fleet_routes
 from meshllm.proxy.guard import GuardSettings, install_guard
 from meshllm.proxy.limits import DEFAULT_LIMITS, ByteBudget, HttpLimits
 from meshllm.proxy.openapi import openapi_handler
@@ -65,6 +64,7 @@ def create_app(
     guard: GuardSettings,
     *,
     events: EventSource | None = None,
+    fleet: FleetAPI | None = None,
     load_timeout: float = LOAD_TIMEOUT_S,
     limits: HttpLimits = DEFAULT_LIMITS,
     budget: ByteBudget | None = None,
@@ -89,6 +89,8 @@ def create_app(
     app.router.add_post("/api/models/{name:.+}/{action}", pool_command)
     if events is not None:
         add_event_routes(app, events)
+    if fleet is not None:
+        add_fleet_routes(app, fleet)
     app.router.add_get("/openapi.json", openapi_handler)
     if mesh is not None:
         add_proxy_routes(app, mesh, load_timeout=load_timeout, limits=limits, budget=budget)
@@ -103,27 +105,11 @@ async def status(request: web.Request) -> web.Response:
     return web.json_response(request.app[NODE_KEY].status())
 
 
-def admin_refusal(request: web.Request, node: NodeAPI, what: str) -> web.Response | None:
-    """The error for a caller that is not on this machine or lacks the admin token
-    (``Authorization: Bearer <state-dir>/admin_token``); ``None`` when it may go on."""
-    remote = request.remote or ""
-    try:
-        local_caller = ipaddress.ip_address(remote).is_loopback
-    except ValueError:
-        local_caller = False
-    if not local_caller:
-        return error_response(403, f"{what} is only allowed from this machine", "forbidden")
-    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-    if not node.admin_token or not hmac.compare_digest(given, node.admin_token):
-        return error_response(401, f"{what} needs this node's admin token", "unauthorized")
-    return None
-
-
 async def token(request: web.Request) -> web.Response:
     """``GET /api/token``: the mesh's join token (localhost + admin token only): it holds
     the mesh secret, so it is never in ``/api/status``."""
     node = request.app[NODE_KEY]
-    if (refused := admin_refusal(request, node, "the join token")) is not None:
+    if (refused := admin_refusal(request, node.admin_token, "the join token")) is not None:
         return refused
     return web.json_response({"token": node.token})
 
@@ -132,13 +118,12 @@ async def drop(request: web.Request) -> web.Response:
     """``POST /api/drop {"model"}``: stop serving a model (localhost + admin token only);
     on other nodes only with the mesh owner key on this machine, else 403."""
     node = request.app[NODE_KEY]
-    if (refused := admin_refusal(request, node, "drop")) is not None:
+    if (refused := admin_refusal(request, node.admin_token, "drop")) is not None:
         return refused
-    try:
-        body = json.loads(await request.read())
-    except (ValueError, RecursionError):  # RecursionError: nested too deep to parse
-        return error_response(400, "body is not JSON", "invalid_json")
-    model = body.get("model") if isinstance(body, dict) else None
+    body = await read_json_object(request, '{"model": NAME}')
+    if isinstance(body, web.Response):
+        return body
+    model = body.get("model")
     if not isinstance(model, str) or not model:
         return error_response(400, 'body must be {"model": NAME}', "invalid_request")
     try:
@@ -161,16 +146,11 @@ async def pool_command(request: web.Request) -> web.Response:
     on another node (that needs the mesh owner key on this machine, else 403)."""
     node = request.app[NODE_KEY]
     name, action = request.match_info["name"], request.match_info["action"]
-    if (refused := admin_refusal(request, node, f"{action} of a model")) is not None:
+    if (refused := admin_refusal(request, node.admin_token, f"{action} of a model")) is not None:
         return refused
-    raw = await request.read()
-    try:
-        body = json.loads(raw) if raw.strip() else {}
-    except (ValueError, RecursionError):
-        return error_response(400, "body is not JSON", "invalid_json")
-    if not isinstance(body, dict):
-        message = 'body must be {"node": ID, "seconds": N}, or empty'
-        return error_response(400, message, "invalid_request")
+    body = await read_json_object(request, '{"node": ID, "seconds": N}, or empty', empty_ok=True)
+    if isinstance(body, web.Response):
+        return body
     target, seconds = body.get("node"), body.get("seconds")
     if target is not None and not isinstance(target, str):
         return error_response(400, "'node' must be a node id", "invalid_request")

@@ -14,7 +14,9 @@ already be with the client, so it is never retried.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
@@ -42,6 +44,9 @@ _TYPES = {
     405: "invalid_request_error",
     413: "invalid_request_error",
 }
+
+
+log = logging.getLogger(__name__)
 
 
 def error_body(message: str, status: int, code: str | None = None) -> dict[str, object]:
@@ -75,7 +80,8 @@ _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @web.middleware
 async def openai_error_middleware(request: web.Request, handler: _Handler) -> web.StreamResponse:
-    """Turn aiohttp's plain-text HTTP errors (404, 405, 413, …) into OpenAI-shaped JSON.
+    """Turn aiohttp's plain-text HTTP errors (404, 405, 413, …), and a handler's
+    unexpected exception (500, logged), into OpenAI-shaped JSON.
 
     For the node's app: ``web.Application(middlewares=[openai_error_middleware])``.
     """
@@ -87,3 +93,9 @@ async def openai_error_middleware(request: web.Request, handler: _Handler) -> we
         headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
         message = f"{request.method} {request.path}: {exc.reason}"
         return error_response(exc.status, message, code=str(exc.status), headers=headers)
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception:  # a bug: logged, and answered in the shape every client expects
+        log.exception("%s %s failed", request.method, request.path)
+        message = f"{request.method} {request.path}: internal error (see the node's log)"
+        return error_response(500, message, code="internal_error")

@@ -256,15 +256,19 @@ class Forwarder:
         read_timeout: float = 600.0,
         max_connections: int = 1024,
         backend_model: Callable[[str], str] | None = None,
+        backend_headers: Callable[[str], Mapping[str, str]] | None = None,
     ) -> None:
         """``read_timeout`` bounds the silence between two reads: a non-streamed answer is
         silent until complete, so it must cover the longest generation.  ``backend_model``
-        maps a mesh model name to the backend's (default: the same name)."""
+        maps a mesh model name to the backend's (default: the same name);
+        ``backend_headers`` gives the headers a backend's base URL needs on every request
+        (an endpoint's ``Authorization``: the client's own is never passed on)."""
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=connect_timeout, sock_read=read_timeout
         )
         self._max_connections = max_connections
         self._backend_model = backend_model
+        self._backend_headers = backend_headers
         self._session: aiohttp.ClientSession | None = None
 
     def _get_session(self) -> aiohttp.ClientSession:
@@ -296,6 +300,8 @@ class Forwarder:
                 rename = (backend_name, model)
                 body = _with_model(body, backend_name)
         send_headers = filter_headers(headers.items(), REQUEST_DROP)
+        if self._backend_headers is not None:
+            send_headers.update(self._backend_headers(base_url))
         try:
             resp = await self._get_session().request(
                 method,

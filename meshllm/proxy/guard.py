@@ -66,7 +66,7 @@ DROPPED_RESPONSE_HEADERS = frozenset({"set-cookie", "set-cookie2"})
 INTERFACE_REFRESH_S = 10.0
 """At most this often, an unknown address literal makes ``--listen-all`` re-read the interfaces."""
 PREFLIGHT_MAX_AGE_S = 600
-ALLOWED_METHODS = "GET, POST, OPTIONS"
+ALLOWED_METHODS = "GET, POST, DELETE, OPTIONS"
 DEFAULT_ALLOWED_HEADERS = "authorization, content-type"
 EXPOSED_HEADERS = f"{MODEL_HEADER}, {NODE_HEADER}, retry-after"
 _TOKEN_LIST = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+(\s*,\s*[!#$%&'*+.^_`|~0-9A-Za-z-]+)*$")

@@ -18,11 +18,26 @@ from typing import Any
 from aiohttp import web
 
 from meshllm import __version__
+from meshllm.election.fleet import MEMORY_KINDS, NOTHING_HOT, RESOURCE_STATES, ROLES
 from meshllm.events import MAX_QUEUED_EVENTS, MAX_SUBSCRIBERS
 from meshllm.gossip import ModelState, PoolState, Role
+from meshllm.gossip.announcement import (  # not in meshllm.gossip's __all__
+    ENDPOINT_STATES,
+    MAX_ENDPOINTS,
+    MAX_MODELS,
+    MAX_NAME_CHARS,
+    MAX_TEXT_CHARS,
+)
+from meshllm.gossip.resource_feed import FORGET_REPORTS, STALE_REPORTS
 from meshllm.proxy.events import HEARTBEAT_S, RETRY_AFTER_S
+from meshllm.proxy.fleet_routes import ENDPOINT_FIELDS
 from meshllm.proxy.routes import MAX_BODY_BYTES, MODEL_HEADER, NODE_HEADER
 from meshllm.serving.durations import UNIT_SECONDS
+from meshllm.serving.endpoint_store import ID_CHARS, MAX_URL_CHARS
+from meshllm.serving.endpoint_store import MAX_ENDPOINTS as MAX_STORED_ENDPOINTS
+from meshllm.serving.endpoint_store import MAX_NAME_CHARS as MAX_ENDPOINT_NAME_CHARS
+from meshllm.serving.endpoints import DRAIN_TIMEOUT_S
+from meshllm.serving.external import AUTO, KINDS, MAX_API_KEY_CHARS, OLLAMA, OPENAI
 from meshllm.serving.pool_commands import ACTIONS, MAX_EXTEND_S
 
 OPENAPI_VERSION = "3.1.0"
@@ -403,7 +418,62 @@ _DEMAND_ENTRY = _obj(
     description="A model's demand as one node's proxy sees it.",
 )
 
-# PeerAnnouncement.to_wire(): what every node announces (meshllm/gossip/announcement.py).
+# meshllm/gossip/announcement.py ENDPOINT_KEYS and ENDPOINT_MODEL_KEYS: closed records too.
+_ENDPOINT_MODEL = _obj(
+    [],
+    {
+        "warm": {
+            "type": "boolean",
+            "description": "Loaded now (Ollama's /api/ps); true where the server cannot say.",
+        },
+        "size": {**_COUNT, "description": "Bytes, where the server says."},
+        "family": {"type": "string", "maxLength": MAX_TEXT_CHARS},
+        "quant": {"type": "string", "maxLength": MAX_TEXT_CHARS},
+    },
+    additionalProperties=False,
+    description="A model an endpoint has; what the server does not say is left out.",
+)
+
+_ENDPOINT_MODELS: Schema = {
+    "type": "object",
+    "maxProperties": MAX_MODELS,
+    "propertyNames": {"maxLength": MAX_NAME_CHARS},
+    "additionalProperties": _ref("EndpointModel"),
+    "description": "model -> what the endpoint says of it.",
+}
+
+_ENDPOINT_STATE: Schema = {
+    "type": "string",
+    "enum": sorted(ENDPOINT_STATES),
+    "description": "up: routable; probation: answering again, not yet routable; down: not "
+    "answering; draining: being removed, its requests in flight finishing.",
+}
+
+_ANNOUNCED_ENDPOINT = _obj(
+    ["name", "kind", "state"],
+    {
+        "name": {
+            "type": "string",
+            "maxLength": MAX_TEXT_CHARS,
+            "description": "Its name, else its URL (without credentials).",
+        },
+        "kind": {"type": "string", "enum": [OPENAI, OLLAMA]},
+        "state": _ENDPOINT_STATE,
+        "latency_ms": {**_SECONDS, "description": "Its last health poll's round trip."},
+        "error": {
+            "type": "string",
+            "maxLength": MAX_TEXT_CHARS,
+            "description": "Why it is not up (its last poll's error).",
+        },
+        "models": _ENDPOINT_MODELS,
+    },
+    additionalProperties=False,
+    description="An external OpenAI-compatible or Ollama server a node fronts; never its "
+    "URL's credentials nor its API key.",
+)
+
+# PeerAnnouncement.to_wire(): what every node announces (meshllm/gossip/announcement.py),
+# but its resources (figures as at start): /api/status shows the live ones instead.
 _ANNOUNCEMENT: dict[str, Schema] = {
     "node_id": _STRING,
     "mesh_id": _STRING,
@@ -437,30 +507,7 @@ _ANNOUNCEMENT: dict[str, Schema] = {
     },
     "requested_models": _STRINGS,
     "memory_bytes": {**_COUNT, "description": "Bytes it can give to models."},
-    "memory_kind": {"type": "string", "enum": ["vram", "ram"]},
-    "resources": _obj(
-        [],
-        {
-            "cpu_count": {"type": "integer", "minimum": 1},
-            "cpu_percent": {"type": "number", "minimum": 0},
-            "ram_total": _COUNT,
-            "ram_used": _COUNT,
-            "gpus": {
-                "type": "array",
-                "items": _obj(
-                    ["index", "name", "vram_total", "vram_used"],
-                    {
-                        "index": _COUNT,
-                        "name": _STRING,
-                        "vram_total": _COUNT,
-                        "vram_used": _COUNT,
-                    },
-                    additionalProperties=True,
-                ),
-            },
-        },
-        additionalProperties=True,
-    ),
+    "memory_kind": {"type": "string", "enum": list(MEMORY_KINDS)},
     "load": {"type": "integer", "description": "Requests in flight."},
     "pool": {
         "type": "object",
@@ -477,6 +524,13 @@ _ANNOUNCEMENT: dict[str, Schema] = {
         "description": "Bytes a newly placed model could get here, idle models evicted; "
         "null: no pool memory budget, memory_bytes is the measure.",
     },
+    "endpoints": {
+        "type": "object",
+        "maxProperties": MAX_ENDPOINTS,
+        "propertyNames": {"minLength": 1, "maxLength": 64},
+        "additionalProperties": _ref("AnnouncedEndpoint"),
+        "description": "Endpoint id -> an external server it fronts for the mesh.",
+    },
     "version": _STRING,
     "incarnation": _COUNT,
     "seq": _COUNT,
@@ -485,10 +539,88 @@ _ANNOUNCEMENT: dict[str, Schema] = {
 
 _SECONDS_OR_NULL: Schema = {"type": ["number", "null"], "minimum": 0}
 
+# meshllm/resources.py host_resources(): a node's live report (meshllm/gossip/resource_feed.py).
+_GPU = _obj(
+    [
+        "index",
+        "name",
+        "uuid",
+        "util_percent",
+        "vram_total",
+        "vram_used",
+        "temperature_c",
+        "power_w",
+        "power_limit_w",
+    ],
+    {
+        "index": _COUNT,
+        "name": _STRING,
+        "uuid": _nullable(_STRING),
+        "util_percent": {"type": ["integer", "null"], "minimum": 0, "maximum": 100},
+        "vram_total": {**_COUNT, "description": "Bytes."},
+        "vram_used": {**_COUNT, "description": "Bytes."},
+        "temperature_c": {"type": ["integer", "null"], "description": "°C."},
+        "power_w": {**_SECONDS_OR_NULL, "description": "Watts drawn now."},
+        "power_limit_w": {**_SECONDS_OR_NULL, "description": "The enforced power limit, W."},
+    },
+    additionalProperties=True,
+    description="An NVIDIA GPU (NVML); a reading the GPU does not support is null.",
+)
+
+_RESOURCES = _obj(
+    ["cpu_count", "cpu_percent", "load_avg", "ram_total", "ram_used", "gpus"],
+    {
+        "cpu_count": {"type": "integer", "minimum": 1},
+        "cpu_percent": {
+            "type": "number",
+            "minimum": 0,
+            "description": "CPU use, all cores together, since the previous reading (%).",
+        },
+        "load_avg": {
+            **_nullable(
+                {"type": "array", "items": _SECONDS, "minItems": 3, "maxItems": 3},
+            ),
+            "description": "The 1, 5 and 15 minute load averages; null where the OS has "
+            "none (Windows).",
+        },
+        "ram_total": {**_COUNT, "description": "Bytes."},
+        "ram_used": {
+            **_COUNT,
+            "description": "Bytes: total less available (page cache is not counted).",
+        },
+        "gpus": {"type": "array", "items": _ref("Gpu"), "description": "[]: no NVIDIA GPU."},
+    },
+    additionalProperties=True,
+    description="A node's CPU, RAM and GPUs, as it reports them every few seconds, signed, "
+    "apart from its announcement.  This node checks a peer's report for its signature and "
+    "size only: the figures are the peer's word.",
+)
+
+# ports.py status_snapshot(): each node's resources as this node last heard them.
+_LIVE_RESOURCES: dict[str, Schema] = {
+    "resources": {
+        **_nullable(_ref("Resources")),
+        "description": "Its last resource report; null when resources_state is unknown "
+        "(never a stale figure passed off as live).",
+    },
+    "resources_state": {
+        "type": "string",
+        "enum": list(RESOURCE_STATES),
+        "description": f"live: reported within {STALE_REPORTS} of this node's report "
+        f"intervals (--resources-interval); stale: the last figures, older; unknown: none "
+        f"heard, or none for {FORGET_REPORTS} intervals.",
+    },
+    "resources_age_s": {
+        **_SECONDS_OR_NULL,
+        "description": "Seconds since its report arrived; null: unknown.",
+    },
+}
+
 _PEER = _obj(
-    [*_ANNOUNCEMENT, "rtt_ms", "last_seen_s", "linked", "suspect"],
+    [*_ANNOUNCEMENT, *_LIVE_RESOURCES, "rtt_ms", "last_seen_s", "linked", "suspect"],
     {
         **_ANNOUNCEMENT,
+        **_LIVE_RESOURCES,
         "rtt_ms": {**_SECONDS_OR_NULL, "description": "Probe round trip; null: none yet."},
         "last_seen_s": {**_SECONDS_OR_NULL, "description": "Seconds since heard from."},
         "linked": {"type": "boolean", "description": "A QUIC link to it is open."},
@@ -568,9 +700,19 @@ _POOL_DETAIL = _obj(
 )
 
 _STATUS = _obj(
-    [*_ANNOUNCEMENT, "uptime_s", "membership", "idle_reason", "pool_detail", "peers", "catalog"],
+    [
+        *_ANNOUNCEMENT,
+        *_LIVE_RESOURCES,
+        "uptime_s",
+        "membership",
+        "idle_reason",
+        "pool_detail",
+        "peers",
+        "catalog",
+    ],
     {
         **_ANNOUNCEMENT,
+        **_LIVE_RESOURCES,
         "uptime_s": {"type": "number", "minimum": 0},
         "membership": _obj(
             ["refused", "awareness"],
@@ -647,6 +789,268 @@ _POOL_MODEL = _obj(
         },
     },
     description="A catalog model's state in the mesh and on each node.",
+)
+
+# fleet_view() (meshllm/election/fleet.py): GET /api/fleet.  Figures come from peers'
+# reports, so each is a finite number not below 0 (as reported, int or float), or null.
+_FIGURE: Schema = _SECONDS_OR_NULL
+
+_FLEET_GPU = _obj(
+    list(_GPU["required"]),
+    {
+        "index": {"type": "integer", "description": "As reported; else its place in the list."},
+        "name": {**_STRING, "description": 'As reported; else "GPU <index>".'},
+        "uuid": _nullable(_STRING),
+        "util_percent": _FIGURE,
+        "vram_total": _FIGURE,
+        "vram_used": _FIGURE,
+        "temperature_c": _FIGURE,
+        "power_w": _FIGURE,
+        "power_limit_w": _FIGURE,
+    },
+    description="A GPU of a node; a reading it gives no figure for is null.",
+)
+
+_FLEET_NODE = _obj(
+    [
+        "node_id",
+        "role",
+        "memory_kind",
+        "resources_state",
+        "age_s",
+        "cpu_count",
+        "cpu_percent",
+        "load_avg",
+        "ram_used",
+        "ram_total",
+        "gpus",
+        "endpoints",
+    ],
+    {
+        "node_id": _STRING,
+        "role": {"type": "string", "enum": list(ROLES)},
+        "memory_kind": {
+            "type": "string",
+            "enum": list(MEMORY_KINDS),
+            "description": "What it lends to models: vram (its GPUs'), or ram (CPU-only).",
+        },
+        "resources_state": {
+            **_LIVE_RESOURCES["resources_state"],
+            "description": "unknown: every figure below is null.",
+        },
+        "age_s": {**_FIGURE, "description": "Seconds since its figures were reported."},
+        "cpu_count": _FIGURE,
+        "cpu_percent": _FIGURE,
+        "load_avg": {
+            **_nullable({"type": "array", "items": _SECONDS, "minItems": 3, "maxItems": 3}),
+            "description": "1, 5 and 15 minutes; null: unknown, or not three figures.",
+        },
+        "ram_used": _FIGURE,
+        "ram_total": _FIGURE,
+        "gpus": {
+            **_nullable({"type": "array", "items": _ref("FleetGpu")}),
+            "description": "null: unknown; []: a node known to have none.",
+        },
+        "endpoints": {**_STRINGS, "description": "Ids of the endpoints it fronts."},
+    },
+    description="A node and its live resources, as this node last heard them.",
+)
+
+_MEMORY_SUM = _obj(
+    ["total", "used", "free", "nodes"],
+    {
+        "total": {**_COUNT, "description": "Bytes."},
+        "used": {**_COUNT, "description": "Bytes."},
+        "free": {**_COUNT, "description": "Bytes."},
+        "nodes": {**_COUNT, "description": "Nodes counted."},
+    },
+)
+
+_FLEET_MODEL = _obj(
+    ["model", "state", "hot", "nodes", "endpoints"],
+    {
+        "model": _STRING,
+        "state": _MESH_STATE,
+        "hot": {**_COUNT, "description": "Nodes and endpoints answering for it right now."},
+        "nodes": {
+            "type": "array",
+            "items": _obj(
+                ["node_id", "state"],
+                {"node_id": _STRING, "state": {"type": "string", "enum": _POOL_STATES}},
+            ),
+            "description": "Nodes that have it themselves (not only through an endpoint; "
+            "never a client), by node id.",
+        },
+        "endpoints": {
+            "type": "array",
+            "items": _obj(
+                ["node_id", "endpoint_id", "name", "state", "warm"],
+                {
+                    "node_id": {**_STRING, "description": "The node that fronts it."},
+                    "endpoint_id": _STRING,
+                    "name": _STRING,
+                    "state": _ENDPOINT_STATE,
+                    "warm": {"type": "boolean", "description": "Loaded there now."},
+                },
+            ),
+            "description": "Endpoints that have it, by node and endpoint id.",
+        },
+    },
+    description="A model and every place that has it.",
+)
+
+_FLEET = _obj(
+    ["summary", "models", "memory", "hosts", "nodes"],
+    {
+        "summary": {
+            "type": "string",
+            "description": "How many places have each model hot, most first: '3 hosts "
+            f"have llama3, 1 has codellama'; '{NOTHING_HOT}' when none does.",
+        },
+        "models": {
+            "type": "array",
+            "items": _ref("FleetModel"),
+            "description": "Every model a node or an endpoint has: the hot in most places "
+            "first, then by name.",
+        },
+        "memory": _obj(
+            [*MEMORY_KINDS, "unknown_nodes", "stale_nodes"],
+            {
+                **{kind: _ref("MemorySum") for kind in MEMORY_KINDS},
+                "unknown_nodes": {
+                    **_COUNT,
+                    "description": "Nodes lending memory with no figures: in no sum.",
+                },
+                "stale_nodes": {
+                    **_COUNT,
+                    "description": "Nodes whose stale figures are in the sums.",
+                },
+            },
+            description="Memory for models, over the nodes that lend it (not clients): "
+            "VRAM of nodes whose memory_kind is vram, RAM of CPU-only ones.",
+        ),
+        "hosts": _obj(list(ROLES), {role: _COUNT for role in ROLES}, description="Nodes by role."),
+        "nodes": {
+            "type": "array",
+            "items": _ref("FleetNode"),
+            "description": "Every node (this one too), by node id.",
+        },
+    },
+    description="The mesh at a glance.",
+)
+
+# GET /api/endpoints (meshllm/commands.py EndpointCommands.listed(), EndpointSet.listed()).
+_ENDPOINT = _obj(
+    ["id", "node_id", "url", "kind", "name", "has_api_key", "state"],
+    {
+        "id": _STRING,
+        "node_id": {**_STRING, "description": "The node that fronts it."},
+        "url": {
+            **_nullable(_STRING),
+            "description": "Its URL, without credentials; null for another node's (not announced).",
+        },
+        "kind": {
+            "type": "string",
+            "enum": list(KINDS),
+            "description": f"{AUTO}: not detected yet (only this node's say so).",
+        },
+        "name": {**_STRING, "description": "Its name, else its URL."},
+        "has_api_key": {
+            "type": ["boolean", "null"],
+            "description": "Whether requests to it carry an API key (never shown); null "
+            "for another node's.",
+        },
+        "origin": {
+            "type": "string",
+            "enum": ["stored", "flag or found"],
+            "description": "This node's only: added at run time (kept in "
+            "<state-dir>/endpoints.json), or from --endpoint or a local Ollama found.",
+        },
+        "state": _ENDPOINT_STATE,
+        "latency_ms": {
+            **_SECONDS_OR_NULL,
+            "description": "Its last health poll's round trip; absent (this node's) or null "
+            "(a peer's): none yet.",
+        },
+        "error": {
+            **_nullable(_STRING),
+            "description": "Why it is not up; absent (this node's) or null (a peer's) when "
+            "it is up or none is known.",
+        },
+        "models": _ENDPOINT_MODELS,
+    },
+    description="An endpoint of a node: this node's in full, peers' as announced; never an "
+    "API key.",
+)
+
+_ENDPOINT_ID: Schema = {"type": "string", "pattern": f"^[0-9a-f]{{{ID_CHARS}}}$"}
+
+# fleet_routes.py ENDPOINT_FIELDS: the fields POST /api/endpoints takes (a KeyError here
+# when one is added there and not described).
+_ENDPOINT_FIELD_SCHEMAS: dict[str, Schema] = {
+    "url": {
+        "type": "string",
+        "maxLength": MAX_URL_CHARS,
+        "description": "http:// or https:// (none: http://), a host, an optional port and "
+        "path (a trailing /v1 is dropped); no credentials (give api_key), query or "
+        "fragment.  An endpoint at the same URL is replaced.",
+    },
+    "kind": {
+        "type": ["string", "null"],
+        "enum": [*KINDS, None],
+        "description": f"{OPENAI} (/v1/models), {OLLAMA} (/api/tags), or {AUTO} (tried in "
+        f"turn; also when left out or null).",
+    },
+    "name": {
+        "type": ["string", "null"],
+        "pattern": f"^[A-Za-z0-9][A-Za-z0-9_.:@+-]{{0,{MAX_ENDPOINT_NAME_CHARS - 1}}}$",
+    },
+    "api_key": {
+        "type": ["string", "null"],
+        "minLength": 1,
+        "maxLength": MAX_API_KEY_CHARS,
+        "pattern": "^[!-~]([ -~]*[!-~])?$",
+        "description": "Sent as a bearer token with every request forwarded to it; "
+        "stored on the node that fronts it (<state-dir>/endpoints.json, mode 0600), "
+        "never shown back.",
+    },
+    "node": {
+        **_nullable(_STRING),
+        "description": "The node to add it on; absent or null: this one.  Another node "
+        "needs the mesh owner key on this machine.",
+    },
+}
+
+_ENDPOINT_REQUEST = _obj(
+    ["url"],
+    {name: _ENDPOINT_FIELD_SCHEMAS[name] for name in ENDPOINT_FIELDS},
+    additionalProperties=False,
+    description="Other fields are refused (400).",
+)
+
+_ENDPOINT_RECORD = _obj(
+    ["id", "url", "kind", "name", "has_api_key", "node_id"],
+    {
+        "id": _ENDPOINT_ID,
+        "url": {**_STRING, "description": "As stored: scheme and host in lower case."},
+        "kind": {"type": "string", "enum": list(KINDS), "description": "As asked for."},
+        "name": _nullable(_STRING),
+        "has_api_key": {"type": "boolean"},
+        "node_id": _STRING,
+    },
+    description="The endpoint added on this node.",
+)
+
+_PENDING_ENDPOINT = _obj(
+    ["id", "url", "node_id", "pending"],
+    {
+        "id": {"type": "null", "description": "Not known here: the node gets a statement."},
+        "url": {**_STRING, "description": "As given."},
+        "node_id": _STRING,
+        "pending": {"const": True},
+    },
+    description="An endpoint asked of another node (owner-signed): it adds it when it gets "
+    "the statement, and announces it then; an error there is only in its log.",
 )
 
 # meshllm/events.py: the events of GET /api/events (each event's JSON is its data line).
@@ -753,6 +1157,31 @@ _SCHEMAS: dict[str, Schema] = {
     "PoolModel": _POOL_MODEL,
     "PoolNode": _POOL_NODE,
     "PoolModels": _obj(["models"], {"models": {"type": "array", "items": _ref("PoolModel")}}),
+    "Resources": _RESOURCES,
+    "Gpu": _GPU,
+    "AnnouncedEndpoint": _ANNOUNCED_ENDPOINT,
+    "EndpointModel": _ENDPOINT_MODEL,
+    "Fleet": _FLEET,
+    "FleetModel": _FLEET_MODEL,
+    "FleetNode": _FLEET_NODE,
+    "FleetGpu": _FLEET_GPU,
+    "MemorySum": _MEMORY_SUM,
+    "Endpoint": _ENDPOINT,
+    "Endpoints": _obj(["endpoints"], {"endpoints": {"type": "array", "items": _ref("Endpoint")}}),
+    "EndpointRequest": _ENDPOINT_REQUEST,
+    "EndpointAdded": _obj(
+        ["endpoint"],
+        {"endpoint": {"oneOf": [_ref("EndpointRecord"), _ref("PendingEndpoint")]}},
+    ),
+    "EndpointRecord": _ENDPOINT_RECORD,
+    "PendingEndpoint": _PENDING_ENDPOINT,
+    "EndpointRemoved": _obj(
+        ["removed", "node_id"],
+        {
+            "removed": {**_STRING, "description": "The endpoint's id."},
+            "node_id": {**_STRING, "description": "The node it was on."},
+        },
+    ),
     "MeshEvent": _MESH_EVENT,
     "MeshServerSentEvent": _MESH_SSE_EVENT,
     "Health": _obj(["ok", "node_id"], {"ok": {"const": True}, "node_id": _STRING}),
@@ -809,8 +1238,9 @@ _RESPONSES: dict[str, Schema] = {
     "Unauthorized": _error("No admin token, or a wrong one (unauthorized)."),
     "Forbidden": _error(
         "A web page's Origin not allowed with --cors-origin (origin_not_allowed); for "
-        "an admin route, a caller not on this machine (forbidden); for a drop or a pool "
-        "command on other nodes, a node without the mesh owner key (not_mesh_owner)."
+        "an admin route, a caller not on this machine (forbidden); for a drop, a pool "
+        "command or an endpoint change on other nodes, a node without the mesh owner key "
+        "(not_mesh_owner)."
     ),
     "ModelNotFound": _error(
         "The model is not in the mesh catalog, and no other model is served (model_not_found)."
@@ -1043,6 +1473,100 @@ def openapi_spec(version: str) -> dict[str, Any]:
                 },
                 tags=["Node"],
             )
+        },
+        "/api/fleet": {
+            "get": _get(
+                "fleet",
+                "The mesh at a glance: models and where they are hot, memory, nodes",
+                _ok(
+                    "Every model with the nodes and endpoints that have it, the memory for "
+                    "models, hosts by role and each node's live resources.",
+                    "Fleet",
+                ),
+                tags=["Node"],
+            )
+        },
+        "/api/endpoints": {
+            "get": _get(
+                "listEndpoints",
+                "Every node's endpoints, their state and models",
+                _ok(
+                    "This node's endpoints, then its peers' (as announced), by node id and "
+                    "endpoint id; never an API key.",
+                    "Endpoints",
+                ),
+                tags=["Node"],
+                parameters=[
+                    {
+                        "name": "refresh",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string", "enum": ["0", "1", "true", "false"]},
+                        "description": "1: poll this node's endpoints and discover their "
+                        "models before answering.",
+                    }
+                ],
+            ),
+            "post": {
+                "operationId": "addEndpoint",
+                "summary": "Front an OpenAI-compatible or Ollama server for the mesh (admin)",
+                "description": "Here, or on the node named by 'node' (that needs the mesh "
+                "owner key on this machine).  Here it is stored (at most "
+                f"{MAX_STORED_ENDPOINTS}), kept after restarts, and polled once before the "
+                "answer; its models are served to the mesh while it is up.  Only from this "
+                "machine, with the admin token.",
+                "tags": ["Admin"],
+                "security": admin,
+                "requestBody": {"required": True, "content": _json(_ref("EndpointRequest"))},
+                "responses": {
+                    "201": _ok(
+                        "The endpoint added here, or asked of another node.", "EndpointAdded"
+                    ),
+                    "400": _error(
+                        "The body is not JSON (invalid_json), not an object of the fields "
+                        "above or a field not a string (invalid_request), or a bad url, kind, "
+                        "name or api_key, or too many endpoints stored (invalid_endpoint)."
+                    ),
+                    **admin_errors,
+                    **_GUARD,
+                    "404": _error("No live node has that id (not_found)."),
+                    "409": _error("This node is a lite client: it fronts none (refused)."),
+                    "413": _response("TooLarge"),
+                    "415": _response("UnsupportedMediaType"),
+                    "503": _error("No link to that node right now (no_link)."),
+                },
+            },
+        },
+        "/api/endpoints/{id}": {
+            "delete": {
+                "operationId": "removeEndpoint",
+                "summary": "Stop fronting an endpoint, wherever it is (admin)",
+                "description": "This node's: its models leave the mesh at once, and the "
+                "answer comes once its requests in flight have ended (at most "
+                f"{DRAIN_TIMEOUT_S:g} s); one from --endpoint comes back when the node "
+                "restarts.  Another node's: that node is told (it needs the mesh owner key "
+                "on this machine) and does the same; the answer does not wait for it.  Only "
+                "from this machine, with the admin token.",
+                "tags": ["Admin"],
+                "security": admin,
+                "parameters": [
+                    {
+                        "name": "id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "minLength": 1},
+                        "description": "The endpoint's id, as GET /api/endpoints lists it.",
+                    }
+                ],
+                "responses": {
+                    "200": _ok("The endpoint removed, and the node it was on.", "EndpointRemoved"),
+                    **admin_errors,
+                    **_GUARD,
+                    "404": _error("No node of the mesh has that endpoint (not_found)."),
+                    "409": _error("It is being removed already (refused)."),
+                    "503": _error("No link to the node that has it right now (no_link)."),
+                },
+            }
         },
         "/v1/models": {
             "get": _get(

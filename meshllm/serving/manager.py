@@ -37,7 +37,7 @@ from meshllm.gossip import ModelState, PeerAnnouncement, Role
 from meshllm.identity import Identity
 from meshllm.paths import StatePaths
 from meshllm.serving.digests import FileDigests
-from meshllm.serving.external import ExternalEndpoint
+from meshllm.serving.endpoints import EndpointSet
 from meshllm.serving.file_client import fetch_file
 from meshllm.serving.file_request import Offer, answer_file_request, request_grant
 from meshllm.serving.file_server import FileServer
@@ -101,7 +101,13 @@ class ServingManager:
             ),
             on_change=self._pool_changed,
         )
-        self.endpoints: list[ExternalEndpoint] = []
+        self.endpoints = EndpointSet(
+            settings.state_dir,
+            flags=settings.endpoints,
+            find_local_ollama=settings.find_local_ollama,
+            poll_interval=settings.endpoint_poll_interval,
+            on_change=self._publish_serving,
+        )
         self.file_server: FileServer | None = None
         self.on_dropped = on_dropped
         self.on_serving_changed = on_serving_changed
@@ -142,10 +148,7 @@ class ServingManager:
             self._add_to_pool(model, pinned=model.name in pins)
         self.mesh.publish(available_models={m.name: m.size_bytes for m in self.models.values()})
         self._spawn(self._publish_digests())
-        for url in cfg.endpoints:
-            endpoint = ExternalEndpoint(url, on_change=lambda _: self._publish_serving())
-            self.endpoints.append(endpoint)
-            await endpoint.start()
+        await self.endpoints.start()
         for name in sorted(pins & set(self.models)):
             self._serve(name)
         if cfg.models:
@@ -162,7 +165,7 @@ class ServingManager:
         if self._publish_timer is not None:
             self._publish_timer.cancel()
         await self.runner.stop()
-        await asyncio.gather(*(e.stop() for e in self.endpoints), return_exceptions=True)
+        await self.endpoints.stop()
         if self.file_server is not None:
             await self.file_server.stop()
 
@@ -172,18 +175,15 @@ class ServingManager:
         """Where this node's own server for ``model`` answers, if it is ready."""
         if (url := self.runner.base_url(model)) is not None:
             return url
-        for endpoint in self.endpoints:
-            if endpoint.healthy and model in endpoint.models:
-                return endpoint.base_url
-        return None
+        return self.endpoints.base_url(model)
 
     def serving(self) -> dict[str, str]:
         """``model -> state`` of everything this node serves or is getting ready to."""
         states = dict(self.runner.fields()["serving"])
         states.update({m: str(ModelState.FAILED) for m in self._failures if m not in states})
-        for endpoint in self.endpoints:
-            for model in endpoint.models:
-                states[model] = ModelState.READY if endpoint.healthy else ModelState.FAILED
+        for model, state in self.endpoints.serving().items():
+            if states.get(model) != ModelState.READY:
+                states[model] = state
         return states
 
     async def drop(self, model: str) -> bool:
@@ -194,6 +194,20 @@ class ServingManager:
             await asyncio.sleep(0.1)
         self.on_dropped(model)
         return True
+
+    def request_started(self, model: str, keep_alive: str | None = None) -> None:
+        """A request for ``model`` reached this node's backend (its pool's server, or an
+        endpoint); ``keep_alive`` (checked) sets a pool model's TTL."""
+        if model in self.runner.pool.models():
+            self.runner.request_started(model, keep_alive)
+        else:
+            self.endpoints.request_started(model)
+
+    def request_finished(self, model: str) -> None:
+        if model in self.runner.pool.models():
+            self.runner.request_finished(model)
+        else:
+            self.endpoints.request_finished(model)
 
     def serves(self, model: str) -> bool:
         """Whether this node has ``model`` loaded or loading."""
@@ -416,16 +430,16 @@ class ServingManager:
         pool, room = fields["pool"], fields["pool_room"]
         if room is not None:  # the budget, but no more than is free once idle models go
             room = min(room, me.memory_bytes + self.runner.pool.evictable_bytes())
-        if (serving, failures, role, pool, room) != (
-            me.serving,
-            me.failures,
-            me.role,
-            me.pool,
-            me.pool_room,
-        ):
-            self.mesh.publish(
-                serving=serving, failures=failures, role=role, pool=pool, pool_room=room
-            )
+        changes = {
+            "serving": serving,
+            "failures": failures,
+            "role": role,
+            "pool": pool,
+            "pool_room": room,
+            "endpoints": self.endpoints.announced(),
+        }
+        if any(getattr(me, name) != value for name, value in changes.items()):
+            self.mesh.publish(**changes)
         self.on_serving_changed()
 
     def _add_to_pool(self, model: ModelFile, *, pinned: bool = False) -> None:

@@ -1,6 +1,6 @@
 """What a pool command may say: its actions and their bounds (pure).
 
-Shared by the command's carrier (:mod:`meshllm.pool_admin`), which checks a command
+Shared by the command's carrier (:mod:`meshllm.commands`), which checks a command
 from the HTTP API and from an owner's statement alike, and the API's description.
 """
 

@@ -30,7 +30,11 @@ class ServingSettings:
     models: tuple[str, ...] = ()
     """``--model`` names or paths: the first that fits is served, the rest are requested."""
     endpoints: tuple[str, ...] = ()
-    """OpenAI-compatible or Ollama servers this node fronts."""
+    """OpenAI-compatible or Ollama servers this node fronts (``--endpoint``)."""
+    endpoint_poll_interval: float = 10.0
+    """Seconds between health polls of each endpoint (``--endpoint-poll-interval``)."""
+    find_local_ollama: bool = True
+    """Front an Ollama running on this machine (127.0.0.1:11434) when one answers."""
     llama_server: str | None = None
     """llama-server binary (else env, the proved build, then PATH)."""
     auto_install: bool = default("auto_install")

@@ -200,12 +200,23 @@ class NodeProcess:
 
 
 class BackendProcess:
-    """``python -m meshllm.testing.fake_backend`` as a process, on a port the OS picks."""
+    """A fake backend as a process (``meshllm.testing.fake_backend``, OpenAI-shaped, or
+    ``module="meshllm.testing.fake_ollama"``), on a port the OS picks, or ``port``."""
 
-    def __init__(self, log_path: Path, models: Iterable[str], args: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        log_path: Path,
+        models: Iterable[str],
+        args: Iterable[str] = (),
+        *,
+        module: str = "meshllm.testing.fake_backend",
+        port: int = 0,
+    ) -> None:
         self.log_path = log_path
         self.models = list(models)
         self.args = list(args)
+        self.module = module
+        self.port = port
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
 
@@ -215,7 +226,7 @@ class BackendProcess:
 
     def start(self, wait: bool = True, timeout: float = READY_TIMEOUT) -> BackendProcess:
         """Launch it; with ``wait``, return once it listens (``url`` set)."""
-        argv = [sys.executable, "-m", "meshllm.testing.fake_backend", "--port", "0"]
+        argv = [sys.executable, "-m", self.module, "--port", str(self.port)]
         for model in self.models:
             argv += ["--model", model]
         with open(self.log_path, "wb") as log:
@@ -241,9 +252,10 @@ class BackendProcess:
             lines = self.log_path.read_text().splitlines()
             if "ready" not in lines:
                 return None
-            return next(line.split()[1] for line in lines if line.startswith("listening "))
+            return next(line.split()[-1] for line in lines if line.startswith("listening "))
 
         self.url = wait_for(listening, timeout, what=f"fake backend for {self.models}")
+        self.port = int(self.url.rsplit(":", 1)[1].rstrip("/"))  # a restart keeps it
 
     def kill(self) -> None:
         """End it by pid."""
@@ -261,7 +273,7 @@ class Cluster:
         self.base_args = [
             "--bind", "127.0.0.1:0", "--port", "0",
             "--probe-interval", "1", "--probe-timeout", "1", "--gossip-interval", "1",
-            "--no-install", *base_args,
+            "--no-install", "--no-mdns", "--no-auto-endpoints", *base_args,
         ]  # fmt: skip
         self.nodes: list[NodeProcess] = []
 

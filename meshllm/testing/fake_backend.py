@@ -41,6 +41,8 @@ from typing import Any
 
 from aiohttp import web
 
+from meshllm.testing.app_server import AppServer
+
 _DONE = b"data: [DONE]\n\n"
 _SSE_HEADERS = {
     "Content-Type": "text/event-stream",
@@ -49,7 +51,7 @@ _SSE_HEADERS = {
 _EMBEDDING_DIM = 8
 
 
-class FakeBackend:
+class FakeBackend(AppServer):
     """An in-process fake OpenAI server on ``host:port`` (``port=0``: any free port)."""
 
     def __init__(
@@ -82,13 +84,7 @@ class FakeBackend:
         self.last_headers: dict[str, str] = {}
         """The headers of the last completion or embedding request."""
         self._ids = 0
-        self._runner: web.AppRunner | None = None
         self._created = int(time.time())
-
-    @property
-    def url(self) -> str:
-        """Base URL, without ``/v1``."""
-        return f"http://{self.host}:{self.port}"
 
     def make_app(self) -> web.Application:
         """The aiohttp application (for embedding it in another server)."""
@@ -104,30 +100,6 @@ class FakeBackend:
 
     async def _add_headers(self, request: web.Request, response: web.StreamResponse) -> None:
         response.headers.update(self.headers)
-
-    async def start(self) -> None:
-        """Listen; ``url`` is valid afterwards."""
-        # handler_cancellation: a client that goes away cancels the handler, as in llama-server.
-        self._runner = web.AppRunner(self.make_app(), access_log=None, handler_cancellation=True)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
-        server = site._server
-        assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-
-    async def stop(self) -> None:
-        """Stop listening and drop open connections."""
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> FakeBackend:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     # --- handlers -----------------------------------------------------------------------
 

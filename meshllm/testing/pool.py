@@ -8,6 +8,7 @@ import json
 import os
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -67,14 +68,17 @@ def llama_servers_under(root: Path) -> list[psutil.Process]:
 
 
 def chat_stream_request(
-    node: NodeProcess, model: str, max_tokens: int = 8
+    node: NodeProcess, model: str, max_tokens: int = 8, **extra: Any
 ) -> urllib.request.Request:
-    """A streamed chat for ``model`` on ``node``'s proxy, to read raw (SSE comments and all)."""
+    """A streamed chat for ``model`` on ``node``'s proxy, to read raw (SSE comments and
+    all); ``extra`` fields go in the body (``ignore_eos=True``: llama-server generates
+    all ``max_tokens``, so the request stays busy that long)."""
     body = {
         "model": model,
         "messages": [{"role": "user", "content": "Count to ten."}],
         "max_tokens": max_tokens,
         "stream": True,
+        **extra,
     }
     return urllib.request.Request(
         f"{node.url}/v1/chat/completions",

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import socket
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from textual.pilot import Pilot
 from textual.widgets import Input, Select, Static
 
-from meshllm.console import MeshConsole, NodeAPIError, NodeClient, NodeUnreachable
+from meshllm.console import NodeAPIError, NodeClient, NodeUnreachable
 from meshllm.console.client import parse_status
 from meshllm.console.widgets import (
     ChatMessage,
@@ -45,61 +41,7 @@ from .fake_node import (
     resources,
     sample_status,
 )
-
-TIMEOUT = 15.0
-
-
-@pytest.fixture
-def state_dir(tmp_path: Path) -> Path:
-    """A state dir holding the admin token, as the node writes it."""
-    (tmp_path / "admin_token").write_text(ADMIN_TOKEN + "\n")
-    return tmp_path
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeNode]:
-    """The fake node, served on a free port."""
-    node = FakeNode()
-    await node.start()
-    yield node
-    await node.stop()
-
-
-def free_port() -> int:
-    """A port nothing listens on (for the node-not-running case)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-async def wait_for(pilot: Pilot, condition: Callable[[], bool], what: str) -> None:
-    """Let the app run until `condition` holds; fail after a generous timeout."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + TIMEOUT
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await pilot.pause(0.05)
-
-
-def row_texts(table: ModelsTable | NodesTable) -> list[str]:
-    """The plain text of each row."""
-    return [
-        " ".join(str(getattr(c, "plain", c)) for c in table.get_row_at(i))
-        for i in range(table.row_count)
-    ]
-
-
-def vram_cells(table: NodesTable) -> list[str]:
-    """The VRAM column, one plain text a row."""
-    return [table.get_row_at(i)[-1].plain.strip() for i in range(table.row_count)]
-
-
-def app_for(port: int, state_dir: Path) -> MeshConsole:
-    """The console, polling fast, without animations (Pilot waits them out)."""
-    app = MeshConsole(port=port, state_dir=state_dir, poll_interval=0.2)
-    app.animation_level = "none"
-    return app
+from .helpers import app_for, free_port, row_texts, vram_cells, wait_for
 
 
 async def test_console_tables_show_status(fake: FakeNode, state_dir: Path) -> None:
@@ -136,11 +78,13 @@ async def test_console_fleet_line(fake: FakeNode, state_dir: Path) -> None:
         await wait_for(pilot, lambda: app.status is not None, "a status")
         fleet = app.query_one("#fleet", Static).content.plain
         assert fleet.splitlines() == [
-            f"3 nodes serve {GEMMA}, 1 serves {QWEN}",
-            # Two GPU nodes' VRAM and one CPU-only node's RAM, each under its own name.
-            "VRAM 48 GiB · RAM for models 8.8 GiB · 1 host, 3 workers, 1 client",
-            "RAM in use 45.7/85.9 GiB (1 unknown)",
+            # The fleet view's summary: qwen is only warming and fetching, not hot yet.
+            f"3 hosts have {GEMMA}",
+            # Live figures: two GPU nodes' VRAM, the CPU-only node's RAM, each by name.
+            "VRAM 18.4/48.0 GiB free on 2 nodes · RAM 10.4/15.6 GiB free on 1 node",
+            "1 host, 3 workers, 1 client · 1 stale, 1 unknown · no endpoints",
         ]
+        assert app.fleet is not None and app.fleet["summary"] == f"3 hosts have {GEMMA}"
 
 
 def cpu_only_status() -> dict[str, Any]:
@@ -151,7 +95,7 @@ def cpu_only_status() -> dict[str, Any]:
         memory_kind="ram",
         resources=resources(23.0, 9.0, 31.3, []),
     )
-    status["peers"] = [p for p in status["peers"] if not p["resources"].get("gpus")]
+    status["peers"] = [p for p in status["peers"] if not (p["resources"] or {}).get("gpus")]
     return status
 
 
@@ -173,28 +117,35 @@ async def test_console_cpu_only_fleet_is_ram_never_vram(state_dir: Path) -> None
     status = cpu_only_status()
     assert [p["node_id"][:4] for p in status["peers"]] == ["b7e4", "d0f1", "e55a"]
     fleet, vram = await fleet_and_vram_column(FakeNode(status), state_dir)
-    assert "RAM for models 29 GiB · 1 host, 2 workers, 1 client" in fleet  # 20 + 8.8 GiB
+    # This node's 22.3 and the stale CPU-only peer's 10.4 GiB of free RAM; the client
+    # lends none, d0f1 reported nothing.
+    assert "RAM 32.7/46.9 GiB free on 2 nodes" in fleet
+    assert "1 host, 2 workers, 1 client · 1 stale, 1 unknown" in fleet
     assert "VRAM" not in fleet and "GPU" not in fleet
     assert vram == ["no GPU", "no GPU", "—", "no GPU"]  # d0f1 reported nothing: unknown
 
 
 async def test_console_gpu_fleet_is_vram(state_dir: Path) -> None:
     status = sample_status()
-    status["peers"] = [p for p in status["peers"] if p["resources"].get("gpus")]
+    status["peers"] = [p for p in status["peers"] if (p["resources"] or {}).get("gpus")]
     fleet, vram = await fleet_and_vram_column(FakeNode(status), state_dir)
-    assert "VRAM 48 GiB · 1 host, 1 worker" in fleet
-    assert "RAM for models" not in fleet
-    assert "RAM in use 38.5/62.6 GiB" in fleet and "unknown" not in fleet
+    assert fleet.splitlines()[1:] == [
+        "VRAM 18.4/48.0 GiB free on 2 nodes",
+        "1 host, 1 worker · no endpoints",  # all figures live: no stale, no unknown
+    ]
     assert vram == ["38%", "85%"]  # bars of VRAM in use
 
 
 async def test_console_fleet_memory_unknown(state_dir: Path) -> None:
     status = sample_status()
-    del status["memory_kind"]
+    status.update(resources=None, resources_state="unknown", resources_age_s=None)
     status["peers"] = [p for p in status["peers"] if p["role"] == "client"]
     fleet, _ = await fleet_and_vram_column(FakeNode(status), state_dir)
-    # This node did not say what its memory is, and a client lends none.
-    assert "memory for models — · 1 host, 1 client" in fleet and "VRAM" not in fleet
+    # This node has reported no figures, and a client lends no memory.
+    assert fleet.splitlines()[1:] == [
+        "memory for models —",
+        "1 host, 1 client · 1 unknown · no endpoints",
+    ]
 
 
 async def test_console_follows_peers_joining_and_leaving(fake: FakeNode, state_dir: Path) -> None:

@@ -19,13 +19,16 @@ from textual.pilot import Pilot
 from textual.widgets import Input
 
 from meshllm.console import MeshConsole
-from meshllm.console.widgets import ModelsTable
+from meshllm.console.widgets import AddEndpoint, EndpointsTable, ModelsTable, NodeResources
 
 from .fake_node import (
     ADMIN_TOKEN,
+    GPU_BOX,
     LLAMA,
     NOW_MS,
+    VLLM,
     FakeNode,
+    endpoint_status,
     idle_status,
     pool_status,
     serve_in_thread,
@@ -124,13 +127,84 @@ def test_snapshot_idle_notice(snap_compare, state_dir: Path) -> None:
 
 
 def test_snapshot_nodes_tab(snap_compare, port: int, state_dir: Path) -> None:
-    """The Nodes tab: this node marked, meters, unknown figures as dashes, gemma highlighted."""
+    """The Nodes tab: this node marked, meters, unknown figures as dashes, gemma highlighted;
+    under it this node's resources, its GPU's VRAM and utilisation."""
     app = console(port, state_dir)
 
     async def run_before(pilot: Pilot) -> None:
         await settle(pilot, loaded(app))
         await pilot.press("2")
-        await settle(pilot, lambda: app.query_one("#tabs").active == "nodes")
+        await settle(pilot, lambda: app.query_one(NodeResources).node_id is not None)
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+def test_snapshot_stale_node_resources(snap_compare, port: int, state_dir: Path) -> None:
+    """The cursor on the CPU-only peer last heard 21 s ago: greyed bars, 'stale', no GPU."""
+    app = console(port, state_dir)
+
+    async def run_before(pilot: Pilot) -> None:
+        await settle(pilot, loaded(app))
+        await pilot.press("2", "down")
+        await settle(pilot, lambda: app.query_one(NodeResources).node_id == "b7e4f1029c3d5a66")
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+@pytest.fixture
+def endpoint_port() -> Iterator[int]:
+    """The fake node of a mesh that fronts two endpoints, served from a thread."""
+    with serve_in_thread(FakeNode(endpoint_status(), endpoints=[GPU_BOX, VLLM])) as p:
+        yield p
+
+
+def endpoints_shown(app: MeshConsole) -> Callable[[], bool]:
+    return lambda: loaded(app)() and app.query_one(EndpointsTable).row_count == 2
+
+
+def test_snapshot_endpoints_tab(snap_compare, endpoint_port: int, state_dir: Path) -> None:
+    """The Endpoints tab: this node's vLLM down (its error under the table), an Ollama box up."""
+    app = console(endpoint_port, state_dir)
+
+    async def run_before(pilot: Pilot) -> None:
+        await pilot.press("4")
+        await settle(pilot, endpoints_shown(app))
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+def test_snapshot_add_endpoint_error(snap_compare, state_dir: Path) -> None:
+    """The add dialog, filled in, with the node's refusal under the fields."""
+    node = FakeNode(endpoint_status(), endpoints=[GPU_BOX, VLLM])
+    node.endpoint_refusal = (502, "cannot reach http://10.0.0.9:11434: connection refused")
+    with serve_in_thread(node) as refusing_port:
+        app = console(refusing_port, state_dir)
+
+        async def run_before(pilot: Pilot) -> None:
+            await pilot.press("4")
+            await settle(pilot, endpoints_shown(app))
+            await pilot.press("a", *"http://10.0.0.9:11434", "tab", "tab", *"gpu-2")
+            await pilot.press("tab", *"sk-secret", "enter")
+            dialog = app.screen
+            assert isinstance(dialog, AddEndpoint)
+            for field in dialog.query(Input):
+                field.cursor_blink = False
+            await settle(pilot, lambda: dialog.error is not None and not dialog.busy)
+
+        assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+def test_snapshot_remove_endpoint_confirmation(
+    snap_compare, endpoint_port: int, state_dir: Path
+) -> None:
+    """The remove dialog over the Endpoints tab, for the Ollama box."""
+    app = console(endpoint_port, state_dir)
+
+    async def run_before(pilot: Pilot) -> None:
+        await pilot.press("4")
+        await settle(pilot, endpoints_shown(app))
+        await pilot.press("down", "x")
+        await settle(pilot, lambda: app.screen is not app.screen_stack[0])
 
     assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
 

@@ -428,6 +428,23 @@ async def test_forwarder_backend_down_raises_backend_unavailable(forwarder: Forw
         await forwarder.forward("http://127.0.0.1:1", "POST", CHAT, JSON, chat_body())
 
 
+async def test_forwarder_sends_a_backends_own_credentials_never_the_clients(
+    backend: FakeBackend,
+) -> None:
+    keys = {backend.url: {"Authorization": "Bearer endpoint-key"}}
+    async with Forwarder(backend_headers=lambda url: keys.get(url, {})) as forwarder:
+        headers = {**JSON, "Authorization": "Bearer the-clients-own"}
+        resp = await forwarder.forward(backend.url, "POST", CHAT, headers, chat_body())
+        await resp.read()
+        resp.close()
+        assert backend.last_headers["Authorization"] == "Bearer endpoint-key"
+        keys.clear()  # a backend without credentials gets none, not the client's
+        resp = await forwarder.forward(backend.url, "POST", CHAT, headers, chat_body())
+        await resp.read()
+        resp.close()
+        assert "authorization" not in {k.lower() for k in backend.last_headers}
+
+
 async def test_forwarder_drops_hop_by_hop_and_credentials(
     backend: FakeBackend, forwarder: Forwarder
 ) -> None:

@@ -1,102 +1,97 @@
-"""The fleet lines above the tabs: who serves what, the memory for models, RAM in use."""
+"""The fleet lines above the tabs: which models are hot where, the memory free, the roles.
+
+They render the fleet view (`meshllm.election.fleet.fleet_view`), the same the node's
+`/api/fleet` and `meshllm fleet` show.
+"""
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
+from typing import Any
 
 from rich.text import Text
 from textual.widgets import Static
 
-from meshllm.console.client import MEMORY_KINDS, MeshStatus
-from meshllm.console.widgets.render import UNKNOWN, human_bytes, human_pair
+from meshllm.console.client import MeshStatus
+from meshllm.console.widgets.render import UNKNOWN
+from meshllm.election.fleet import GIB, MEMORY_KINDS, ROLES, summary_parts
 
-_ROLES = ("host", "worker", "client")
-_MEMORY_LABEL = {"vram": "VRAM ", "ram": "RAM for models "}
 _SEP = (" · ", "grey50")
+ENDPOINT_STATES = ("up", "probation", "draining", "down")
+_ENDPOINT_STYLE = {"up": "green", "probation": "yellow", "draining": "grey62", "down": "red"}
+_STATE_STYLE = {"stale": "yellow", "unknown": "grey62"}
 
 
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
 
 
-def serving_line(status: MeshStatus) -> Text:
-    """'3 nodes serve gemma…, 1 serves qwen…' over the warm models, most served first."""
-    warm = sorted(
-        (e for e in status.catalog if e.warm and e.nodes), key=lambda e: (-len(e.nodes), e.model)
-    )
-    if not warm:
-        return Text("no model is served yet", style="italic grey62")
+def summary_line(fleet: Mapping[str, Any]) -> Text:
+    """'3 hosts have gemma…, 1 has qwen…': the fleet's summary, counts and models marked."""
+    parts = summary_parts(fleet["models"])
+    if not parts:
+        return Text(fleet["summary"], style="italic grey62")
     out = Text()
-    for i, entry in enumerate(warm):
-        n = len(entry.nodes)
-        noun = ("node " if n == 1 else "nodes ") if i == 0 else ""
+    for i, (n, words, model) in enumerate(parts):
         out.append(", " if i else "")
-        out.append(f"{n} ", style="bold")
-        out.append(noun + ("serves " if n == 1 else "serve "))
-        out.append(entry.model, style="bold green")
+        out.append(str(n), style="bold")
+        out.append(words)
+        out.append(model, style="bold green")
     return out
 
 
-def memory_for_models(status: MeshStatus) -> dict[str, int]:
-    """Bytes the serving nodes can give to models, summed by kind ('vram', then 'ram').
-
-    Only the kinds some non-client node announced are keys: a CPU-only fleet has no
-    'vram' key at all.  Clients serve nothing and are left out.
-    """
-    totals: dict[str, int] = {}
-    for kind in MEMORY_KINDS:
-        nodes = [n for n in status.nodes if n.role != "client" and n.memory_kind == kind]
-        if nodes:
-            totals[kind] = sum(n.memory_bytes for n in nodes)
-    return totals
-
-
-def capacity_line(status: MeshStatus) -> Text:
-    """'VRAM 48 GiB · RAM for models 8.8 GiB · 1 host, 3 workers, 1 client'.
-
-    Memory for models is labelled by its kind: GPU nodes add up as VRAM, CPU-only nodes
-    as RAM for models, and only the kinds present are shown.
-    """
+def memory_line(fleet: Mapping[str, Any]) -> Text:
+    """'VRAM 18.4/48.0 GiB free on 2 nodes · RAM 10.4/15.6 GiB free on 1 node': live memory
+    for models, VRAM and RAM apart, over the nodes with figures (the next line counts
+    those without)."""
+    memory = fleet["memory"]
     out = Text()
-    totals = memory_for_models(status)
-    for i, (kind, total) in enumerate(totals.items()):
-        if i:
+    for kind in MEMORY_KINDS:
+        sums = memory[kind]
+        if not sums["nodes"]:
+            continue
+        if out:
             out.append(*_SEP)
-        out.append_text(
-            Text.assemble((_MEMORY_LABEL[kind], "grey62"), (human_bytes(total), "bold"))
-        )
-    if not totals:
-        out.append_text(Text.assemble(("memory for models ", "grey62"), (UNKNOWN, "bold")))
-    roles = Counter(n.role for n in status.nodes)
-    ordered = sorted(roles, key=lambda r: _ROLES.index(r) if r in _ROLES else len(_ROLES))
-    out.append_text(Text.assemble(_SEP, ", ".join(_plural(roles[r], r) for r in ordered)))
+        out.append(f"{kind.upper()} ", style="grey62")
+        out.append(f"{sums['free'] / GIB:.1f}", style="bold")
+        out.append(f"/{sums['total'] / GIB:.1f} GiB free on {_plural(sums['nodes'], 'node')}")
+    if not out:
+        out.append("memory for models ", style="grey62")
+        out.append(UNKNOWN, style="bold")
     return out
 
 
-def ram_use_line(status: MeshStatus) -> Text:
-    """'RAM in use 45.7/85.9 GiB (1 unknown)', over every node.
-
-    RAM sums the nodes that reported it; how many did not is said, never guessed.
-    """
-    known = [n.resources for n in status.nodes if n.resources is not None]
-    unknown = len(status.nodes) - len(known)
-    out = Text("RAM in use ", style="grey62")
-    if not known:
-        out.append(UNKNOWN, style="bold")
+def nodes_line(fleet: Mapping[str, Any], status: MeshStatus) -> Text:
+    """'1 host, 3 workers, 1 client · 1 stale, 1 unknown · endpoints 1 up, 1 down': roles,
+    the nodes whose resources are not live, the endpoints by state."""
+    hosts = fleet["hosts"]
+    out = Text(", ".join(_plural(hosts[r], r) for r in ROLES if hosts.get(r)) or "no nodes")
+    freshness = Counter(n["resources_state"] for n in fleet["nodes"])
+    marks = [(f"{freshness[s]} {s}", _STATE_STYLE[s]) for s in ("stale", "unknown") if freshness[s]]
+    for i, (text, style) in enumerate(marks):
+        out.append(*(_SEP if i == 0 else (", ", "")))
+        out.append(text, style=style)
+    states = Counter(
+        str(e.get("state")) for a in status.announcements for e in a.endpoints.values()
+    )
+    out.append(*_SEP)
+    if not states:
+        out.append("no endpoints", style="grey62")
         return out
-    ram = human_pair(sum(r.ram_used for r in known), sum(r.ram_total for r in known))
-    out.append(ram, style="bold")
-    if unknown:
-        out.append(f" ({unknown} unknown)", style="grey50")
+    out.append("endpoints ", style="grey62")
+    for i, state in enumerate(s for s in ENDPOINT_STATES if states[s]):
+        out.append(", " if i else "")
+        out.append(f"{states[state]} {state}", style=_ENDPOINT_STYLE[state])
     return out
 
 
 class FleetSummary(Static):
     """Three lines summing up the mesh; a dash while the node is down."""
 
-    def show_status(self, status: MeshStatus) -> None:
-        """Render from a fresh status."""
-        lines = [serving_line(status), capacity_line(status), ram_use_line(status)]
+    def show_fleet(self, fleet: Mapping[str, Any], status: MeshStatus) -> None:
+        """Render the fleet view of a fresh status."""
+        lines = [summary_line(fleet), memory_line(fleet), nodes_line(fleet, status)]
         for line in lines:
             line.no_wrap = True
             line.overflow = "ellipsis"

@@ -1,4 +1,5 @@
-"""The Nodes tab: one row a node, this one marked, with health and CPU/RAM/VRAM meters."""
+"""The Nodes tab: one row a node, this one marked, with health and CPU/RAM/VRAM meters
+(grey while the figures are stale)."""
 
 from __future__ import annotations
 
@@ -28,15 +29,16 @@ def node_row(node: NodeInfo, highlight: str | None, w: dict[str, int]) -> tuple[
         (short_id(node.node_id, w["NODE"] - 1), "bold #c39bff" if lit else "bold"),
     )
     address = fit(node.addrs[0], w["ADDRESS"]) if node.addrs else UNKNOWN
+    stale = node.resources_state == "stale"  # the last figures heard: drawn grey
     return (
         ident,
         Text(fit(node.role, w["ROLE"]), style=ROLE_STYLE.get(node.role, "")),
         serving(node, w["SERVING"], highlight),
         health(node, w["HEALTH"]),
         Text(address, style="" if node.addrs else "grey50"),
-        meter(cpu_fraction(node.resources), w["CPU"]),
-        meter(ram_fraction(node.resources), w["RAM"]),
-        vram_meter(node.resources, w["VRAM"]),
+        meter(cpu_fraction(node.resources), w["CPU"], stale=stale),
+        meter(ram_fraction(node.resources), w["RAM"], stale=stale),
+        vram_meter(node.resources, w["VRAM"], stale=stale),
     )
 
 

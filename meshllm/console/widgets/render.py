@@ -15,6 +15,7 @@ _METER_LOW = "#2f7d4f"
 _METER_MID = "#a07a1c"
 _METER_HIGH = "#a83a3a"
 _METER_EMPTY = "#2b303b"
+_METER_STALE = "#4a4f5a"
 
 STATE_STYLE = {
     "ready": "green",
@@ -77,10 +78,13 @@ def human_pair(used: int, total: int) -> str:
     return f"{fmt.format(used / scale)}/{fmt.format(total / scale)} {unit}"
 
 
-def meter(fraction: float | None, width: int, label: str | None = None) -> Text:
+def meter(
+    fraction: float | None, width: int, label: str | None = None, *, stale: bool = False
+) -> Text:
     """A bar `width` cells wide whose filled part is `fraction`, with the percentage on it.
 
     None draws the unknown mark instead of a bar, so a missing figure never looks like 0 %.
+    A `stale` figure (the last one heard, old) is drawn grey: never mistaken for a live one.
     """
     if fraction is None:
         return Text((label or UNKNOWN).center(width), style="grey50")
@@ -90,9 +94,22 @@ def meter(fraction: float | None, width: int, label: str | None = None) -> Text:
     if fraction > 0 and filled == 0:
         filled = 1
     colour = _METER_LOW if fraction < 0.6 else _METER_MID if fraction < 0.85 else _METER_HIGH
-    bar = Text(text, style=f"#e8e8e8 on {_METER_EMPTY}")
-    bar.stylize(f"bold #ffffff on {colour}", 0, filled)
+    bar = Text(text, style=f"{'grey62' if stale else '#e8e8e8'} on {_METER_EMPTY}")
+    bar.stylize(f"#c0c0c0 on {_METER_STALE}" if stale else f"bold #ffffff on {colour}", 0, filled)
     return bar
+
+
+RESOURCE_STYLE = {"live": "green", "stale": "bold yellow", "unknown": "grey62"}
+
+
+def resources_mark(state: str, age_s: float | None) -> Text:
+    """'● live', '◌ stale (12 s)' or '? unknown': how fresh a node's figures are."""
+    if state == "live":
+        return Text("● live", style=RESOURCE_STYLE["live"])
+    if state == "stale":
+        age = f" ({age_s:.0f} s)" if age_s is not None else ""
+        return Text(f"◌ stale{age}", style=RESOURCE_STYLE["stale"])
+    return Text("? unknown", style=RESOURCE_STYLE["unknown"])
 
 
 def cpu_fraction(res: Resources | None) -> float | None:
@@ -107,7 +124,7 @@ def ram_fraction(res: Resources | None) -> float | None:
     return res.ram_used / res.ram_total
 
 
-def vram_meter(res: Resources | None, width: int) -> Text:
+def vram_meter(res: Resources | None, width: int, *, stale: bool = False) -> Text:
     """VRAM use over all GPUs: a meter, 'no GPU' when the node has none, '—' when unknown.
 
     A CPU-only node's memory for models is RAM: the RAM meter shows it, never this one.
@@ -117,7 +134,7 @@ def vram_meter(res: Resources | None, width: int) -> Text:
     total = sum(g.vram_total for g in res.gpus)
     if not res.gpus or total <= 0:
         return Text(fit("no GPU", width).center(width), style="grey42")
-    return meter(sum(g.vram_used for g in res.gpus) / total, width)
+    return meter(sum(g.vram_used for g in res.gpus) / total, width, stale=stale)
 
 
 def health(node: NodeInfo, width: int) -> Text:
