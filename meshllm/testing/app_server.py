@@ -3,6 +3,9 @@ common lifecycle)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import signal
 from typing import Self
 
 from aiohttp import web
@@ -52,3 +55,20 @@ class AppServer:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+    async def serve_until_signalled(self) -> None:
+        """As a process: listen, print ``listening URL`` and ``ready`` (what
+        :class:`~meshllm.testing.cluster.BackendProcess` waits for), serve until SIGINT
+        or SIGTERM, then stop."""
+        await self.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
+        print(f"listening {self.url}", flush=True)
+        print("ready", flush=True)
+        try:
+            await stop.wait()
+        finally:
+            await self.stop()

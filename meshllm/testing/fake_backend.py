@@ -32,7 +32,6 @@ import asyncio
 import contextlib
 import hashlib
 import json
-import signal
 import struct
 import sys
 import time
@@ -343,18 +342,7 @@ async def _serve(args: argparse.Namespace) -> None:
         delay=args.delay,
         headers=dict(_parse_header(h) for h in args.header or ()),
     )
-    await backend.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
-    print(f"listening {backend.url}", flush=True)
-    print("ready", flush=True)
-    try:
-        await stop.wait()
-    finally:
-        await backend.stop()
+    await backend.serve_until_signalled()
 
 
 def _parse_header(text: str) -> tuple[str, str]:

@@ -24,7 +24,7 @@ In process::
 ``stop()`` then ``start()`` listens again on the same port (a server that restarts).
 
 As a process: ``python -m meshllm.testing.fake_ollama --port N --model NAME
-[--warm NAME] [--require-key KEY]`` prints ``listening on URL`` then ``ready``,
+[--warm NAME] [--require-key KEY]`` prints ``listening URL`` then ``ready``,
 and runs until SIGINT/SIGTERM.
 """
 
@@ -36,7 +36,6 @@ import contextlib
 import hashlib
 import json
 import re
-import signal
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -283,18 +282,7 @@ async def _serve(args: argparse.Namespace) -> None:
         warm=args.warm or (),
         require_key=args.require_key,
     )
-    await server.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
-    print(f"listening on {server.url}", flush=True)
-    print("ready", flush=True)
-    try:
-        await stop.wait()
-    finally:
-        await server.stop()
+    await server.serve_until_signalled()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
