@@ -22,6 +22,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from meshllm.election import (
     Placement,
@@ -177,9 +178,10 @@ class ServingManager:
             return url
         return self.endpoints.base_url(model)
 
-    def serving(self) -> dict[str, str]:
-        """``model -> state`` of everything this node serves or is getting ready to."""
-        states = dict(self.runner.fields()["serving"])
+    def serving(self, pool_fields: dict[str, Any] | None = None) -> dict[str, str]:
+        """``model -> state`` of everything this node serves or is getting ready to
+        (``pool_fields``: the runner's, when the caller has them already)."""
+        states = dict((pool_fields or self.runner.fields())["serving"])
         states.update({m: str(ModelState.FAILED) for m in self._failures if m not in states})
         for model, state in self.endpoints.serving().items():
             if states.get(model) != ModelState.READY:
@@ -393,9 +395,9 @@ class ServingManager:
         self._binary = await asyncio.to_thread(install_llama_server)
         return self._binary
 
-    def failures(self) -> dict[str, str]:
+    def failures(self, pool_fields: dict[str, Any] | None = None) -> dict[str, str]:
         """``model -> cause`` of every model this node gave up on."""
-        failed = dict(self.runner.fields()["failures"])
+        failed = dict((pool_fields or self.runner.fields())["failures"])
         failed.update(self._failures)
         return failed
 
@@ -425,7 +427,7 @@ class ServingManager:
             self._publish_timer = None
         me = self.mesh.me
         fields = self.runner.fields()
-        serving, failures = self.serving(), self.failures()
+        serving, failures = self.serving(fields), self.failures(fields)
         role = Role.HOST if any(v != ModelState.FAILED for v in serving.values()) else Role.WORKER
         pool, room = fields["pool"], fields["pool_room"]
         if room is not None:  # the budget, but no more than is free once idle models go
