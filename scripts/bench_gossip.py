@@ -570,7 +570,9 @@ def run(args: argparse.Namespace, extra: list[str], root: Path, members: list[Me
             f"{suspicion:.1f}-{suspicion * SUSPICION_MAX_MULT:.0f} s (Lifeguard)",
         )
     else:
-        out("members", f"{n} meshllm daemons (commit {_commit()})")
+        from meshllm.testing.provenance import commit_label
+
+        out("members", f"{n} meshllm daemons (commit {commit_label()})")
         out(
             "timings",
             f"probe interval {args.probe_interval:g} s, timeout {args.probe_timeout:g} s, "
@@ -684,26 +686,6 @@ def run(args: argparse.Namespace, extra: list[str], root: Path, members: list[Me
 
 def _load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
-def _commit() -> str:
-    import meshllm
-
-    where = Path(meshllm.__file__).resolve().parent.parent
-    stamp = where / "COMMIT"  # an exported tree (git archive) may carry its commit here
-    if stamp.exists():
-        return stamp.read_text().strip() + f" exported at {where}"
-    got = subprocess.run(
-        ["git", "-C", str(where), "log", "-1", "--format=%h"], capture_output=True, text=True
-    )
-    dirty = subprocess.run(
-        ["git", "-C", str(where), "status", "--porcelain", "meshllm"],
-        capture_output=True,
-        text=True,
-    )
-    return (got.stdout.strip() or "unknown") + (
-        " + uncommitted changes" if dirty.stdout.strip() else ""
-    )
 
 
 def _deb_version(package: str) -> str:

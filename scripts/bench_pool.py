@@ -32,7 +32,6 @@ import os
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -52,6 +51,7 @@ from meshllm.testing.pool import (
     llama_servers_under,
     pool_state,
 )
+from meshllm.testing.provenance import commit_label
 
 SLOW = 300.0  # a load takes seconds; a slow, shared machine may take much longer
 FAST_MESH = ["--probe-interval", "0.5", "--probe-timeout", "0.5"]
@@ -257,28 +257,11 @@ def table(cw: list[tuple[Stream, Stream]], kills: list[Failover]) -> None:
     print("(seconds; loading: ': loading' comments the cold stream got)")
 
 
-def _commit() -> str:
-    import meshllm
-
-    where = Path(meshllm.__file__).resolve().parent.parent
-    got = subprocess.run(
-        ["git", "-C", str(where), "log", "-1", "--format=%h"], capture_output=True, text=True
-    )
-    dirty = subprocess.run(
-        ["git", "-C", str(where), "status", "--porcelain", "meshllm"],
-        capture_output=True,
-        text=True,
-    )
-    return (got.stdout.strip() or "unknown") + (
-        " + uncommitted changes" if dirty.stdout.strip() else ""
-    )
-
-
 def run(args: argparse.Namespace, root: Path) -> None:
     binary = Path(args.llama_server) if args.llama_server else find_llama_server(None)
     source = default_model(root)
     base = [*FAST_MESH, "--llama-server", str(binary)]
-    out("meshllm", f"commit {_commit()}")
+    out("meshllm", f"commit {commit_label()}")
     out("llama-server", str(binary))
     out("model", f"{source} ({source.stat().st_size / 1e6:.0f} MB), hard-linked per name")
     out("mesh", "2 nodes on 127.0.0.1, probe interval 0.5 s, timeout 0.5 s")
