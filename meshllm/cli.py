@@ -437,7 +437,7 @@ def run_subcommand(name: str, argv: list[str]) -> int:
         if args.json:
             print(json.dumps(fleet, indent=2))
         else:
-            from meshllm.election.fleet import format_fleet
+            from meshllm.election.fleet_text import format_fleet
 
             print(format_fleet(fleet))
     elif name == "discover":

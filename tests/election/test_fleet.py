@@ -12,12 +12,11 @@ from meshllm.election.fleet import (
     fleet_from_status,
     fleet_summary,
     fleet_view,
-    format_fleet,
-    resource_text,
     resources_from_status,
     summary_parts,
     without_resources,
 )
+from meshllm.election.fleet_text import format_fleet, resource_text
 from meshllm.gossip.announcement import PeerAnnouncement, Role
 
 NOW = 1_750_000_000_000
