@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import sys
 import typing
 import urllib.error
@@ -266,6 +267,17 @@ def _admin_token(state_dir: Path) -> str:
     return token_file.read_text().strip()
 
 
+_OWNER_KEY_TEXT = re.compile(r"[A-Za-z0-9_-]{43}")  # OwnerKey.text: base64url of 32 bytes
+
+
+def _key_as_positional(argv: list[str]) -> list[str]:
+    """``owner import KEY ...`` with ``--`` before KEY: an exported key is base64url and
+    starts with "-" one time in 64, which argparse would take for an option."""
+    if argv[:1] == ["import"] and len(argv) > 1 and _OWNER_KEY_TEXT.fullmatch(argv[1]):
+        return ["import", *argv[2:], "--", argv[1]]
+    return argv
+
+
 def run_owner(argv: list[str]) -> int:
     """``meshllm owner export|import KEY``: move the mesh owner key between admin machines
     (files only: no node needs to run)."""
@@ -284,7 +296,7 @@ def run_owner(argv: list[str]) -> int:
     imp = actions.add_parser("import", help="install an owner key from `meshllm owner export`")
     imp.add_argument("key", metavar="KEY", help="the exported key, or - to read it from stdin")
     add_setting(imp, "state_dir")
-    args = p.parse_args(argv)
+    args = p.parse_args(_key_as_positional(argv))
     state_dir = args.state_dir.expanduser()
     path = StatePaths(state_dir).owner_key
     try:

@@ -368,3 +368,17 @@ def test_only_the_owner_drops_a_model_on_another_node(
         assert f"dropped {MODEL} on {b.node_id}" in out.stdout
         assert b.proc.wait(30) == 0
         assert a.alive() and m.alive()
+
+
+def test_an_owner_key_that_starts_with_a_dash_imports(tmp_path: Path) -> None:
+    # base64url: one exported key in 64 starts with "-", which argparse took for an option.
+    owner = next(k for k in iter(OwnerKey.generate, None) if k.text.startswith("-"))
+    seed, member = tmp_path / "seed", tmp_path / "member"
+    MeshCredentials.create(owner.public_key).save(member)
+    assert main(["owner", "import", owner.text, "--state-dir", str(member)]) == 0
+    loaded = OwnerKey.load(member)
+    assert loaded is not None and loaded.text == owner.text
+    other = next(k for k in iter(OwnerKey.generate, None) if k.text.startswith("-"))
+    with pytest.raises(SystemExit, match="not the owner key of mesh"):
+        main(["owner", "import", other.text, "--state-dir", str(member)])
+    assert not seed.exists()
