@@ -114,6 +114,10 @@ class ConnectionOwner(Protocol):
         """``conn``'s hello failed (a wrong secret, a relayed proof, an old version)."""
         ...
 
+    def frame_sent(self, frame: Frame) -> None:
+        """A control frame went out (counted for the metrics)."""
+        ...
+
     def frame_received(self, link: Link, frame: Frame) -> None:
         """A control frame arrived on an authenticated link."""
         ...
@@ -434,6 +438,7 @@ class Connection:
             self.close(ERROR_PROTOCOL, "control stream backlog")
             return
         self.quic.send_stream_data(CONTROL_STREAM_ID, encode_frame(frame))
+        self.owner.frame_sent(frame)
         self.transmit_soon()
 
     def open_stream(self) -> QuicFrameStream:

@@ -132,12 +132,12 @@ class Gossip:
             self.core.add_seed(seed, now)
         self._flush()
 
-    def broadcast(self, frame: Frame) -> set[str]:
-        """Send ``frame`` to every linked peer now (ephemeral news: nothing is relayed
-        or retried); the node ids it went to."""
+    def broadcast(self, frame: Frame, exclude: str | None = None) -> set[str]:
+        """Send ``frame`` to every linked peer now but ``exclude`` (ephemeral news: nothing
+        is relayed or retried); the node ids it went to."""
         sent = set()
         for node_id, link in list(self.transport.links.items() if self.transport else ()):
-            if not link.closed:
+            if not link.closed and node_id != exclude:
                 link.send(frame)
                 sent.add(node_id)
         return sent

@@ -49,7 +49,7 @@ from meshllm.gossip.hello_slots import PendingHellos
 from meshllm.gossip.quic_stream import QuicFrameStream
 from meshllm.identity import Identity
 from meshllm.join_token import MeshCredentials
-from meshllm.wire import Frame
+from meshllm.wire import Frame, FrameType
 
 __all__ = [
     "ALPN",
@@ -156,6 +156,7 @@ class QuicTransport(asyncio.DatagramProtocol):
         self.datagram_transport: asyncio.DatagramTransport | None = None
         self.links: dict[str, Link] = {}
         self.refused: Counter[str] = Counter()  # hellos refused, by what failed
+        self.frames: Counter[tuple[str, str]] = Counter()  # control frames, by way and type
         self._connections: dict[bytes, Connection] = {}
         self._all: set[Connection] = set()
         self._pending: PendingHellos[Connection] = PendingHellos(
@@ -365,7 +366,11 @@ class QuicTransport(asyncio.DatagramProtocol):
             self.handler.link_down(conn.link)
 
     def frame_received(self, link: Link, frame: Frame) -> None:
+        self.frames[("in", frame_kind(frame))] += 1
         self.handler.frame_received(link, frame)
+
+    def frame_sent(self, frame: Frame) -> None:
+        self.frames[("out", frame_kind(frame))] += 1
 
     def stream_opened(self, link: Link, stream: QuicFrameStream, head: Frame) -> None:
         self.handler.stream_opened(link, stream, head)
@@ -393,3 +398,12 @@ def split_addr(addr: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ValueError(f"bad address {addr!r}: expected host:port")
     return host.strip("[]"), int(port)
+
+
+_FRAME_TYPES = frozenset(FrameType)
+
+
+def frame_kind(frame: Frame) -> str:
+    """A frame's type for counting: one of ours, else "other" (a peer may send anything)."""
+    kind = frame.get("t")
+    return kind if kind in _FRAME_TYPES else "other"

@@ -21,6 +21,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +117,7 @@ class ServingManager:
         self.idle_reason: str | None = None  # why auto-assignment serves nothing, if it does
         self._resolved: dict[str, ModelFile | None] = {}
         self._fetching: set[str] = set()  # models being copied here to be loaded
+        self.copies = CopyCounts()
         self._failures: dict[str, str] = {}  # failed before a server existed
         self._tasks: set[asyncio.Task[object]] = set()
         self._mesh_changed = asyncio.Event()
@@ -485,12 +487,15 @@ class ServingManager:
                 path = await self._fetch_from(node_id, model)
                 await self._add_local_model(path)
                 self.runner.fetch_ended(model)
+                self.copies.done += 1
+                self.copies.bytes += path.stat().st_size
                 return True
             except (PeerError, TransferError, ServingError, OSError) as exc:
                 log.warning("fetching %s from %s failed: %s", model, node_id, exc)
             except Exception:  # a bug in one copy must not end the node's search for a model
                 log.exception("fetching %s from %s failed", model, node_id)
             self.runner.fetch_ended(model, "copy failed")
+            self.copies.failed += 1
         self._publish_serving()
         return False
 
@@ -565,3 +570,12 @@ def _progress_printer(model: str) -> Callable[[int, int], None]:
         )
 
     return progress
+
+
+@dataclass
+class CopyCounts:
+    """Model copies from peers this node made, for the metrics."""
+
+    done: int = 0
+    bytes: int = 0
+    failed: int = 0

@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,8 @@ class ModelRunner:
         self._timer: asyncio.TimerHandle | None = None
         self._stopping: set[asyncio.Future[None]] = set()  # servers being stopped
         self._closed = False
+        self.loads: Counter[str] = Counter()  # model -> servers started (for the metrics)
+        self.unloads: Counter[str] = Counter()  # model -> servers stopped by the pool
 
     # the models this node has
 
@@ -251,6 +254,7 @@ class ModelRunner:
         self.servers[model] = server
         self._warm_started[model] = time.monotonic()
         log.warning("loading %s", model)
+        self.loads[model] += 1
         try:
             await server.start()
         except ServingError as exc:
@@ -261,6 +265,7 @@ class ModelRunner:
         while self.pool.in_flight(model):
             await asyncio.sleep(DRAIN_POLL_S)
         log.warning("unloading %s: %s", model, reason)
+        self.unloads[model] += 1
         await self._stop_server(model)
         self.pool.unloaded(model)
         self._changed(urgent=True)

@@ -45,6 +45,9 @@ class FrameType(StrEnum):
     LOAD = "load"
     POOL = "pool"
     RESOURCES = "resources"
+    KEYS = "keys"
+    USAGE = "usage"
+    RECORDS = "records"
 
 
 def make_frame(frame_type: FrameType, **fields: Any) -> Frame:
