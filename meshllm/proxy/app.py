@@ -15,13 +15,17 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from meshllm.errors import AuthError, CommandError
+from meshllm.proxy.access import AccessPolicy, install_access
 from meshllm.proxy.admin import admin_refusal, read_json_object
 from meshllm.proxy.errors import error_response, openai_error_middleware
 from meshllm.proxy.events import EventSource, add_event_routes
 from meshllm.proxy.fleet_routes import FleetAPI, add_fleet_routes
 from meshllm.proxy.guard import GuardSettings, install_guard
+from meshllm.proxy.key_routes import KeysAPI, add_key_routes
 from meshllm.proxy.limits import DEFAULT_LIMITS, ByteBudget, HttpLimits
+from meshllm.proxy.observe import RequestLog
 from meshllm.proxy.openapi import openapi_handler
+from meshllm.proxy.records_routes import RecordsAPI, add_records_routes
 from meshllm.proxy.routes import LOAD_TIMEOUT_S, MAX_BODY_BYTES, ProxyMesh, add_proxy_routes
 
 
@@ -65,6 +69,10 @@ def create_app(
     *,
     events: EventSource | None = None,
     fleet: FleetAPI | None = None,
+    access: AccessPolicy | None = None,
+    keys: KeysAPI | None = None,
+    records: RecordsAPI | None = None,
+    log: RequestLog | None = None,
     load_timeout: float = LOAD_TIMEOUT_S,
     limits: HttpLimits = DEFAULT_LIMITS,
     budget: ByteBudget | None = None,
@@ -76,10 +84,13 @@ def create_app(
     proxy routes (bodies, buffered answers, tunnels); ``budget`` the bytes of request
     bodies in flight, to share with :func:`~meshllm.proxy.tunnel.serve_tunnel` (default:
     one for this app alone).  Serve it with :func:`meshllm.proxy.server.start_http`, which
-    applies the connection budgets of the same ``limits``.
+    applies the connection budgets of the same ``limits``.  ``access`` checks API keys
+    after the guard (None: none are checked); ``log`` records every proxied request.
     """
     app = web.Application(middlewares=[openai_error_middleware], client_max_size=MAX_BODY_BYTES)
     install_guard(app, guard)
+    if access is not None:
+        install_access(app, access)
     app[NODE_KEY] = node
     app.router.add_get("/health", health)
     app.router.add_get("/api/status", status)
@@ -91,9 +102,21 @@ def create_app(
         add_event_routes(app, events)
     if fleet is not None:
         add_fleet_routes(app, fleet)
+    if keys is not None:
+        add_key_routes(app, keys)
+    if records is not None:
+        add_records_routes(app, records)
     app.router.add_get("/openapi.json", openapi_handler)
     if mesh is not None:
-        add_proxy_routes(app, mesh, load_timeout=load_timeout, limits=limits, budget=budget)
+        add_proxy_routes(
+            app,
+            mesh,
+            load_timeout=load_timeout,
+            limits=limits,
+            budget=budget,
+            log=log,
+            node_id=node.node_id,
+        )
     return app
 
 

@@ -45,8 +45,11 @@ REQUEST_DROP = HOP_BY_HOP | {
     "content-length",
     "accept-encoding",
     "authorization",
+    "x-api-key",
     "cookie",
     "expect",
+    "x-meshllm-request-id",
+    "x-meshllm-key-id",
 }
 # Not passed back: framing aiohttp redoes, an encoding its client already undid, and what a
 # browser would act on for this node's origin: cookies and CORS grants (meshllm.proxy.guard

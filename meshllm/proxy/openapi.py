@@ -12,12 +12,26 @@ backend, whose own errors (a 4xx or 5xx status with its body) are relayed as the
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 from functools import lru_cache
 from typing import Any
 
 from aiohttp import web
 
 from meshllm import __version__
+from meshllm.access.keys import _MODEL as _KEY_MODEL  # not public: the charsets of keys.py
+from meshllm.access.keys import _NAME as _KEY_NAME
+from meshllm.access.keys import (
+    EXPIRED_KEEP_S,
+    KEY_PREFIX,
+    MAX_MODEL_CHARS,
+    MAX_RATE,
+    SECRET_CHARS,
+)
+from meshllm.access.keys import ID_CHARS as KEY_ID_CHARS
+from meshllm.access.keys import MAX_MODELS as MAX_KEY_MODELS
+from meshllm.access.keys import MAX_NAME_CHARS as MAX_KEY_NAME_CHARS
+from meshllm.access.keys import SCOPES as KEY_SCOPES
 from meshllm.election.fleet import MEMORY_KINDS, NOTHING_HOT, RESOURCE_STATES, ROLES
 from meshllm.events import MAX_QUEUED_EVENTS, MAX_SUBSCRIBERS
 from meshllm.gossip import ModelState, PoolState, Role
@@ -29,9 +43,27 @@ from meshllm.gossip.announcement import (  # not in meshllm.gossip's __all__
     MAX_TEXT_CHARS,
 )
 from meshllm.gossip.resource_feed import FORGET_REPORTS, STALE_REPORTS
+from meshllm.proxy.access import ADMIN_TOKEN_ID
 from meshllm.proxy.events import HEARTBEAT_S, RETRY_AFTER_S
 from meshllm.proxy.fleet_routes import ENDPOINT_FIELDS
+from meshllm.proxy.observe import CLIENT_GONE
 from meshllm.proxy.routes import MAX_BODY_BYTES, MODEL_HEADER, NODE_HEADER
+from meshllm.records.cost import ENERGY, PRICE_TABLE, TABLE_CURRENCY
+from meshllm.records.fanout import PRIVATE_FIELDS
+from meshllm.records.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from meshllm.records.query import (
+    BUCKET_NAMES,
+    CSV_FIELDS,
+    DEFAULT_LIMIT,
+    DEFAULT_USAGE_PERIOD_S,
+    HISTORY_PARAMS,
+    MAX_LIMIT,
+    MAX_PARAM_CHARS,
+    USAGE_BUCKETS_S,
+    USAGE_PARAMS,
+)
+from meshllm.records.record import RecordKind, RequestRecord
+from meshllm.records.service import SCOPES as RECORD_SCOPES
 from meshllm.serving.durations import UNIT_SECONDS
 from meshllm.serving.endpoint_store import ID_CHARS, MAX_URL_CHARS
 from meshllm.serving.endpoint_store import MAX_ENDPOINTS as MAX_STORED_ENDPOINTS
@@ -42,6 +74,8 @@ from meshllm.serving.pool_commands import ACTIONS, MAX_EXTEND_S
 
 OPENAPI_VERSION = "3.1.0"
 ADMIN_SCHEME = "adminToken"
+API_KEY_SCHEME = "apiKey"  # Authorization: Bearer mk-...
+API_KEY_HEADER_SCHEME = "apiKeyHeader"  # x-api-key: mk-...
 
 Schema = dict[str, Any]
 
@@ -1136,6 +1170,274 @@ _MESH_SSE_EVENT = _obj(
     description="One server-sent event of the mesh's event stream.",
 )
 
+# meshllm/access/keys.py ApiKey.public() and meshllm/access/service.py MeshAccess: the API
+# keys of GET and POST /api/keys.
+_KEY_ID: Schema = {"type": "string", "pattern": f"^[0-9a-f]{{{KEY_ID_CHARS}}}$"}
+_RATE: Schema = {"type": ["integer", "null"], "minimum": 1, "maximum": MAX_RATE}
+_KEY_SCOPE: Schema = {
+    "type": "string",
+    "enum": list(KEY_SCOPES),
+    "description": "inference: the /v1 routes; admin: those and the admin routes, from anywhere.",
+}
+
+_KEY_PUBLIC: dict[str, Schema] = {
+    "id": {**_KEY_ID, "description": "Not secret: it names the key in listings and the history."},
+    "name": _STRING,
+    "scope": _KEY_SCOPE,
+    "models": {**_STRINGS, "description": "The models it may use; []: every model."},
+    "expires": {"type": ["number", "null"], "description": "Unix seconds; null: never."},
+    "rpm": {**_RATE, "description": "Requests a minute, mesh-wide; null: no limit."},
+    "tpm": {**_RATE, "description": "Tokens a minute (in and out), mesh-wide; null: no limit."},
+    "created": {"type": "number", "description": "Unix seconds."},
+}
+
+_API_KEY = _obj(
+    [*_KEY_PUBLIC, "revoked", "expired", "usage_minute"],
+    {
+        **_KEY_PUBLIC,
+        "revoked": {"type": "boolean", "description": "Revoked for good: it opens nothing."},
+        "expired": {"type": "boolean"},
+        "usage_minute": _obj(
+            ["requests", "tokens"],
+            {"requests": _COUNT, "tokens": _COUNT},
+            description="What it used in the last minute, mesh-wide (as this node heard).",
+        ),
+    },
+    description="An API key; never its secret nor its hash.",
+)
+
+_NEW_KEY = _obj(
+    [*_KEY_PUBLIC, "key"],
+    {
+        **_KEY_PUBLIC,
+        "key": {
+            "type": "string",
+            "pattern": f"^{KEY_PREFIX}[0-9a-f]{{{KEY_ID_CHARS}}}-[A-Za-z0-9_-]{{{SECRET_CHARS}}}$",
+            "description": "The key's text, to send as a bearer token or x-api-key: shown "
+            "here only, never again (the mesh keeps its hash).",
+        },
+    },
+    description="The key created.",
+)
+
+_KEY_MODEL_NAME: Schema = {
+    "type": "string",
+    "maxLength": MAX_MODEL_CHARS,
+    "pattern": f"^{_KEY_MODEL.pattern}$",
+}
+_DURATION_AHEAD = r"^(\d+(\.\d*)?[smhdw])+$"  # meshllm.serving.durations.period()
+
+# meshllm/access/service.py parse_key_fields().
+_KEY_REQUEST = _obj(
+    [],
+    {
+        "scope": {**_KEY_SCOPE, "default": "inference"},
+        "models": {
+            "anyOf": [
+                {
+                    "type": "array",
+                    "items": _KEY_MODEL_NAME,
+                    "maxItems": MAX_KEY_MODELS,
+                    "uniqueItems": True,
+                },
+                {"type": "string", "description": "Names separated by commas."},
+                {"type": "null"},
+            ],
+            "description": "The models it may use; absent, null or empty: every model.",
+        },
+        "expires": {
+            "anyOf": [
+                {"type": "number", "exclusiveMinimum": 0},
+                {"type": "string", "pattern": _DURATION_AHEAD},
+                {"type": "null"},
+            ],
+            "description": 'How long it lasts from now: seconds, or a span such as "12h", '
+            '"30d" or "2w" (units s, m, h, d, w); absent or null: forever.',
+        },
+        "rpm": {**_RATE, "description": "Requests a minute, mesh-wide; absent or null: no limit."},
+        "tpm": {
+            **_RATE,
+            "description": "Tokens a minute (in and out), mesh-wide; absent or null: no limit.",
+        },
+        "name": {
+            "type": "string",
+            "maxLength": MAX_KEY_NAME_CHARS,
+            "pattern": f"^{_KEY_NAME.pattern}$",
+            "default": "",
+        },
+    },
+    additionalProperties=False,
+    description="Other fields are refused (400).",
+)
+
+# meshllm/records/record.py RequestRecord.to_dict(), merged by meshllm/records/query.py
+# merge_history(): a row of GET /api/history (a KeyError here when a field is added there
+# and not described).
+_ROW_FIELDS: dict[str, Schema] = {
+    "request_id": {**_STRING, "description": "16 hex digits, made by the node it entered."},
+    "time": {"type": "number", "description": "When it came in (Unix seconds)."},
+    "kind": {
+        "type": "string",
+        "enum": [str(k) for k in RecordKind],
+        "description": "local: it entered a node whose own backend answered it; routed: it "
+        'entered entry_node, which sent it to serving_node (none: serving_node is ""); '
+        "served: serving_node answered it for entry_node.",
+    },
+    "entry_node": {**_STRING, "description": "The node it entered."},
+    "serving_node": {**_STRING, "description": 'The node whose backend answered; "": none.'},
+    "model": {
+        **_STRING,
+        "description": 'The model it went to, else the one asked for ("": none).',
+    },
+    "path": {**_STRING, "description": "/v1/chat/completions, ..."},
+    "status": {
+        "type": "integer",
+        "description": f"The status answered; {CLIENT_GONE}: the client went away first.",
+    },
+    "latency_ms": {**_SECONDS, "description": "From its arrival to its answer's last byte."},
+    "ttft_ms": {
+        **_SECONDS_OR_NULL,
+        "description": "To the first token (a stream's first event, else the whole answer); "
+        "null: none came.",
+    },
+    "key_id": {
+        **_STRING,
+        "description": f'The API key\'s id; {ADMIN_TOKEN_ID}: the admin token; "": none.',
+    },
+    "tokens_in": _COUNT,
+    "tokens_out": _COUNT,
+    "stream": {"type": "boolean"},
+    "energy_j": {
+        **_SECONDS_OR_NULL,
+        "description": "Joules serving it took on the serving node; null: not known.",
+    },
+    "error": {**_STRING, "description": 'Why it failed, in a line; "": it did not.'},
+    "prompt": {
+        **_nullable(_STRING),
+        "description": "The request body: with --log-prompts, from the node that logged it "
+        "only (never sent to another node).",
+    },
+    "answer": {**_nullable(_STRING), "description": "The answer's text; as prompt."},
+}
+_ROW_KEYS = [f.name for f in fields(RequestRecord)]
+
+_HISTORY_ROW = _obj(
+    [*(name for name in _ROW_KEYS if name not in PRIVATE_FIELDS), "seen_by"],
+    {
+        **{name: _ROW_FIELDS[name] for name in _ROW_KEYS},
+        "seen_by": {
+            **_STRINGS,
+            "description": "The nodes that recorded it, the one it entered before the one "
+            "that served it: their rows of it are merged into this one.",
+        },
+    },
+    description="One request.",
+)
+
+_MISSING: Schema = {
+    "type": "object",
+    "additionalProperties": _STRING,
+    "description": "Node id -> why it did not answer (in time): its rows are not in.",
+}
+_NODES_ASKED: Schema = {**_STRINGS, "description": "The nodes whose rows are in, this one too."}
+
+_HISTORY = _obj(
+    ["rows", "next_cursor", "nodes", "missing"],
+    {
+        "rows": {
+            "type": "array",
+            "items": _ref("HistoryRow"),
+            "description": "Newest first, one row a request.",
+        },
+        "next_cursor": {
+            **_nullable(_STRING),
+            "description": "The cursor of the next (older) page; null: no more.",
+        },
+        "nodes": _NODES_ASKED,
+        "missing": _MISSING,
+    },
+    description="A page of the request history.",
+)
+
+# meshllm/records/history.py HistoryStore.usage(), priced by meshllm/records/cost.py
+# summarize().
+_NUMBER_OR_NULL: Schema = {"type": ["number", "null"]}
+_USAGE_GROUP = _obj(
+    [
+        "key_id",
+        "model",
+        "requests",
+        "errors",
+        "tokens_in",
+        "tokens_out",
+        "energy_j",
+        "latency_ms_sum",
+        "cost",
+        "cost_per_request",
+        "cost_per_mtok",
+        "cost_source",
+        "currency",
+        "energy_kwh",
+    ],
+    {
+        "bucket": {"type": "integer", "description": "With bucket: its start (Unix seconds)."},
+        "key_id": {**_STRING, "description": 'The API key\'s id; "": none.'},
+        "model": _STRING,
+        "requests": _COUNT,
+        "errors": {**_COUNT, "description": "Requests answered with a status of 400 or more."},
+        "tokens_in": _COUNT,
+        "tokens_out": _COUNT,
+        "energy_j": {**_NUMBER_OR_NULL, "description": "Joules; null: not known."},
+        "latency_ms_sum": {"type": "number"},
+        "cost": {
+            **_NUMBER_OR_NULL,
+            "description": "By the price table (a cloud model), else by energy at "
+            "--price-kwh; null: not known (never 0 for unknown).",
+        },
+        "cost_per_request": _NUMBER_OR_NULL,
+        "cost_per_mtok": {**_NUMBER_OR_NULL, "description": "Per 1M tokens, in and out."},
+        "cost_source": {"type": ["string", "null"], "enum": [PRICE_TABLE, ENERGY, None]},
+        "currency": {
+            **_nullable(_STRING),
+            "description": f"{TABLE_CURRENCY} for the price table, else the energy price's.",
+        },
+        "energy_kwh": _NUMBER_OR_NULL,
+    },
+    description="The requests of one key and model (and bucket), each counted once "
+    "mesh-wide: by the node that served it.",
+)
+
+_USAGE_REPORT = _obj(
+    ["since", "until", "bucket_s", "usage", "totals", "nodes", "missing"],
+    {
+        "since": {"type": "number", "description": "Unix seconds."},
+        "until": {"type": ["number", "null"], "description": "Unix seconds; null: none."},
+        "bucket_s": {"type": ["integer", "null"], "enum": [*USAGE_BUCKETS_S, None]},
+        "usage": {
+            "type": "array",
+            "items": _ref("UsageGroup"),
+            "description": "By bucket, key id and model.",
+        },
+        "totals": _obj(
+            ["requests", "errors", "tokens_in", "tokens_out", "cost"],
+            {
+                "requests": _COUNT,
+                "errors": _COUNT,
+                "tokens_in": _COUNT,
+                "tokens_out": _COUNT,
+                "cost": {
+                    **_NUMBER_OR_NULL,
+                    "description": "The sum of the known costs (currencies are not "
+                    "converted); null: none is known.",
+                },
+            },
+        ),
+        "nodes": _NODES_ASKED,
+        "missing": _MISSING,
+    },
+    description="Requests, tokens and cost over a period.",
+)
+
 _SCHEMAS: dict[str, Schema] = {
     "Error": _ERROR,
     "ChatMessage": _MESSAGE,
@@ -1220,6 +1522,15 @@ _SCHEMAS: dict[str, Schema] = {
             "nodes": {**_STRINGS, "description": "Node ids the command went to."},
         },
     ),
+    "ApiKey": _API_KEY,
+    "ApiKeys": _obj(["keys"], {"keys": {"type": "array", "items": _ref("ApiKey")}}),
+    "ApiKeyRequest": _KEY_REQUEST,
+    "NewApiKey": _NEW_KEY,
+    "ApiKeyRevoked": _obj(["id", "revoked"], {"id": _KEY_ID, "revoked": {"const": True}}),
+    "HistoryRow": _HISTORY_ROW,
+    "History": _HISTORY,
+    "UsageGroup": _USAGE_GROUP,
+    "Usage": _USAGE_REPORT,
 }
 
 
@@ -1235,12 +1546,37 @@ _RESPONSES: dict[str, Schema] = {
         "The body is not JSON, not a JSON object, 'model' is not a string, or 'keep_alive' "
         "is not a duration (invalid_json, invalid_model, invalid_keep_alive)."
     ),
-    "Unauthorized": _error("No admin token, or a wrong one (unauthorized)."),
+    "Unauthorized": _error(
+        "From this machine, neither the admin token nor a valid API key (unauthorized)."
+    ),
+    "KeyRequired": _error(
+        "No valid API key where one is needed: none (missing_api_key), malformed or unknown "
+        "(invalid_api_key), revoked (revoked_api_key) or expired (expired_api_key).",
+        headers={
+            "WWW-Authenticate": {
+                "description": 'Bearer realm="meshllm".',
+                "required": True,
+                "schema": _STRING,
+            }
+        },
+    ),
     "Forbidden": _error(
         "A web page's Origin not allowed with --cors-origin (origin_not_allowed); for "
-        "an admin route, a caller not on this machine (forbidden); for a drop, a pool "
-        "command or an endpoint change on other nodes, a node without the mesh owner key "
-        "(not_mesh_owner)."
+        "inference, a key not allowed the model (model_not_allowed); for an admin route, a "
+        "key whose scope is not admin (insufficient_scope), or a caller not on this machine "
+        "without an admin key (forbidden); for a drop, a pool command, an endpoint change "
+        "on other nodes or a key change, a node without the mesh owner key (not_mesh_owner)."
+    ),
+    "RateLimited": _error(
+        "The key is over its requests (rpm) or tokens (tpm) a minute, mesh-wide "
+        "(rate_limit_exceeded).",
+        headers={
+            "Retry-After": {
+                "description": "Seconds until the key is admitted again.",
+                "required": True,
+                "schema": {"type": "integer", "minimum": 0},
+            }
+        },
     ),
     "ModelNotFound": _error(
         "The model is not in the mesh catalog, and no other model is served (model_not_found)."
@@ -1300,6 +1636,101 @@ def _get(
     }
 
 
+# meshllm/proxy/access.py: who may call what.  Open to this machine (inference: while the
+# node has no key and listens on loopback only), else with a valid API key.
+_ANY_KEY: list[Schema] = [{}, {API_KEY_SCHEME: []}, {API_KEY_HEADER_SCHEME: []}]
+# The admin routes: the admin token from this machine, or a key of scope admin.
+_ADMIN: list[Schema] = [{ADMIN_SCHEME: []}, {API_KEY_SCHEME: []}, {API_KEY_HEADER_SCHEME: []}]
+_ADMIN_ONLY = "From this machine with the admin token, or from anywhere with a key of scope admin."
+
+
+def _page(
+    operation_id: str, summary: str, ok: Schema, errors: Schema | None = None, **extra: Any
+) -> Schema:
+    """A read-only page (READ_ONLY_PATHS): open to this machine, else any valid API key."""
+    errors = {"401": _response("KeyRequired"), **(errors or {})}
+    return _get(operation_id, summary, ok, errors, security=_ANY_KEY, **extra)
+
+
+def _query(name: str, schema: Schema, description: str) -> Schema:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "schema": schema,
+        "description": description,
+    }
+
+
+# meshllm/records/query.py: the parameters of GET /api/history and /api/usage (a KeyError
+# here when one is added there and not described).
+_PARAM: Schema = {"type": "string", "maxLength": MAX_PARAM_CHARS}
+_NUM = r"[0-9]+(\.[0-9]*)?"
+_ISO_DATE = r"[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9]{2}(:[0-9]{2}(:[0-9]{2}(\.[0-9]+)?)?)?)?"
+_TIME: Schema = {
+    **_PARAM,
+    "pattern": rf"^({_NUM}|({_NUM}[smhdw])+|{_ISO_DATE}(Z|[+-][0-9]{{2}}:[0-9]{{2}})?)$",
+}
+_TIME_TEXT = 'Unix seconds, ISO 8601 (UTC unless it names a zone), or a duration ago ("15m", "7d")'
+_FILTERS: dict[str, Schema] = {
+    "model": _query("model", _PARAM, "Only requests for this model."),
+    "key": _query("key", _PARAM, "Only requests made with this key (its id)."),
+    "since": _query("since", _TIME, f"At or after this time: {_TIME_TEXT}."),
+    "until": _query("until", _TIME, "Before this time; as since."),
+}
+_SCOPE_PARAM = _query(
+    "scope",
+    {"type": "string", "enum": list(RECORD_SCOPES), "default": RECORD_SCOPES[0]},
+    "mesh: every live node's rows; local: this node's.",
+)
+_HISTORY_PARAMETERS: dict[str, Schema] = {
+    **_FILTERS,
+    "node": _query("node", _PARAM, "Only requests this node entered or served."),
+    "status": _query(
+        "status",
+        {"type": "string", "pattern": "^([1-5][0-9][0-9]|[1-5]xx|error|ok)$"},
+        'A status ("404"), a class ("5xx"), "error" (400 and up) or "ok" (below 400).',
+    ),
+    "search": _query(
+        "search", _PARAM, "A substring of the model, path, error or request id (any case)."
+    ),
+    "kind": _query("kind", {"type": "string", "enum": [str(k) for k in RecordKind]}, "As rows'."),
+    "limit": _query(
+        "limit",
+        {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
+        "Rows in the page at most.",
+    ),
+    "cursor": _query(
+        "cursor",
+        {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,400}$"},
+        "The next_cursor of the page before: this page holds the rows older than it.",
+    ),
+    "scope": _SCOPE_PARAM,
+    "format": _query(
+        "format",
+        {"type": "string", "enum": ["json", "csv"], "default": "json"},
+        "csv: the page's rows as CSV.",
+    ),
+}
+_HISTORY_PARAM_ORDER = [*sorted(HISTORY_PARAMS), "scope", "format"]
+_USAGE_PARAMETERS: dict[str, Schema] = {
+    **_FILTERS,
+    "since": _query(
+        "since",
+        _TIME,
+        f"At or after this time: {_TIME_TEXT}; absent: "
+        f"{DEFAULT_USAGE_PERIOD_S / 3600:g} hours ago.",
+    ),
+    "bucket": _query(
+        "bucket",
+        {"type": "string", "enum": [*BUCKET_NAMES, *(str(s) for s in USAGE_BUCKETS_S)]},
+        "Also per minute, hour or day (or 60, 3600, 86400 seconds).",
+    ),
+    "scope": _SCOPE_PARAM,
+}
+_USAGE_PARAM_ORDER = [*sorted(USAGE_PARAMS), "scope"]
+
+
 def _inference(operation_id: str, summary: str, request: str, answer: str, stream: bool) -> Schema:
     content = _json(_ref(answer))
     if stream:
@@ -1313,15 +1744,21 @@ def _inference(operation_id: str, summary: str, request: str, answer: str, strea
     return {
         "operationId": operation_id,
         "summary": summary,
+        "description": "Open while the node has no API key and listens on loopback only; "
+        "else it needs a valid key, within its rate limits and allowed the model (the admin "
+        "token, from this machine, counts as an admin key).",
         "tags": ["OpenAI"],
+        "security": _ANY_KEY,
         "requestBody": {"required": True, "content": _json(_ref(request))},
         "responses": {
             "200": ok,
             "400": _response("InvalidJson"),
+            "401": _response("KeyRequired"),
             **_GUARD,
             "404": _response("ModelNotFound"),
             "413": _response("TooLarge"),
             "415": _response("UnsupportedMediaType"),
+            "429": _response("RateLimited"),
             "502": _response("BadGateway"),
             "503": _response("Unavailable"),
         },
@@ -1337,14 +1774,14 @@ def openapi_spec(version: str) -> dict[str, Any]:
 
     A new dict on every call: callers may change theirs.
     """
-    admin = [{ADMIN_SCHEME: []}]
+    admin = _ADMIN
     admin_errors = {"401": _response("Unauthorized")}
     paths: dict[str, Any] = {
         "/health": {
             "get": _get("health", "Liveness", _ok("The node is up.", "Health"), tags=["Node"])
         },
         "/api/status": {
-            "get": _get(
+            "get": _page(
                 "status",
                 "This node, its peers and the mesh catalog",
                 _ok("The node's status.", "Status"),
@@ -1359,8 +1796,9 @@ def openapi_spec(version: str) -> dict[str, Any]:
                 admin_errors,
                 tags=["Admin"],
                 security=admin,
-                description="Only from this machine, with the admin token "
-                "(<state-dir>/admin_token) as a bearer token.",
+                description="From this machine with the admin token "
+                "(<state-dir>/admin_token) as a bearer token, or from anywhere with a key "
+                "of scope admin.",
             )
         },
         "/api/drop": {
@@ -1368,7 +1806,7 @@ def openapi_spec(version: str) -> dict[str, Any]:
                 "operationId": "drop",
                 "summary": "Stop serving a model (admin)",
                 "description": "Here if this node serves it (the node then exits), else on "
-                "every peer serving it.  Only from this machine, with the admin token.",
+                f"every peer serving it.  {_ADMIN_ONLY}",
                 "tags": ["Admin"],
                 "security": admin,
                 "requestBody": {"required": True, "content": _json(_ref("DropRequest"))},
@@ -1387,7 +1825,7 @@ def openapi_spec(version: str) -> dict[str, Any]:
             }
         },
         "/api/models": {
-            "get": _get(
+            "get": _page(
                 "poolModels",
                 "Every catalog model's state in the mesh and on each node",
                 _ok("The mesh's model pool, by model.", "PoolModels"),
@@ -1402,8 +1840,8 @@ def openapi_spec(version: str) -> dict[str, Any]:
                 "load where the placement rule puts it; unload, unpin and extend-ttl on "
                 "every node that has it loaded; pin there too, or on the placement's node "
                 "when it is loaded nowhere.  A command for another node needs the mesh "
-                "owner key on this machine.  Only from this machine, with the admin token; "
-                "the body may be empty (still sent as application/json).",
+                f"owner key on this machine.  {_ADMIN_ONLY}  The body may be empty (still "
+                "sent as application/json).",
                 "tags": ["Admin"],
                 "security": admin,
                 "parameters": [
@@ -1450,7 +1888,7 @@ def openapi_spec(version: str) -> dict[str, Any]:
             }
         },
         "/api/events": {
-            "get": _get(
+            "get": _page(
                 "events",
                 "The mesh's model-state events, as server-sent events",
                 {
@@ -1475,7 +1913,7 @@ def openapi_spec(version: str) -> dict[str, Any]:
             )
         },
         "/api/fleet": {
-            "get": _get(
+            "get": _page(
                 "fleet",
                 "The mesh at a glance: models and where they are hot, memory, nodes",
                 _ok(
@@ -1487,7 +1925,7 @@ def openapi_spec(version: str) -> dict[str, Any]:
             )
         },
         "/api/endpoints": {
-            "get": _get(
+            "get": _page(
                 "listEndpoints",
                 "Every node's endpoints, their state and models",
                 _ok(
@@ -1513,8 +1951,8 @@ def openapi_spec(version: str) -> dict[str, Any]:
                 "description": "Here, or on the node named by 'node' (that needs the mesh "
                 "owner key on this machine).  Here it is stored (at most "
                 f"{MAX_STORED_ENDPOINTS}), kept after restarts, and polled once before the "
-                "answer; its models are served to the mesh while it is up.  Only from this "
-                "machine, with the admin token.",
+                "answer; its models are served to the mesh while it is up.  "
+                f"{_ADMIN_ONLY}",
                 "tags": ["Admin"],
                 "security": admin,
                 "requestBody": {"required": True, "content": _json(_ref("EndpointRequest"))},
@@ -1545,8 +1983,8 @@ def openapi_spec(version: str) -> dict[str, Any]:
                 "answer comes once its requests in flight have ended (at most "
                 f"{DRAIN_TIMEOUT_S:g} s); one from --endpoint comes back when the node "
                 "restarts.  Another node's: that node is told (it needs the mesh owner key "
-                "on this machine) and does the same; the answer does not wait for it.  Only "
-                "from this machine, with the admin token.",
+                "on this machine) and does the same; the answer does not wait for it.  "
+                f"{_ADMIN_ONLY}",
                 "tags": ["Admin"],
                 "security": admin,
                 "parameters": [
@@ -1568,8 +2006,120 @@ def openapi_spec(version: str) -> dict[str, Any]:
                 },
             }
         },
-        "/v1/models": {
+        "/api/keys": {
             "get": _get(
+                "listKeys",
+                "The mesh's API keys (admin)",
+                _ok(
+                    "Every key, oldest first: revoked and expired ones too, until "
+                    f"{EXPIRED_KEEP_S // 86400} days past their expiry; never a secret.",
+                    "ApiKeys",
+                ),
+                admin_errors,
+                tags=["Admin"],
+                security=admin,
+                description=_ADMIN_ONLY,
+            ),
+            "post": {
+                "operationId": "createKey",
+                "summary": "Create an API key, mesh-wide (admin)",
+                "description": "Signed with the mesh owner key, which this machine must "
+                "hold (else 403, before the fields are read), and sent to every node.  The "
+                f"answer holds the key's text, shown only there.  {_ADMIN_ONLY}  The body may "
+                "be empty: an inference key for every model, without limits or expiry.",
+                "tags": ["Admin"],
+                "security": admin,
+                "requestBody": {"required": False, "content": _json(_ref("ApiKeyRequest"))},
+                "responses": {
+                    "201": _ok("The key created, with its text.", "NewApiKey"),
+                    "400": _error(
+                        "The body is not JSON (invalid_json) or not an object "
+                        "(invalid_request), or a field is unknown or bad (invalid_key_request)."
+                    ),
+                    **admin_errors,
+                    **_GUARD,
+                    "409": _error("The mesh's key book is full (invalid_key_request)."),
+                    "413": _response("TooLarge"),
+                    "415": _response("UnsupportedMediaType"),
+                },
+            },
+        },
+        "/api/keys/{id}": {
+            "delete": {
+                "operationId": "revokeKey",
+                "summary": "Revoke an API key, mesh-wide, for good (admin)",
+                "description": "Signed with the mesh owner key, which this machine must hold, "
+                f"and sent to every node.  {_ADMIN_ONLY}",
+                "tags": ["Admin"],
+                "security": admin,
+                "parameters": [
+                    {
+                        "name": "id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "minLength": 1},
+                        "description": "The key's id, as GET /api/keys lists it.",
+                    }
+                ],
+                "responses": {
+                    "200": _ok("The key revoked.", "ApiKeyRevoked"),
+                    **admin_errors,
+                    **_GUARD,
+                    "404": _error("No key has that id (key_not_found)."),
+                },
+            }
+        },
+        "/api/history": {
+            "get": _get(
+                "history",
+                "The request history, mesh-wide or this node's (admin)",
+                {
+                    "description": "A page of it, newest first; with format=csv, the page's "
+                    "rows as CSV.",
+                    "headers": {
+                        "Content-Disposition": {
+                            "description": 'With format=csv: attachment; filename="...".',
+                            "required": False,
+                            "schema": _STRING,
+                        }
+                    },
+                    "content": {
+                        **_json(_ref("History")),
+                        "text/csv": {
+                            "schema": {
+                                "type": "string",
+                                "description": f"A header line ({', '.join(CSV_FIELDS)}, "
+                                "then prompt and answer when a row has either), then a line "
+                                "a row: null is an empty cell, seen_by space-separated.",
+                            }
+                        },
+                    },
+                },
+                {"400": _error("A parameter unknown or bad (invalid_query)."), **admin_errors},
+                tags=["Admin"],
+                security=admin,
+                description="Mesh-wide, each live node is asked for its rows over QUIC (one "
+                "that does not answer in time is named in missing), and a request two nodes "
+                "recorded (entered at one, served by the other) is one row.  An empty filter "
+                f"is as if absent.  {_ADMIN_ONLY}",
+                parameters=[_HISTORY_PARAMETERS[name] for name in _HISTORY_PARAM_ORDER],
+            )
+        },
+        "/api/usage": {
+            "get": _get(
+                "usage",
+                "Requests, tokens and cost per key and model, mesh-wide or this node's (admin)",
+                _ok("The usage over the period, and its totals.", "Usage"),
+                {"400": _error("A parameter unknown or bad (invalid_query)."), **admin_errors},
+                tags=["Admin"],
+                security=admin,
+                description="Each request is counted once, by the node that served it.  An "
+                f"empty filter is as if absent.  {_ADMIN_ONLY}",
+                parameters=[_USAGE_PARAMETERS[name] for name in _USAGE_PARAM_ORDER],
+            )
+        },
+        "/v1/models": {
+            "get": _page(
                 "listModels",
                 "The mesh catalog as OpenAI's model list",
                 _ok("Every model of the mesh catalog.", "ModelList"),
@@ -1604,12 +2154,24 @@ def openapi_spec(version: str) -> dict[str, Any]:
             )
         },
         "/openapi.json": {
-            "get": _get(
+            "get": _page(
                 "openapi",
                 "This document",
                 {
                     "description": "The OpenAPI 3.1 description of this API.",
                     "content": _json({"type": "object", "required": ["openapi", "info", "paths"]}),
+                },
+                tags=["Node"],
+            )
+        },
+        "/metrics": {
+            "get": _page(
+                "metrics",
+                "This node's metrics, for Prometheus",
+                {
+                    "description": f"meshllm_* metrics in Prometheus' text format "
+                    f"({METRICS_CONTENT_TYPE}).",
+                    "content": {METRICS_CONTENT_TYPE.split(";")[0]: {"schema": _STRING}},
                 },
                 tags=["Node"],
             )
@@ -1623,14 +2185,20 @@ def openapi_spec(version: str) -> dict[str, Any]:
             "description": "One node of a meshllm mesh: an OpenAI-compatible endpoint for "
             "every model of the mesh, and the node's own status and admin routes.  Every "
             "route checks the Host header (421) and a browser's Origin (403); a POST body "
-            "must be application/json (415).",
+            "must be application/json (415).  From another machine, every route but /health "
+            "needs an API key (Authorization: Bearer or x-api-key); an admin route, one of "
+            "scope admin.",
             "license": {"name": "MIT", "identifier": "MIT"},
         },
         "servers": [{"url": "/"}],
         "tags": [
             {"name": "OpenAI", "description": "OpenAI-compatible proxy routes."},
             {"name": "Node", "description": "This node."},
-            {"name": "Admin", "description": "From this machine, with the admin token."},
+            {
+                "name": "Admin",
+                "description": "From this machine with the admin token, or with a key of "
+                "scope admin.",
+            },
         ],
         "paths": paths,
         "components": {
@@ -1640,8 +2208,22 @@ def openapi_spec(version: str) -> dict[str, Any]:
                 ADMIN_SCHEME: {
                     "type": "http",
                     "scheme": "bearer",
-                    "description": "The node's admin token, in <state-dir>/admin_token.",
-                }
+                    "description": "The node's admin token, in <state-dir>/admin_token; "
+                    "only from this machine.",
+                },
+                API_KEY_SCHEME: {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": f"{KEY_PREFIX}<id>-<secret>",
+                    "description": "An API key of the mesh (POST /api/keys).",
+                },
+                API_KEY_HEADER_SCHEME: {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "x-api-key",
+                    "description": "The same key in Anthropic's header, where there is no "
+                    "Authorization: Bearer.",
+                },
             },
         },
     }

@@ -52,6 +52,7 @@ from multidict import CIMultiDict
 
 from meshllm.config import default
 from meshllm.errors import MeshError, PeerError
+from meshllm.proxy.access import caller_of, count_tokens, model_refusal
 from meshllm.proxy.errors import (
     BackendUnavailable,
     TunnelBroken,
@@ -70,8 +71,19 @@ from meshllm.proxy.forward import (
     split_events,
 )
 from meshllm.proxy.limits import DEFAULT_LIMITS, BudgetHold, ByteBudget, HttpLimits
+from meshllm.proxy.observe import (
+    CLIENT_GONE,
+    KEY_ID_HEADER,
+    REQUEST_ID_HEADER,
+    NoLog,
+    RequestLog,
+    new_request_id,
+    prompt_text,
+)
 from meshllm.proxy.routing import RoutePlan, Target, plan_route
 from meshllm.proxy.tunnel import open_tunnel_request
+from meshllm.records.answer_meter import AnswerMeter
+from meshllm.records.record import RecordKind, RequestRecord
 from meshllm.serving.durations import duration
 from meshllm.wire import FrameStream
 
@@ -84,7 +96,8 @@ PROGRESS_INTERVAL_S = 1.0  # between ": loading" comment lines of a waiting stre
 MODEL_HEADER = "x-meshllm-model"
 NODE_HEADER = "x-meshllm-node"
 KEEP_ALIVE_HEADER = "x-meshllm-keep-alive"  # a request's keep_alive, to the serving node
-_REQUEST_DROP = REQUEST_DROP | {"content-type", KEEP_ALIVE_HEADER}  # set anew, or ours
+_REQUEST_DROP = REQUEST_DROP | {"content-type", KEEP_ALIVE_HEADER, REQUEST_ID_HEADER, KEY_ID_HEADER}
+"""Not taken from a client: set anew, or the mesh's own."""
 
 
 class ProxyMesh(Protocol):
@@ -158,16 +171,21 @@ def add_proxy_routes(
     load_timeout: float = LOAD_TIMEOUT_S,
     limits: HttpLimits = DEFAULT_LIMITS,
     budget: ByteBudget | None = None,
+    log: RequestLog | None = None,
+    node_id: str = "",
 ) -> None:
     """Register ``GET /v1/models`` and the ``POST /v1/...`` inference routes on ``app``.
 
     ``budget`` counts the bytes of request bodies in flight; share one with
     :func:`~meshllm.proxy.tunnel.serve_tunnel` (default: one of
-    ``limits.max_body_bytes_in_flight`` for these routes alone).
+    ``limits.max_body_bytes_in_flight`` for these routes alone).  Every request is
+    recorded in ``log`` (as entered at ``node_id``).
     """
     if budget is None:
         budget = ByteBudget(limits.max_body_bytes_in_flight)
     proxy = _Proxy(mesh, max_body_bytes, retry_after_s, load_timeout, limits, budget)
+    proxy.log = log if log is not None else NoLog()
+    proxy.node_id = node_id
     app.router.add_get("/v1/models", proxy.models)
     for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):
         app.router.add_post(path, proxy.relay)
@@ -190,6 +208,8 @@ class _Proxy:
         self._retry_after = str(retry_after_s)
         self._load_timeout = load_timeout
         self._created = int(time.time())
+        self.log: RequestLog = NoLog()
+        self.node_id = ""
 
     async def models(self, request: web.Request) -> web.Response:
         """OpenAI's model list, one entry per catalog model, with ``meshllm: {warm, nodes,
@@ -213,16 +233,71 @@ class _Proxy:
         return web.json_response({"object": "list", "data": data})
 
     async def relay(self, request: web.Request) -> web.StreamResponse:
-        """Route one inference request and relay its answer."""
-        with self._budget.hold() as hold:
-            read = await self._read_body(request, hold)
-            if isinstance(read, web.StreamResponse):
-                return read
-            box = _Body(read, hold)
-            del read  # from here on only the box holds the body, so it can let it go
-            return await self._route(request, box)
+        """Route one inference request, relay its answer, and record it."""
+        ex = _Exchange(time.time(), asyncio.get_running_loop().time(), request.path)
+        response: web.StreamResponse | None = None
+        try:
+            with self._budget.hold() as hold:
+                read = await self._read_body(request, hold)
+                if isinstance(read, web.StreamResponse):
+                    response = read
+                    return read
+                box = _Body(read, hold)
+                if self.log.log_prompts:
+                    ex.prompt = prompt_text(read)
+                del read  # from here on only the box holds the body, so it can let it go
+                response = await self._route(request, box, ex)
+                return response
+        finally:
+            self._record(request, ex, response)
 
-    async def _route(self, request: web.Request, box: _Body) -> web.StreamResponse:
+    def _record(
+        self, request: web.Request, ex: _Exchange, response: web.StreamResponse | None
+    ) -> None:
+        """Hand the request's record to the log; the client went away if no response."""
+        now = asyncio.get_running_loop().time()
+        meter, target = ex.meter, ex.target
+        if meter is not None:
+            meter.finish()
+        status = response.status if response is not None else CLIENT_GONE
+        error = ex.error
+        if not error and status >= 400 and isinstance(response, web.Response):
+            error = _error_message(response.body)
+        if target is None:
+            kind, serving = RecordKind.ROUTED, ""
+        else:
+            kind = RecordKind.LOCAL if target.local else RecordKind.ROUTED
+            serving = target.node_id
+        record = RequestRecord(
+            request_id=ex.request_id,
+            time=ex.wall,
+            kind=kind,
+            entry_node=self.node_id,
+            serving_node=serving,
+            model=ex.model,
+            path=ex.path,
+            status=status,
+            latency_ms=(now - ex.started) * 1000,
+            ttft_ms=None,
+            key_id=caller_of(request).key_id,
+            stream=ex.stream,
+            error=error[:500],
+            prompt=ex.prompt,
+        )
+        if meter is not None:
+            record.tokens_in, record.tokens_out = meter.tokens_in, meter.tokens_out
+            if meter.first_token_at is not None:
+                record.ttft_ms = (meter.first_token_at - ex.started) * 1000
+            record.answer = meter.text
+            count_tokens(request, meter.tokens_in + meter.tokens_out)
+        if ex.energy_mark is not None:
+            record.energy_j = self.log.energy_of(ex.energy_mark)
+        try:
+            self.log.request_finished(record, ex.started_model)
+        except Exception:  # the records must never cost a request its answer
+            log.exception("recording request %s", ex.request_id)
+
+    async def _route(self, request: web.Request, box: _Body, ex: _Exchange) -> web.StreamResponse:
         try:
             payload = json.loads(box.data)
         except RecursionError:
@@ -234,6 +309,10 @@ class _Proxy:
         model = payload.get("model")
         if model is not None and not isinstance(model, str):
             return error_response(400, "'model' must be a string", "invalid_model")
+        ex.model = model or ""
+        ex.stream = payload.get("stream") is True
+        if (refused := model_refusal(request, model)) is not None:
+            return refused
 
         keep_alive = payload.get("keep_alive")
         if keep_alive is not None:
@@ -259,10 +338,13 @@ class _Proxy:
                     retry = {"Retry-After": self._retry_after}
                     message = self._unloadable(model, refused)
                     return error_response(503, message, "no_target", headers=retry)
-            waited = await self._wait_for_model(request, model, payload.get("stream") is True)
+            waited = await self._wait_for_model(request, model, ex.stream)
             if not isinstance(waited, _Waiting):
                 return waited
             plan, stream = waited.plan, waited.stream
+        ex.model = plan.model_used
+        if model is None and (refused := model_refusal(request, plan.model_used)) is not None:
+            return await _refuse(stream, 403, _error_message(refused.body), "model_not_allowed")
         if plan.model_used != model:
             payload["model"] = plan.model_used
             try:
@@ -277,7 +359,12 @@ class _Proxy:
         headers["Content-Type"] = "application/json"  # the body is JSON: we parsed it
         if keep_alive is not None:
             headers[KEEP_ALIVE_HEADER] = keep_alive
+        headers[REQUEST_ID_HEADER] = ex.request_id
+        if key_id := caller_of(request).key_id:
+            headers[KEY_ID_HEADER] = key_id
         self._mesh.routed(plan.model_used)
+        self.log.request_started(plan.model_used)
+        ex.started_model = plan.model_used
         failures: list[str] = []
         for i, target in enumerate(plan.attempts):
             hurry = i + 1 < len(plan.attempts)  # another replica is left to try
@@ -294,8 +381,12 @@ class _Proxy:
                 self._mesh.request_finished(target)
                 raise
             box.drop()  # the head is in: no retry needs the body now
+            ex.target = target
+            ex.meter = AnswerMeter(ex.stream, keep_text=self.log.log_prompts)
+            if target.local:
+                ex.energy_mark = self.log.serving_started()
             try:
-                return await self._respond(request, upstream, target, stream)
+                return await self._respond(request, upstream, target, ex, stream)
             finally:
                 upstream.close()
                 self._mesh.request_finished(target)
@@ -310,6 +401,15 @@ class _Proxy:
         A streaming request gets its SSE response at once, with ``: loading`` comments."""
         loop = asyncio.get_running_loop()
         started = loop.time()
+        try:
+            return await self._wait(request, model, streaming, started)
+        finally:
+            self.log.load_waited(model or "", loop.time() - started)
+
+    async def _wait(
+        self, request: web.Request, model: str | None, streaming: bool, started: float
+    ) -> _Waiting | web.StreamResponse:
+        loop = asyncio.get_running_loop()
         deadline = started + self._load_timeout
         stream: web.StreamResponse | None = None
         while True:
@@ -445,6 +545,7 @@ class _Proxy:
         request: web.Request,
         upstream: ProxiedResponse,
         target: Target,
+        ex: _Exchange,
         stream: web.StreamResponse | None = None,
     ) -> web.StreamResponse:
         headers = CIMultiDict(
@@ -455,6 +556,7 @@ class _Proxy:
         if not is_event_stream(upstream.headers):
             # A JSON answer is complete before it is useful: take it whole, so a
             # break-off can still become a clean 502 instead of a truncated body.
+            head_at = asyncio.get_running_loop().time()
             try:
                 data = await self._buffer(upstream)
             except MeshError as exc:
@@ -463,8 +565,11 @@ class _Proxy:
                 cap = self._limits.max_response_bytes
                 message = f"upstream answer too large (over {cap} bytes)"
                 return await _refuse(stream, 502, message, "upstream_too_large")
+            assert ex.meter is not None
+            ex.meter.feed(data, head_at)
             if stream is not None:  # the SSE head is out: say it as an error event
                 text = data[:1000].decode(errors="replace")
+                ex.error = f"upstream answered {upstream.status}"
                 return await _end_stream(stream, f"upstream answered {upstream.status}: {text}")
             if not is_json(upstream.headers):
                 # An API answer is JSON; anything else (a backend's text/html page) is
@@ -477,18 +582,24 @@ class _Proxy:
             stream = web.StreamResponse(status=upstream.status, headers=headers)
             await stream.prepare(request)
         pending = b""
+        meter = ex.meter
+        assert meter is not None
+        loop = asyncio.get_running_loop()
         try:
             try:
                 async with aclosing(upstream.iter_chunks()) as chunks:
                     async for chunk in chunks:
                         events, pending = split_events(pending, chunk)
                         if events:
+                            meter.feed(events, loop.time())
                             await stream.write(events)
                 if pending:
+                    meter.feed(pending, loop.time())
                     await stream.write(pending)
             except MeshError as exc:
                 # Drop the partial event; end with an error the OpenAI SDK raises, never a hang.
-                await stream.write(sse_error_event(f"upstream broke off: {exc}"))
+                ex.error = f"upstream broke off: {exc}"
+                await stream.write(sse_error_event(ex.error))
             await stream.write_eof()
         except ConnectionResetError:
             pass  # the client went away; the caller closes the upstream
@@ -506,6 +617,48 @@ class _Proxy:
                     return None
                 parts.append(chunk)
         return b"".join(parts)
+
+
+class _Exchange:
+    """What a request's record is made of, gathered as it goes."""
+
+    __slots__ = (
+        "energy_mark",
+        "error",
+        "meter",
+        "model",
+        "path",
+        "prompt",
+        "request_id",
+        "started",
+        "started_model",
+        "stream",
+        "target",
+        "wall",
+    )
+
+    def __init__(self, wall: float, started: float, path: str) -> None:
+        self.request_id = new_request_id()
+        self.wall, self.started, self.path = wall, started, path
+        self.model = ""
+        self.stream = False
+        self.target: Target | None = None  # the replica whose answer the client got
+        self.meter: AnswerMeter | None = None
+        self.started_model: str | None = None  # told to the log as in flight
+        self.error = ""
+        self.prompt: str | None = None
+        self.energy_mark: float | None = None  # this node's backend served it from then
+
+
+def _error_message(body: object) -> str:
+    """The message of an OpenAI-shaped error body (ours), or ""."""
+    if not isinstance(body, bytes):
+        return ""
+    try:
+        message = json.loads(body)["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        return ""
+    return message if isinstance(message, str) else ""
 
 
 class _Body:

@@ -40,8 +40,9 @@ from typing import Any
 
 from meshllm.errors import FrameError, PeerError, ServingError
 from meshllm.proxy.errors import BackendUnavailable, TunnelBroken, TunnelUnavailable
-from meshllm.proxy.forward import Forwarder
+from meshllm.proxy.forward import Forwarder, is_event_stream
 from meshllm.proxy.limits import DEFAULT_LIMITS, BudgetHold, ByteBudget, HttpLimits
+from meshllm.records.answer_meter import AnswerMeter
 from meshllm.wire import Frame, FrameStream, FrameType, make_frame
 
 CHUNK_SIZE = 64 * 1024  # body bytes per frame: far below the 1 MiB frame cap
@@ -55,6 +56,34 @@ TUNNEL_ROUTES = frozenset(
     }
 )
 """What a peer may ask of our backend: the inference routes, not llama-server's admin ones."""
+
+
+class ServedAnswer:
+    """What the serving side of a tunnel did with a request, for its record: the model,
+    the status it answered (0: none, the stream broke first), why it failed, and the
+    answer's :class:`~meshllm.records.answer_meter.AnswerMeter` once its head was in."""
+
+    __slots__ = (
+        "error",
+        "keep_text",
+        "meter",
+        "model",
+        "prompt",
+        "started_at",
+        "status",
+        "streamed",
+    )
+
+    def __init__(self, keep_text: bool = False, started_at: float = 0.0) -> None:
+        """``started_at``: when the request came in, on the event loop's clock."""
+        self.keep_text = keep_text
+        self.started_at = started_at
+        self.model: str | None = None
+        self.status = 0
+        self.error = ""
+        self.streamed = False
+        self.meter: AnswerMeter | None = None
+        self.prompt: bytes | None = None  # the body, when keep_text
 
 
 class _Request:
@@ -315,8 +344,10 @@ async def serve_tunnel(
     max_body: int = MAX_BODY_SIZE,
     limits: HttpLimits = DEFAULT_LIMITS,
     budget: ByteBudget | None = None,
+    answer: ServedAnswer | None = None,
 ) -> None:
-    """Answer one tunnelled request whose ``head`` frame the dispatcher already read.
+    """Answer one tunnelled request whose ``head`` frame the dispatcher already read;
+    what became of it goes in ``answer``, for the node's records.
 
     ``budget`` counts request-body bytes in flight: pass the node's one, shared with the
     HTTP routes (``None``: only ``max_body`` per stream bounds them).  No room within
@@ -332,29 +363,36 @@ async def serve_tunnel(
     """
     stream.limit_buffer(limits.tunnel_stream_buffer_bytes)
     hold = (budget or ByteBudget(max(1, max_body))).hold()
+    answer = answer if answer is not None else ServedAnswer()
     try:
         method, path, headers, model = _parse_head(head)
+        answer.model = model
         await stream.send(_tunnel("ack"))  # alive and on it: the client's ack deadline
         body = await _read_body(stream, max_body, limits, hold)
         if body is None:
-            message = "this node holds too many request bodies right now"
-            await stream.send(_tunnel("error", message=message))
+            answer.error = "this node holds too many request bodies right now"
+            await stream.send(_tunnel("error", message=answer.error))
             await stream.end()
             return
         if (method, path.split("?", 1)[0]) not in TUNNEL_ROUTES:
-            await _answer(stream, 404, f"no tunnel route {method} {path}")
+            answer.status, answer.error = 404, f"no tunnel route {method} {path}"
+            await _answer(stream, 404, answer.error)
             return
         if model is None:
-            model = _model_of(body)
+            model = answer.model = _model_of(body)
+        if answer.keep_text:
+            answer.prompt = body
         base_url = local_base_url(model) if model is not None else None
         if base_url is None:
-            await stream.send(_tunnel("error", message=f"model {model!r} is not served here"))
+            answer.error = f"model {model!r} is not served here"
+            await stream.send(_tunnel("error", message=answer.error))
             await stream.end()
             return
         request = _Request(method, path, headers, body, model, hold)
         del body  # only the request holds it now, and lets it go once forwarded
-        await _relay_watching(stream, forward, base_url, request)
-    except (PeerError, FrameError):
+        await _relay_watching(stream, forward, base_url, request, answer)
+    except (PeerError, FrameError) as exc:
+        answer.error = answer.error or str(exc)
         stream.reset()
     except BaseException:  # cancelled (the node stops): the client must not wait on us
         stream.reset()
@@ -419,10 +457,10 @@ async def _answer(stream: FrameStream, status: int, message: str) -> None:
 
 
 async def _relay_watching(
-    stream: FrameStream, forward: Forwarder, base_url: str, request: _Request
+    stream: FrameStream, forward: Forwarder, base_url: str, request: _Request, answer: ServedAnswer
 ) -> None:
     """Relay the upstream response while watching the stream for a client reset."""
-    relay = asyncio.ensure_future(_relay(stream, forward, base_url, request))
+    relay = asyncio.ensure_future(_relay(stream, forward, base_url, request, answer))
     watch = asyncio.ensure_future(_watch_reset(stream))
     try:
         done, _ = await asyncio.wait({relay, watch}, return_when=asyncio.FIRST_COMPLETED)
@@ -448,7 +486,9 @@ async def _watch_reset(stream: FrameStream) -> bool:
     return False
 
 
-async def _relay(stream: FrameStream, forward: Forwarder, base_url: str, request: _Request) -> None:
+async def _relay(
+    stream: FrameStream, forward: Forwarder, base_url: str, request: _Request, answer: ServedAnswer
+) -> None:
     try:
         upstream = await forward.forward(
             base_url,
@@ -459,19 +499,26 @@ async def _relay(stream: FrameStream, forward: Forwarder, base_url: str, request
             model=request.model,
         )
     except BackendUnavailable as exc:
+        answer.error = str(exc)
         await stream.send(_tunnel("error", message=str(exc)))
         await stream.end()
         return
     finally:
         request.drop_body()
+    answer.status = upstream.status
+    answer.streamed = is_event_stream(upstream.headers)
+    meter = answer.meter = AnswerMeter(answer.streamed, keep_text=answer.keep_text)
+    loop = asyncio.get_running_loop()
     try:
         await stream.send(_tunnel("head", status=upstream.status, headers=dict(upstream.headers)))
         try:
             async with contextlib.aclosing(upstream.iter_chunks()) as chunks:
                 async for chunk in chunks:
+                    meter.feed(chunk, loop.time())
                     for i in range(0, len(chunk), CHUNK_SIZE):
                         await stream.send(_tunnel("body", d=chunk[i : i + CHUNK_SIZE]))
         except ServingError as exc:  # the backend broke off mid-response
+            answer.error = str(exc)
             await stream.send(_tunnel("error", message=str(exc)))
             await stream.end()
             return

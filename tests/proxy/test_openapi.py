@@ -1,17 +1,21 @@
 """``GET /openapi.json`` is true to the node's HTTP API.
 
 (a) its paths and methods are exactly the routes ``create_app`` registers, and a live
-node serves it; (b) it validates as OpenAPI 3.1; (c) schemathesis runs live nodes against
-it (real daemons: one fronting a fake OpenAI backend with ``--endpoint``, with a peer,
-and one alone serving nothing, whose /v1 routes answer 404 and 503): no 5xx (but the
-idle node's 503), documented status codes, content types, headers, bodies and SSE
-events, admin routes refusing a missing or wrong token, 405 for undocumented methods.
-The never-ending ``/api/events`` stream is left to a test that reads its first event,
-``POST /api/endpoints`` (it stores and polls a server for every URL it is given) to a
-test that adds one and removes it, and what a node shows of its peer to a test that
-reads the peer's views.  Bounded and seeded: ``EXAMPLES_PER_OPERATION`` fuzzed cases per
-operation, plus schemathesis' coverage cases.  Every process started here is ended by
-pid, in the fixtures.
+node serves it; (b) it validates as OpenAPI 3.1, and says who may call what as
+``meshllm.proxy.access`` does; (c) schemathesis runs live nodes against it (real daemons:
+one fronting a fake OpenAI backend with ``--endpoint``, with a peer, and one alone
+serving nothing, whose /v1 routes answer 404 and 503): no 5xx (but the idle node's 503),
+documented status codes, content types, headers, bodies and SSE events, admin routes
+refusing a missing or wrong token, 405 for undocumented methods.  The never-ending
+``/api/events`` stream is left to a test that reads its first event, ``POST
+/api/endpoints`` (it stores and polls a server for every URL it is given) to a test that
+adds one and removes it, ``POST /api/keys`` (on the node with the mesh owner key, every
+valid body is a real key) to the peer, which has none, and to a test that makes keys,
+uses and revokes them, and what a node shows of its peer to a test that reads the peer's
+views; a last test reads the runs' requests in the history, the usage and the metrics.
+Bounded and seeded: ``EXAMPLES_PER_OPERATION`` fuzzed cases per operation, plus
+schemathesis' coverage cases.  Every process started here is ended by pid, in the
+fixtures.
 """
 
 from __future__ import annotations
@@ -42,8 +46,15 @@ from schemathesis.specs.openapi.checks import (
 from meshllm import __version__
 from meshllm.config import Config
 from meshllm.proxy import create_app
+from meshllm.proxy.access import OPEN_PATHS, READ_ONLY_PATHS
 from meshllm.proxy.guard import GuardSettings
-from meshllm.proxy.openapi import ADMIN_SCHEME, openapi_spec
+from meshllm.proxy.openapi import (
+    ADMIN_SCHEME,
+    API_KEY_HEADER_SCHEME,
+    API_KEY_SCHEME,
+    openapi_spec,
+)
+from meshllm.records.query import CSV_FIELDS
 from meshllm.testing.cluster import BackendProcess, Cluster, NodeProcess, wait_for
 
 MODEL = "openapi-model"
@@ -77,14 +88,17 @@ def spec_operations(spec: dict[str, Any]) -> set[tuple[str, str]]:
 
 
 def test_spec_lists_exactly_the_apps_routes() -> None:
-    # The app as the node builds it; the proxy, event and fleet routes only keep the mesh,
-    # the event source and the fleet, never call them here.
+    # The app as the node builds it; the proxy, event, fleet, key and records routes only
+    # keep the mesh, the event source, the fleet, the keys and the records, never call them
+    # here.
     app = create_app(
-        SimpleNamespace(),  # type: ignore[arg-type]
+        SimpleNamespace(node_id="n"),  # type: ignore[arg-type]
         object(),  # type: ignore[arg-type]
         GuardSettings.from_config(Config()),
         events=SimpleNamespace(),  # type: ignore[arg-type]
         fleet=SimpleNamespace(),  # type: ignore[arg-type]
+        keys=SimpleNamespace(),  # type: ignore[arg-type]
+        records=SimpleNamespace(),  # type: ignore[arg-type]
     )
     routes = {(r.resource.canonical, r.method) for r in app.router.routes() if r.resource}
     # aiohttp answers HEAD for every GET route (RFC 9110: GET without the body); the spec
@@ -134,20 +148,40 @@ def test_spec_is_valid_openapi_3_1() -> None:
         for part in ref[2:].split("/"):
             assert isinstance(target, dict) and part in target, f"unresolved {ref}"
             target = target[part]
-    # The admin routes, and only they, need the admin token.
-    secured = {
-        (path, method.upper())
+    # Who may call what (meshllm/proxy/access.py): the admin routes, and only they, need
+    # the admin token or an admin key; the read-only pages and inference are open to this
+    # machine (inference while the node has no key), else need a key; /health is open.
+    security = {
+        (path, method.upper()): operation.get("security")
         for path, item in spec["paths"].items()
         for method, operation in item.items()
-        if operation.get("security") == [{ADMIN_SCHEME: []}]
     }
-    assert secured == {
+    keys = [{API_KEY_SCHEME: []}, {API_KEY_HEADER_SCHEME: []}]
+    admin = {op for op, needs in security.items() if needs == [{ADMIN_SCHEME: []}, *keys]}
+    assert admin == {
         ("/api/token", "GET"),
         ("/api/drop", "POST"),
         ("/api/models/{name}/{action}", "POST"),
         ("/api/endpoints", "POST"),
         ("/api/endpoints/{id}", "DELETE"),
+        ("/api/keys", "GET"),
+        ("/api/keys", "POST"),
+        ("/api/keys/{id}", "DELETE"),
+        ("/api/history", "GET"),
+        ("/api/usage", "GET"),
     }
+    inference = {op for op in security if op[1] == "POST" and op[0].startswith("/v1/")}
+    keyed = {op for op, needs in security.items() if needs == [{}, *keys]}
+    assert keyed == {(path, "GET") for path in READ_ONLY_PATHS} | inference
+    assert {op for op, needs in security.items() if needs is None} == {
+        (path, "GET") for path in OPEN_PATHS
+    }
+    assert set(security) == admin | keyed | {(path, "GET") for path in OPEN_PATHS}
+    # Where a key is needed, a missing or bad one is a 401 that says how to send one.
+    for path, method in keyed:
+        assert spec["paths"][path][method.lower()]["responses"]["401"] == {
+            "$ref": "#/components/responses/KeyRequired"
+        }
 
 
 # --- live nodes ---------------------------------------------------------------------------------
@@ -261,20 +295,32 @@ def idle_schema(idle_node: NodeProcess) -> schemathesis.BaseSchema:
     return load_schema(idle_node)
 
 
+@pytest.fixture(scope="module")
+def peer_schema(live_peer: NodeProcess) -> schemathesis.BaseSchema:
+    return load_schema(live_peer)
+
+
 # `path_regex` selects every operation: without it, /openapi.json itself is left out.
 # /api/events never ends (a ping every 15 s keeps it open), so a client reading it whole
 # waits forever: test_live_event_stream_conforms reads its first event instead.  With the
 # admin token, POST /api/endpoints really adds what it is given: each valid URL would be
 # stored, polled and announced for the rest of the run (random hosts; past 16 of them the
 # announcement no longer signs), so test_live_endpoint_changes_conform adds one and
-# removes it instead.  DELETE stays in: no fuzzed id names the node's endpoint.
+# removes it instead.  DELETE stays in: no fuzzed id names the node's endpoint.  The live
+# node started the mesh, so it holds the mesh owner key: POST /api/keys would really make
+# every key it is given, and one key is enough for inference to need one.  So the peer,
+# which lacks the owner key, is fuzzed there (it refuses all: 403, or 400), and
+# test_live_keys_conform makes keys on the live node and revokes them.  DELETE stays in:
+# no fuzzed id names a key.
 live = (
     schemathesis.pytest.from_fixture("live_schema")
     .include(path_regex="^/")
     .exclude(path="/api/events")
     .exclude(path="/api/endpoints", method="POST")
+    .exclude(path="/api/keys", method="POST")
 )
 idle = schemathesis.pytest.from_fixture("idle_schema").include(path_regex="^/v1/")
+peer = schemathesis.pytest.from_fixture("peer_schema").include(path="/api/keys", method="POST")
 
 
 @live.parametrize()
@@ -296,6 +342,11 @@ IDLE_CHECKS = [no_server_error_but_unavailable, *CHECKS[1:]]
 @idle.parametrize()
 def test_idle_node_conforms_to_the_spec(case: schemathesis.Case) -> None:
     case.call_and_validate(checks=IDLE_CHECKS)
+
+
+@peer.parametrize()
+def test_node_without_the_owner_key_conforms_to_the_spec(case: schemathesis.Case) -> None:
+    case.call_and_validate(checks=CHECKS)
 
 
 def spec_validator(schema: dict[str, Any]) -> Any:
@@ -332,19 +383,36 @@ def documented(method: str, path: str, status: int, body: Any) -> None:
     spec_validator(response["content"]["application/json"]["schema"]).validate(body)
 
 
-def admin_call(node: NodeProcess, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-    """``method path`` on ``node`` with its admin token: the status and the JSON body."""
+def call(
+    node: NodeProcess,
+    method: str,
+    path: str,
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, Any, Any]:
+    """``method path`` on ``node``: the status, the JSON body and the headers."""
     request = urllib.request.Request(
         node.url + path, None if body is None else json.dumps(body).encode(), method=method
     )
     request.add_header("Content-Type", "application/json")
-    token = (node.state_dir / "admin_token").read_text().strip()
-    request.add_header("Authorization", f"Bearer {token}")
+    for name, value in (headers or {}).items():
+        request.add_header(name, value)
     try:
         with urllib.request.urlopen(request, timeout=30) as resp:
-            return resp.status, json.loads(resp.read())
+            return resp.status, json.loads(resp.read()), resp.headers
     except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+        return exc.code, json.loads(exc.read()), exc.headers
+
+
+def admin_headers(node: NodeProcess) -> dict[str, str]:
+    token = (node.state_dir / "admin_token").read_text().strip()
+    return {"Authorization": f"Bearer {token}"}
+
+
+def admin_call(node: NodeProcess, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    """``method path`` on ``node`` with its admin token: the status and the JSON body."""
+    status, payload, _ = call(node, method, path, body, admin_headers(node))
+    return status, payload
 
 
 # Nothing listens on the discard port: the endpoint is down, and serves no model.
@@ -431,6 +499,119 @@ def test_live_endpoint_with_a_bad_node_is_refused(live_node: NodeProcess) -> Non
     except json.JSONDecodeError:  # the 500's body is aiohttp's text
         status = 500
     assert 400 <= status < 500
+
+
+CHAT = "/v1/chat/completions"
+
+
+def test_live_keys_conform(live_node: NodeProcess, live_peer: NodeProcess) -> None:
+    # Keys made on the node that holds the mesh owner key, used, refused and revoked; every
+    # answer as documented.
+    keys = "/api/keys"
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+    status, refused = admin_call(live_peer, "POST", keys, {"scope": "inference"})
+    assert (status, refused["error"]["code"]) == (403, "not_mesh_owner")
+    documented("POST", keys, 403, refused)
+    status, bad = admin_call(live_node, "POST", keys, {"scope": "inference", "rpm": 0})
+    assert (status, bad["error"]["code"]) == (400, "invalid_key_request")
+    documented("POST", keys, 400, bad)
+    status, user = admin_call(live_node, "POST", keys, {"name": "openapi", "rpm": 1})
+    assert status == 201, user
+    documented("POST", keys, 201, user)
+    status, admin = admin_call(live_node, "POST", keys, {"scope": "admin", "models": "other"})
+    assert status == 201, admin
+    documented("POST", keys, 201, admin)
+    revoke = [user["id"], admin["id"]]
+    try:
+        status, listed = admin_call(live_node, "GET", keys)
+        assert status == 200
+        documented("GET", keys, 200, listed)
+        assert revoke == [k["id"] for k in listed["keys"] if not k["revoked"]]
+        # The node has keys now: inference needs one.
+        status, missing, headers = call(live_node, "POST", CHAT, chat)
+        assert (status, missing["error"]["code"]) == (401, "missing_api_key")
+        assert headers["WWW-Authenticate"] == 'Bearer realm="meshllm"'
+        documented("POST", CHAT, 401, missing)
+        status, answer, _ = call(live_node, "POST", CHAT, chat, {"x-api-key": user["key"]})
+        assert status == 200, answer
+        documented("POST", CHAT, 200, answer)
+        # rpm 1: the next request waits for the minute to pass.
+        status, limited, headers = call(
+            live_node, "POST", CHAT, chat, {"Authorization": f"Bearer {user['key']}"}
+        )
+        assert (status, limited["error"]["code"]) == (429, "rate_limit_exceeded")
+        assert int(headers["Retry-After"]) >= 0
+        documented("POST", CHAT, 429, limited)
+        as_admin = {"Authorization": f"Bearer {admin['key']}"}
+        status, other, _ = call(live_node, "POST", CHAT, chat, as_admin)
+        assert (status, other["error"]["code"]) == (403, "model_not_allowed")
+        documented("POST", CHAT, 403, other)
+        # An admin key opens the admin routes without the admin token; an inference key
+        # does not.
+        status, listed, _ = call(live_node, "GET", keys, headers=as_admin)
+        assert status == 200
+        status, scope, _ = call(live_node, "GET", keys, headers={"x-api-key": user["key"]})
+        assert (status, scope["error"]["code"]) == (403, "insufficient_scope")
+        documented("GET", keys, 403, scope)
+        # Revoked, a key opens nothing (while the node has another one, inference needs a
+        # key still).
+        status, revoked = admin_call(live_node, "DELETE", f"{keys}/{revoke.pop(0)}")
+        assert (status, revoked) == (200, {"id": user["id"], "revoked": True})
+        documented("DELETE", "/api/keys/{id}", 200, revoked)
+        status, gone, _ = call(live_node, "POST", CHAT, chat, {"x-api-key": user["key"]})
+        assert (status, gone["error"]["code"]) == (401, "revoked_api_key")
+        documented("POST", CHAT, 401, gone)
+        status, again = admin_call(live_node, "DELETE", f"{keys}/{user['id']}")
+        assert (status, again) == (200, revoked)  # again: nothing more to do
+        documented("DELETE", "/api/keys/{id}", 200, again)
+        status, unknown = admin_call(live_node, "DELETE", f"{keys}/{'0' * 12}")
+        assert (status, unknown["error"]["code"]) == (404, "key_not_found")
+        documented("DELETE", "/api/keys/{id}", 404, unknown)
+    finally:
+        for key_id in revoke:
+            status, revoked = admin_call(live_node, "DELETE", f"{keys}/{key_id}")
+            assert status == 200, revoked
+    # Every key revoked: inference is open again.
+    status, answer, _ = call(live_node, "POST", CHAT, chat)
+    assert status == 200, answer
+
+
+def test_live_records_conform(live_node: NodeProcess, live_peer: NodeProcess) -> None:
+    # The requests of the runs above, in the history, the usage and the metrics.
+    status, page = admin_call(live_node, "GET", "/api/history?limit=5")
+    assert status == 200, page
+    documented("GET", "/api/history", 200, page)
+    assert len(page["rows"]) == 5 and page["next_cursor"]
+    assert sorted([*page["nodes"], *page["missing"]]) == sorted(
+        [live_node.node_id, live_peer.node_id]
+    )
+    assert all(row["entry_node"] == live_node.node_id for row in page["rows"])
+    status, older = admin_call(
+        live_node, "GET", f"/api/history?scope=local&limit=5&cursor={page['next_cursor']}"
+    )
+    assert status == 200, older
+    documented("GET", "/api/history", 200, older)
+    assert older["nodes"] == [live_node.node_id] and older["rows"]
+    assert older["rows"][0]["time"] <= page["rows"][-1]["time"]
+    request = urllib.request.Request(
+        live_node.url + "/api/history?format=csv&limit=3", headers=admin_headers(live_node)
+    )
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        assert resp.headers["Content-Type"].startswith("text/csv")
+        lines = resp.read().decode().splitlines()
+    assert lines[0] == ",".join(CSV_FIELDS)
+    for query in ("limit=0", "scope=everywhere", "format=xml", "since=soon", "color=red"):
+        status, refused = admin_call(live_node, "GET", f"/api/history?{query}")
+        assert (status, refused["error"]["code"]) == (400, "invalid_query"), query
+        documented("GET", "/api/history", 400, refused)
+    status, usage = admin_call(live_node, "GET", "/api/usage?bucket=hour&model=" + MODEL)
+    assert status == 200, usage
+    documented("GET", "/api/usage", 200, usage)
+    assert usage["bucket_s"] == 3600 and usage["totals"]["requests"] >= 1
+    assert {group["model"] for group in usage["usage"]} == {MODEL}
+    with urllib.request.urlopen(live_node.url + "/metrics", timeout=10) as resp:
+        assert resp.headers["Content-Type"].startswith("text/plain")
+        assert "meshllm_" in resp.read().decode()
 
 
 def test_nodes_survived_the_run(
