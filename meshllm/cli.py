@@ -24,12 +24,15 @@ from typing import Any
 from meshllm import __version__
 from meshllm.config import Config
 from meshllm.errors import MeshError
+from meshllm.local_api import admin_token, local_request
 from meshllm.paths import StatePaths
 
 POOL_COMMANDS = ("load", "unload", "pin", "unpin", "extend-ttl")  # pool_commands.ACTIONS
 FLEET_COMMANDS = ("fleet", "endpoints", "discover")
+RECORDS_COMMANDS = ("keys", "history", "usage")
 SUBCOMMANDS = (
-    "token", "status", "models", "drop", "console", "owner", *POOL_COMMANDS, *FLEET_COMMANDS
+    "token", "status", "models", "drop", "console", "owner",
+    *POOL_COMMANDS, *FLEET_COMMANDS, *RECORDS_COMMANDS,
 )  # fmt: skip
 
 EPILOG = """\
@@ -42,6 +45,9 @@ examples:
   meshllm extend-ttl MODEL SECONDS [--node ID]            keep a loaded model longer
   meshllm fleet | endpoints ls | endpoints add URL | endpoints rm ID   the fleet
   meshllm discover                          meshes advertised on this LAN (mDNS)
+  meshllm keys create --scope inference [--rpm N] | keys ls | keys revoke ID   API keys
+  meshllm history --since 1h [--model M] [--format table|json|csv]   requests, mesh-wide
+  meshllm usage --since 7d                  requests, tokens and cost per key and model
   meshllm owner export | import KEY         move the mesh owner key to another admin machine
 """
 
@@ -53,7 +59,7 @@ def _env(name: str) -> str | None:
 _TRUE = ("1", "true", "yes", "on")
 _FIELDS = {f.name: f for f in fields(Config)}
 _TYPES = typing.get_type_hints(Config)
-_GROUPS = ("serving", "pool", "mesh", "local")
+_GROUPS = ("serving", "pool", "mesh", "local", "access", "records")
 
 
 def _flag(f: Field[Any]) -> str:
@@ -123,7 +129,12 @@ def run_node(argv: list[str]) -> int:
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("quic").setLevel(logging.WARNING)
+    import prometheus_client
+
     from meshllm.node import Node
+
+    # This process is one node: its /metrics needs no `_created` twin of every series.
+    prometheus_client.disable_created_metrics()
 
     try:
         config = config_from_args(args)
@@ -151,35 +162,6 @@ def _use_uvloop() -> None:
 
 
 # subcommands: talk to the running node over HTTP
-
-
-def _request(
-    port: int,
-    path: str,
-    body: dict | None = None,
-    token: str | None = None,
-    method: str | None = None,
-) -> Any:
-    url = f"http://127.0.0.1:{port}{path}"
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method or ("POST" if data else "GET"))
-    req.add_header("Content-Type", "application/json")
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        try:
-            message = json.loads(exc.read())["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            message = str(exc)
-        raise SystemExit(f"meshllm: {message}") from None
-    except (urllib.error.URLError, ConnectionError) as exc:
-        raise SystemExit(
-            f"meshllm: no node answers on 127.0.0.1:{port} ({getattr(exc, 'reason', exc)}); "
-            "start one with `meshllm --model NAME` or `meshllm --join TOKEN`"
-        ) from None
 
 
 def _format_bytes(n: int | None) -> str:
@@ -257,14 +239,6 @@ def failures(status: dict) -> list[tuple[str, str, str]]:
         for node in nodes
         for model, cause in sorted((node.get("failures") or {}).items())
     ]
-
-
-def _admin_token(state_dir: Path) -> str:
-    """The node's admin token, from ``<state_dir>/admin_token`` (written by the node)."""
-    token_file = StatePaths(state_dir.expanduser()).admin_token
-    if not token_file.exists():
-        raise SystemExit(f"meshllm: no admin token at {token_file}; is --state-dir right?")
-    return token_file.read_text().strip()
 
 
 _OWNER_KEY_TEXT = re.compile(r"[A-Za-z0-9_-]{43}")  # OwnerKey.text: base64url of 32 bytes
@@ -377,11 +351,11 @@ def run_endpoints(argv: list[str]) -> int:
     args = p.parse_args(argv)
     if args.action == "ls":
         path = "/api/endpoints?refresh=1" if args.refresh else "/api/endpoints"
-        print_endpoints(_request(args.port, path)["endpoints"])
+        print_endpoints(local_request(args.port, path)["endpoints"])
         return 0
-    token = _admin_token(args.state_dir)
+    token = admin_token(args.state_dir)
     if args.action == "rm":
-        result = _request(
+        result = local_request(
             args.port, f"/api/endpoints/{urllib.parse.quote(args.id)}", token=token, method="DELETE"
         )
         print(f"removed {result['removed']} from {result['node_id']}")
@@ -393,9 +367,14 @@ def run_endpoints(argv: list[str]) -> int:
         body["node"] = args.node
     if args.api_key_file:
         body["api_key"] = args.api_key_file.expanduser().read_text().strip()
-    record = _request(args.port, "/api/endpoints", body, token=token)["endpoint"]
+    record = local_request(args.port, "/api/endpoints", body, token=token)["endpoint"]
     print(f"added {record['id']} ({record['url']}) on {record['node_id']}")
     return 0
+
+
+def _port_and_state_dir(parser: argparse.ArgumentParser) -> None:
+    add_setting(parser, "port")
+    add_setting(parser, "state_dir")
 
 
 def run_subcommand(name: str, argv: list[str]) -> int:
@@ -403,6 +382,11 @@ def run_subcommand(name: str, argv: list[str]) -> int:
         return run_owner(argv)
     if name == "endpoints":
         return run_endpoints(argv)
+    if name in RECORDS_COMMANDS:
+        from meshllm import cli_records
+
+        run = {"keys": cli_records.run_keys, "history": cli_records.run_history}
+        return run.get(name, cli_records.run_usage)(argv, _port_and_state_dir)
     p = argparse.ArgumentParser(prog=f"meshllm {name}")
     add_setting(p, "port")
     if name == "discover":
@@ -426,26 +410,26 @@ def run_subcommand(name: str, argv: list[str]) -> int:
         add_setting(p, "state_dir")
     args = p.parse_args(argv)
     if name == "token":
-        print(_request(args.port, "/api/token", token=_admin_token(args.state_dir))["token"])
+        print(local_request(args.port, "/api/token", token=admin_token(args.state_dir))["token"])
     elif name == "status":
-        status = _request(args.port, "/api/status")
+        status = local_request(args.port, "/api/status")
         if args.json:
             print(json.dumps(status, indent=2))
         else:
             print_status(status)
     elif name == "models":
-        models = _request(args.port, "/api/models")["models"]
+        models = local_request(args.port, "/api/models")["models"]
         if args.json:
             print(json.dumps(models, indent=2))
         else:
             print_models(models)
     elif name == "drop":
-        result = _request(
-            args.port, "/api/drop", {"model": args.model}, token=_admin_token(args.state_dir)
+        result = local_request(
+            args.port, "/api/drop", {"model": args.model}, token=admin_token(args.state_dir)
         )
         print(f"dropped {result['dropped']} on {', '.join(result['nodes']) or 'no node'}")
     elif name == "fleet":
-        fleet = _request(args.port, "/api/fleet")
+        fleet = local_request(args.port, "/api/fleet")
         if args.json:
             print(json.dumps(fleet, indent=2))
         else:
@@ -463,7 +447,7 @@ def run_subcommand(name: str, argv: list[str]) -> int:
         if name == "extend-ttl":
             body["seconds"] = args.seconds
         path = f"/api/models/{urllib.parse.quote(args.model)}/{name}"
-        result = _request(args.port, path, body, token=_admin_token(args.state_dir))
+        result = local_request(args.port, path, body, token=admin_token(args.state_dir))
         print(f"{name} {result['model']}: {', '.join(result['nodes']) or 'no node'}")
     elif name == "console":
         from meshllm.console import run_console

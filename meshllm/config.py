@@ -198,9 +198,46 @@ class Config:
         "none by default: a request with any Origin gets 403",
         group="local", flag="--cors-origin", metavar="ORIGIN",
     )  # fmt: skip
+    # access and records (DESIGN.md §7b)
+    usage_interval: float = setting(
+        2.0,
+        "seconds between this node's reports of its API keys' usage to its peers: rate "
+        "limits hold mesh-wide to within what the other nodes admit in this long",
+        group="access", metavar="SECONDS",
+    )  # fmt: skip
+    history_days: float = setting(
+        7.0, "days of request history this node keeps", group="records", metavar="DAYS"
+    )
+    log_prompts: bool = setting(
+        False,
+        "keep each request's prompt and answer in the history (off: only its figures)",
+        group="records",
+    )  # fmt: skip
+    price_file: Path | None = setting(
+        None,
+        "a TOML price table ([models.\"NAME\"] input_per_mtok, output_per_mtok, in USD) "
+        "over the one shipped",
+        group="records", metavar="FILE",
+    )  # fmt: skip
+    price_kwh: float = setting(
+        0.30, "price of a kWh, to cost local models by the energy they use", group="records",
+        metavar="USD",
+    )  # fmt: skip
+    cpu_watts: float = setting(
+        65.0,
+        "power this machine draws serving a model without a GPU (with NVIDIA GPUs their "
+        "measured power is used)",
+        group="records", metavar="WATTS",
+    )  # fmt: skip
+    history_fanout_timeout: float = setting(
+        3.0,
+        "seconds a mesh-wide history or usage query waits for each peer (one that does "
+        "not answer is named in the reply)",
+        group="records", metavar="SECONDS",
+    )  # fmt: skip
     state_dir: Path = setting(
         Path("~/.meshllm"),
-        "node key, mesh credentials, owner key, admin token, logs",
+        "node key, mesh credentials, owner key, admin token, API keys, history, logs",
         group="local",
     )  # fmt: skip
 

@@ -6,13 +6,16 @@ import asyncio
 import logging
 import signal
 import socket
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import psutil
 from aiohttp import web
 
 from meshllm import __version__
+from meshllm.access.service import MeshAccess
 from meshllm.commands import (
     ENDPOINT_KIND,
     EndpointCommands,
@@ -44,11 +47,23 @@ from meshllm.identity import Identity
 from meshllm.join_token import JoinToken, MeshCredentials
 from meshllm.mdns import MeshAdvertiser, browse
 from meshllm.owner import OwnerKey, SeenNonces, sign_statement, verify_statement
-from meshllm.paths import load_admin_token
-from meshllm.ports import GossipMeshPort, MeshEventFeed, NodeProxyMesh, status_snapshot
+from meshllm.paths import StatePaths, load_admin_token
+from meshllm.ports import (
+    GossipMeshPort,
+    MeshEventFeed,
+    NodeProxyMesh,
+    metric_snapshot,
+    status_snapshot,
+)
 from meshllm.proxy import ByteBudget, Forwarder, HttpLimits, create_app, serve_tunnel, start_http
 from meshllm.proxy.guard import GuardSettings
+from meshllm.proxy.observe import served_record
 from meshllm.proxy.routes import KEEP_ALIVE_HEADER
+from meshllm.proxy.tunnel import ServedAnswer
+from meshllm.records.cost import EnergyPrice, PriceTable
+from meshllm.records.history import HistoryStore
+from meshllm.records.metrics import Metrics
+from meshllm.records.service import MeshRecords
 from meshllm.resources import (
     host_resources,
     memory_budget_auto,
@@ -88,6 +103,7 @@ class Node:
             Identity.generate() if config.client else Identity.load_or_create(config.state_dir)
         )
         self.credentials, self.seeds = self._mesh_credentials()
+        self._client_dir: tempfile.TemporaryDirectory[str] | None = None
         self.started_at = time.time()
         # Owner statements accepted lately: no replays, not even of one this node's previous
         # run accepted (a statement issued before this start is refused).
@@ -137,6 +153,18 @@ class Node:
         self.pool = PoolCommands(self.gossip, self.serving, owner, self.proxy_mesh.load)
         self.endpoint_commands = EndpointCommands(self.gossip, self.serving, owner)
         self.gossip.add_handler(FrameType.POOL, self._on_owner_statement)
+        self.access = MeshAccess(
+            self.gossip,
+            mesh_id=self.credentials.mesh_id,
+            owner_public_key=self.credentials.owner,
+            owner_key=self.owner_key,
+            keys_path=None if config.client else StatePaths(config.state_dir).keys,
+            admin_token=self.admin_token,
+            listen_all=config.listen_all,
+            usage_interval=config.usage_interval,
+        )
+        self.records = self._records()
+        self.access.on_refused = self.records.refused
         # Request bodies held in memory, from our HTTP clients and peers' tunnels together.
         self.http_limits = HttpLimits()
         self.body_budget = ByteBudget(self.http_limits.max_body_bytes_in_flight)
@@ -148,6 +176,49 @@ class Node:
         self.advertiser: MeshAdvertiser | None = None
         self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task[object]] = set()
+
+    def _records(self) -> MeshRecords:
+        """The history (a lite client's in a directory of its own, gone when it stops: it
+        may run beside a serving node's state dir), the metrics, the mesh-wide queries."""
+        cfg = self.config
+        if cfg.client:
+            self._client_dir = tempfile.TemporaryDirectory(prefix="meshllm-client-")
+            history_path = Path(self._client_dir.name) / "history.sqlite"
+        else:
+            history_path = StatePaths(cfg.state_dir).history
+        store = HistoryStore(
+            history_path,
+            node_id=self.identity.node_id,
+            retention_s=cfg.history_days * 86400,
+            log_prompts=cfg.log_prompts,
+        )
+        transport = self.transport
+        serving = self.serving
+        metrics = Metrics(
+            self.identity.node_id,
+            lambda: metric_snapshot(self.gossip, transport.frames, serving, store.stats()),
+        )
+        return MeshRecords(
+            self.identity.node_id,
+            store,
+            metrics,
+            live_peers=lambda: sorted(self.state.peers),
+            open_stream=self.proxy_mesh.open_stream,
+            watts=self._watts,
+            prices=PriceTable.load(cfg.price_file),
+            energy=EnergyPrice(cfg.price_kwh),
+            fanout_timeout=cfg.history_fanout_timeout,
+            admin_token=self.admin_token,
+        )
+
+    def _watts(self) -> float | None:
+        """This machine's power draw serving models: its GPUs' measured power, else the
+        configured CPU figure."""
+        gpus = (self.resources.view(self.identity.node_id).resources or {}).get("gpus") or []
+        measured = [g["power_w"] for g in gpus if isinstance(g.get("power_w"), int | float)]
+        if measured:
+            return float(sum(measured))
+        return self.config.cpu_watts or None
 
     def _first_announcement(self) -> PeerAnnouncement:
         cfg = self.config
@@ -167,6 +238,15 @@ class Node:
     async def start(self) -> None:
         """Bind the QUIC port and the HTTP port, join the mesh, start serving."""
         cfg = self.config
+        if cfg.listen_all and not self.access.book and not cfg.join:
+            raise ConfigError(
+                "--listen-all needs API keys: anyone on the network could use this node. "
+                "Create one first with `meshllm keys create --scope inference` (it is kept "
+                f"in {StatePaths(cfg.state_dir).keys}), then start the node again"
+            )
+        if cfg.listen_all and not self.access.book:
+            log.warning("no API keys yet: requests are refused until the mesh's keys arrive")
+        self.records.store.start()
         try:
             host, port = split_addr(cfg.bind)
         except ValueError as exc:
@@ -188,6 +268,7 @@ class Node:
         if self.serving is not None:
             await self.serving.start()
         self.resources.start()
+        self.access.start()
         self._spawn(self._refresh_memory())
 
     async def _bind(self, host: str, port: int) -> tuple[str, int]:
@@ -211,6 +292,7 @@ class Node:
         """Leave the mesh cleanly and release every port and task."""
         await self.gossip.leave()
         await self.resources.stop()
+        await self.access.stop()
         if self.advertiser is not None:
             await self.advertiser.close()
         for task in list(self._tasks):
@@ -222,6 +304,9 @@ class Node:
         await self.transport.close()
         if self._runner is not None:
             await self._runner.cleanup()
+        await asyncio.to_thread(self.records.store.close)
+        if self._client_dir is not None:
+            self._client_dir.cleanup()
         self.stopped.set()
 
     async def run(self) -> None:
@@ -307,6 +392,7 @@ class Node:
         departed = [e.peer for e in events if isinstance(e, PeerRemoved)]
         for peer in departed:
             self.resources.forget(peer.node_id)
+            self.access.forget(peer.node_id)
         self._view_changed()
         if self.serving is not None:
             self.serving.mesh_changed(departed)
@@ -355,20 +441,26 @@ class Node:
     def _on_stream(self, link: Link, stream: QuicFrameStream, head: Frame) -> None:
         kind = head.get("t")
         if kind == FrameType.TUNNEL:
-            self._spawn(self._serve_tunnel(stream, head))
+            self._spawn(self._serve_tunnel(link, stream, head))
         elif kind == FrameType.FILE and self.serving is not None:
             self._spawn(self.serving.handle_file_request(stream, head))
         elif kind == FrameType.LOAD and self.serving is not None:
             self._spawn(answer_load_request(stream, head, self.serving.load_for_peer))
+        elif kind == FrameType.RECORDS:
+            self._spawn(self.records.answer_peer(stream, head))
         else:
             stream.reset()
 
-    async def _serve_tunnel(self, stream: QuicFrameStream, head: Frame) -> None:
-        mesh = self.proxy_mesh
+    async def _serve_tunnel(self, link: Link, stream: QuicFrameStream, head: Frame) -> None:
+        """Serve a peer's request, and record it (kind ``served``)."""
+        mesh, records = self.proxy_mesh, self.records
         model = head.get("model") if isinstance(head.get("model"), str) else None
         headers = head.get("headers")
         keep_alive = headers.get(KEEP_ALIVE_HEADER) if isinstance(headers, dict) else None
         mesh.backend_started(model, keep_alive if isinstance(keep_alive, str) else None)
+        loop = asyncio.get_running_loop()
+        wall, answer = time.time(), ServedAnswer(records.log_prompts, loop.time())
+        mark = records.serving_started()
         try:
             await serve_tunnel(
                 stream,
@@ -377,9 +469,20 @@ class Node:
                 mesh.local_base_url,
                 limits=self.http_limits,
                 budget=self.body_budget,
+                answer=answer,
             )
         finally:
             mesh.backend_finished(model)
+            record = served_record(
+                answer,
+                head,
+                entry_node=link.node_id,
+                serving_node=self.identity.node_id,
+                wall=wall,
+                latency_ms=(loop.time() - answer.started_at) * 1000,
+                energy_j=records.energy_of(mark) if answer.status else None,
+            )
+            records.request_finished(record, None)
 
     # drop
 
@@ -488,6 +591,10 @@ class Node:
             GuardSettings.from_config(self.config),
             events=self.events,
             fleet=self,
+            access=self.access,
+            keys=self.access,
+            records=self.records,
+            log=self.records,
             load_timeout=self.config.load_timeout,
             limits=self.http_limits,
             budget=self.body_budget,

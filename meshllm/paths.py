@@ -5,6 +5,8 @@
 <state-dir>/owner_key           the mesh owner's key, on admin machines only (0600)
 <state-dir>/admin_token         the secret of the local admin routes (0600)
 <state-dir>/model_digests.json  sha256 of model files, by path, size and mtime
+<state-dir>/keys.msgpack        the mesh's API keys: owner-signed statements, hashes only (0600)
+<state-dir>/history.sqlite      this node's request history (SQLite, WAL)
 <state-dir>/logs/               one llama-server log per model
 """
 
@@ -41,6 +43,14 @@ class StatePaths:
     @property
     def model_digests(self) -> Path:
         return self.root / "model_digests.json"
+
+    @property
+    def keys(self) -> Path:
+        return self.root / "keys.msgpack"
+
+    @property
+    def history(self) -> Path:
+        return self.root / "history.sqlite"
 
     @property
     def logs(self) -> Path:

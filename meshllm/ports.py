@@ -28,6 +28,7 @@ from meshllm.gossip import (
     split_addr,
 )
 from meshllm.proxy import Forwarder, Target
+from meshllm.records.metrics import MeshSnapshot
 from meshllm.serving.durations import duration
 from meshllm.serving.manager import ServingManager, room_of
 from meshllm.serving.pool_load import ask_to_load
@@ -331,3 +332,37 @@ def status_snapshot(
         "peers": peers,
         "catalog": entries,
     }
+
+
+def metric_snapshot(
+    gossip: Gossip,
+    frames: Mapping[tuple[str, str], int],
+    serving: ServingManager | None,
+    history: Mapping[str, int],
+) -> MeshSnapshot:
+    """What ``/metrics`` reads of the other parts at scrape time: peers by health,
+    gossip frames and refusals, this node's pool, model copies, history writes."""
+    peers: Counter[str] = Counter(
+        "suspect" if gossip.is_suspect(node_id) else "alive" for node_id in gossip.state.peers
+    )
+    fields: dict[str, Any] = {}
+    if serving is not None:
+        runner = serving.runner
+        pool = runner.fields().get("pool", {})
+        fields = {
+            "models": Counter((model, entry["state"]) for model, entry in pool.items()),
+            "model_loads": dict(runner.loads),
+            "model_unloads": dict(runner.unloads),
+            "copies": serving.copies.done,
+            "copy_bytes": serving.copies.bytes,
+            "copies_failed": serving.copies.failed,
+        }
+    return MeshSnapshot(
+        peers={"alive": peers["alive"], "suspect": peers["suspect"]},
+        frames=dict(frames),
+        refused=dict(gossip.counters),
+        history_written=history.get("written", 0),
+        history_dropped=history.get("dropped", 0),
+        history_queued=history.get("queued", 0),
+        **fields,
+    )

@@ -135,7 +135,8 @@ def test_models_subcommand_reads_the_pool_view(
 
     view = {"models": pool_view(_pool_mesh(), int(time.time() * 1000))}
     asked: list[str] = []
-    monkeypatch.setattr(cli, "_request", lambda port, path, *a, **k: asked.append(path) or view)
+    answer = lambda port, path, *a, **k: asked.append(path) or view  # noqa: E731
+    monkeypatch.setattr(cli, "local_request", answer)
     assert cli.run_subcommand("models", ["--json"]) == 0
     models = json.loads(capsys.readouterr().out)
     assert [(m["model"], m["state"], m["rpm"]) for m in models] == [("m", "hot", 12.0),

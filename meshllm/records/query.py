@@ -34,6 +34,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from meshllm.records.record import RecordKind
+from meshllm.serving.durations import period
 
 DEFAULT_LIMIT = 100  # rows in a history page when the client names no limit
 MAX_LIMIT = 1000  # rows in one page at most: bounds a node's answer and the merge's work
@@ -82,9 +83,6 @@ BUCKET_NAMES = {"minute": 60, "hour": 3600, "day": 86400}
 
 _STATUS_CODE = re.compile(r"[1-5]\d\d")
 _STATUS_CLASS = re.compile(r"([1-5])xx")
-_RELATIVE = re.compile(r"(?:\d+(?:\.\d*)?[smhdw])+")
-_RELATIVE_PART = re.compile(r"(\d+(?:\.\d*)?)([smhdw])")
-_UNIT_SECONDS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 86400.0}
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # OWASP's CSV injection list
 _CURSOR_TEXT = re.compile(r"[A-Za-z0-9_-]{1,400}")
 _TIME_HINT = 'use Unix seconds, ISO 8601 ("2025-01-31T12:00:00Z") or a duration ago ("15m", "7d")'
@@ -201,8 +199,7 @@ def parse_time(text: str, now: float, what: str = "time") -> float:
         if not math.isfinite(seconds) or seconds < 0:
             raise ValueError(f"{what} {text!r} is not a time: {_TIME_HINT}")
         return seconds
-    if _RELATIVE.fullmatch(text):
-        ago = sum(float(n) * _UNIT_SECONDS[unit] for n, unit in _RELATIVE_PART.findall(text))
+    if (ago := period(text)) is not None:
         return now - ago
     try:
         moment = datetime.fromisoformat(text)

@@ -68,3 +68,17 @@ def _parse_string(text: str, what: str) -> float:
             raise ValueError(f"{what} {text!r}: unknown unit {unit!r} (one of {known})")
         total += float(number) * scale
     return sign * total
+
+
+_PERIOD = re.compile(r"(?:\d+(?:\.\d*)?[smhdw])+")
+_PERIOD_PART = re.compile(r"(\d+(?:\.\d*)?)([smhdw])")
+PERIOD_UNIT_SECONDS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 86400.0}
+
+
+def period(text: str) -> float | None:
+    """Seconds in a span of time such as ``90s``, ``1h30m``, ``7d`` or ``2w`` (days and
+    weeks too, unlike a keep_alive), or None when ``text`` is not one."""
+    text = text.strip()
+    if not _PERIOD.fullmatch(text):
+        return None
+    return sum(float(n) * PERIOD_UNIT_SECONDS[unit] for n, unit in _PERIOD_PART.findall(text))
