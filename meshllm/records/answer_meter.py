@@ -72,14 +72,15 @@ class AnswerMeter:
             return  # comments (": loading …") and keep-alives carry no token
         if self.first_token_at is None:
             self.first_token_at = now
-        self._events += (
-            data.count(b'"content"')
-            - data.count(b'"content":null')
-            - data.count(b'"content": null')
-        )
-        if self._keep_text or _COUNTED[0] in data or _COUNTED[1] in data:
+        # Content that is text, not a role chunk's null: compact JSON, or with a space.
+        self._events += data.count(b'"content":"') + data.count(b'"content": "')
+        if self._keep_text:
             for event in data.split(b"\n\n"):
                 self._event(event)
+        elif _COUNTED[0] in data or _COUNTED[1] in data:  # only the events that say
+            for event in data.split(b"\n\n"):
+                if _COUNTED[0] in event or _COUNTED[1] in event:
+                    self._event(event)
 
     def finish(self) -> None:
         """The answer is over: a body is read for its counts; a stream without counts is
