@@ -4,14 +4,20 @@ Paths, all on 127.0.0.1, all to one fast fake backend (``meshllm.testing.fake_ba
 
     direct    load generator -> backend
     local     -> meshllm node fronting the backend (``--endpoint``) -> backend
+    keyed     the same, on a node with an API key: each request's key checked and counted
+              against its (very high) rate limits
     one hop   -> meshllm ``--client`` node -> QUIC tunnel -> the serving node -> backend
     litellm   -> LiteLLM proxy (``litellm --config``, model ``openai/...`` with ``api_base``)
 
 Each is measured non-streaming (latency of the whole answer) and streaming (time to
 the first body byte, and SSE events per second), at concurrency 1 and 100.  Added
 latency is the path's latency minus the direct path's at the same concurrency and
-percentile.  LiteLLM is optional: if it cannot be imported or started, that is
-printed and the rest still runs (``pip install 'litellm[proxy]'``, the ``bench`` extra).
+percentile; keyed minus local is what key checks and limits add (every node also
+records every request in its history and metrics: ``scripts/bench_records.py``'s
+in-process figures are printed at the end, with how many rows each node's history
+wrote and dropped under this load).  LiteLLM is optional: if it cannot be imported or
+started, that is printed and the rest still runs (``pip install 'litellm[proxy]'``, the
+``bench`` extra).
 
     .venv/bin/python scripts/bench_proxy.py [--requests-c1 300] [--requests-c100 2000]
                                             [--no-litellm | --litellm-cmd PATH]
@@ -32,6 +38,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -107,25 +114,37 @@ def start_backend(procs: Procs, tmp: Path) -> str:
     return backend.url
 
 
-def start_mesh(procs: Procs, tmp: Path, backend_url: str) -> tuple[NodeProcess, NodeProcess]:
-    """A node fronting the backend, and a ``--client`` node joined to it."""
+def start_mesh(
+    procs: Procs, tmp: Path, backend_url: str
+) -> tuple[NodeProcess, NodeProcess, NodeProcess, str]:
+    """A node fronting the backend, a ``--client`` node joined to it, and a node of a mesh
+    of its own with an API key (and that key)."""
     empty = tmp / "no-models"
     empty.mkdir()
-    common = ["--bind", "127.0.0.1:0", "--port", "0", "--no-install", "--models-dir", str(empty)]
+    common = ["--bind", "127.0.0.1:0", "--port", "0", "--no-install", "--models-dir", str(empty),
+              "--no-mdns", "--no-auto-endpoints"]  # fmt: skip
     server = NodeProcess(tmp / "server", [*common, "--endpoint", backend_url])
     procs.nodes.append(server)
     server.start()
     client = NodeProcess(tmp / "client", [*common, "--client", "--join", server.token])
     procs.nodes.append(client)
     client.start()
+    keyed = NodeProcess(tmp / "keyed", [*common, "--endpoint", backend_url])
+    procs.nodes.append(keyed)
+    keyed.start()
+    made = subprocess.run(
+        [sys.executable, "-m", "meshllm", "keys", "create", "--rpm", "1000000000", "--tpm",
+         "1000000000", "--port", str(keyed.http_port), "--state-dir", str(keyed.state_dir)],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
 
     def warm(node: NodeProcess) -> bool:
         return any(
             m["id"] == MODEL and m["meshllm"]["warm"] for m in node.get("/v1/models")["data"]
         )
 
-    wait_for(lambda: warm(server) and warm(client), 60, what="the model to be warm on both")
-    return server, client
+    wait_for(lambda: warm(server) and warm(client) and warm(keyed), 60, what="the model to be warm")
+    return server, client, keyed, made.stdout.strip()
 
 
 def start_litellm(
@@ -397,11 +416,64 @@ def print_ratios(results: dict[tuple[str, bool, int], Cell]) -> None:
             print(line)
 
 
+async def key_ab(url: str, key: str, admin_token: str, rounds: int, per_round: int):
+    """Median latency (ms) of requests one at a time with the API key, and with the admin
+    token (which skips the key check and limits), interleaved round by round on one node so
+    that the machine's drift falls on both alike."""
+    body = {"model": MODEL, "messages": [{"role": "user", "content": PROMPT}]}
+    medians: dict[str, list[float]] = {"key": [], "admin token": []}
+    async with aiohttp.ClientSession() as session:
+        for _ in range(rounds):
+            for name, token in (("key", key), ("admin token", admin_token)):
+                times = []
+                for _ in range(per_round):
+                    t0 = time.perf_counter()
+                    async with session.post(
+                        url + "/v1/chat/completions", json=body,
+                        headers={"Authorization": f"Bearer {token}"},
+                    ) as resp:  # fmt: skip
+                        await resp.read()
+                        if resp.status != 200:
+                            raise RuntimeError(f"{name}: HTTP {resp.status}")
+                    times.append(time.perf_counter() - t0)
+                medians[name].append(pct(times, 0.5))
+    return {name: statistics.median(values) for name, values in medians.items()}
+
+
+def print_records(nodes: dict[str, NodeProcess], key: str, run: Any) -> None:
+    """What keys and records cost: key against admin token on one node, each node's
+    history under the load above, and the in-process figures of scripts/bench_records.py."""
+    keyed = nodes["keyed"]
+    admin_token = (keyed.state_dir / "admin_token").read_text().strip()
+    ab = run(key_ab(keyed.url, key, admin_token, rounds=10, per_round=200))
+    print(
+        "\nkeys and limits, end to end (non-streaming, one at a time, median of 10 interleaved"
+        f" rounds of 200): with the key {ab['key']:.3f} ms, with the admin token (no key"
+        f" check) {ab['admin token']:.3f} ms: {(ab['key'] - ab['admin token']) * 1000:+.0f} µs"
+    )
+    print("history under the load above (every request recorded; rows written, dropped):")
+    for name, node in nodes.items():
+        text = urllib.request.urlopen(node.url + "/metrics", timeout=10).read().decode()
+        figures = {
+            line.split()[0]: float(line.split()[1])
+            for line in text.splitlines()
+            if line.startswith("meshllm_history_rows_") and " " in line
+        }
+        written = figures.get("meshllm_history_rows_written_total", 0)
+        dropped = figures.get("meshllm_history_rows_dropped_total", 0)
+        queued = figures.get("meshllm_history_rows_queued", 0)
+        print(f"  {name:<6} written {written:,.0f}  dropped {dropped:.0f}  queued {queued:.0f}")
+    import bench_records
+
+    bench_records.print_figures(bench_records.measure(20000))
+
+
 # --- main -------------------------------------------------------------------------------------
 
 
 async def bench(
     urls: dict[str, str],
+    keys: dict[str, str],
     pids: dict[str, list[int]],
     concurrencies: list[int],
     requests: dict[int, int],
@@ -413,7 +485,8 @@ async def bench(
         for conc in concurrencies:
             for stream in (False, True):
                 for path, base in urls.items():
-                    headers = {"Authorization": f"Bearer {MASTER_KEY}"} if path == "litellm" else {}
+                    key = keys.get(path)
+                    headers = {"Authorization": f"Bearer {key}"} if key else {}
                     cell = await run_load(
                         session, base, headers,
                         stream=stream, concurrency=conc, requests=requests[conc],
@@ -445,9 +518,10 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-proxy-"))
     try:
         backend = start_backend(procs, tmp)
-        server, client = start_mesh(procs, tmp, backend)
-        urls = {"direct": backend, "local": server.url, "hop": client.url}
-        pids = {"local": [server.pid], "hop": [server.pid, client.pid]}
+        server, client, keyed, key = start_mesh(procs, tmp, backend)
+        urls = {"direct": backend, "local": server.url, "keyed": keyed.url, "hop": client.url}
+        keys = {"keyed": key, "litellm": MASTER_KEY}
+        pids = {"local": [server.pid], "keyed": [keyed.pid], "hop": [server.pid, client.pid]}
         if args.no_litellm:
             print("litellm: skipped (--no-litellm)")
         else:
@@ -468,9 +542,10 @@ def main() -> None:
 
                 run = uvloop.run
         requests = {1: args.requests_c1, 100: args.requests_c100}
-        results = run(bench(urls, pids, [1, 100], requests))
+        results = run(bench(urls, keys, pids, [1, 100], requests))
         print_tables(results, list(urls))
         print_ratios(results)
+        print_records({"local": server, "keyed": keyed, "hop": client}, key, run)
         print(f"\nload average after: {os.getloadavg()[0]:.2f}")
     finally:
         procs.stop_all()
