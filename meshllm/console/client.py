@@ -408,6 +408,14 @@ class NodeClient:
         except OSError as exc:
             raise NodeAPIError(f"cannot read the admin token {path}: {exc.strerror}") from exc
 
+    def _chat_headers(self) -> dict[str, str]:
+        """The admin token, when this machine has it: once the mesh has API keys, a chat
+        needs a key, and the admin token is this machine's."""
+        try:
+            return self._admin_headers()
+        except NodeAPIError:
+            return {}
+
     def _admin_headers(self) -> dict[str, str]:
         """The header of a change (or a secret) the node takes only with the admin token."""
         return {"Authorization": f"Bearer {self.admin_token()}"}
@@ -494,7 +502,7 @@ class NodeClient:
         payload = {"model": model, "messages": list(messages), "stream": True}
         with map_exceptions(self.address):
             async with self._http().post(
-                "/v1/chat/completions", json=payload, timeout=timeout
+                "/v1/chat/completions", json=payload, timeout=timeout, headers=self._chat_headers()
             ) as resp:
                 if resp.status >= 400:
                     await self._json(resp)  # raises NodeAPIError with the node's message
