@@ -60,7 +60,7 @@ from meshllm.proxy.guard import GuardSettings
 from meshllm.proxy.observe import served_record
 from meshllm.proxy.routes import KEEP_ALIVE_HEADER
 from meshllm.proxy.tunnel import ServedAnswer
-from meshllm.records.cost import EnergyPrice, PriceTable
+from meshllm.records.cost import EnergyPrice, PriceTable, serving_watts
 from meshllm.records.history import HistoryStore
 from meshllm.records.metrics import Metrics
 from meshllm.records.service import MeshRecords
@@ -212,13 +212,9 @@ class Node:
         )
 
     def _watts(self) -> float | None:
-        """This machine's power draw serving models: its GPUs' measured power, else the
-        configured CPU figure."""
-        gpus = (self.resources.view(self.identity.node_id).resources or {}).get("gpus") or []
-        measured = [g["power_w"] for g in gpus if isinstance(g.get("power_w"), int | float)]
-        if measured:
-            return float(sum(measured))
-        return self.config.cpu_watts or None
+        """This machine's power draw serving models (its GPUs', else --cpu-watts)."""
+        own = self.resources.view(self.identity.node_id).resources
+        return serving_watts(own, self.config.cpu_watts)
 
     def _first_announcement(self) -> PeerAnnouncement:
         cfg = self.config

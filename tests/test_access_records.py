@@ -117,6 +117,8 @@ def test_a_key_works_mesh_wide_is_limited_mesh_wide_and_revoked_mesh_wide(
         assert error_code(chat(b, "model-a")) == (401, "missing_api_key")
         assert error_code(chat(a, "model-a", key[:-2] + "xx")) == (401, "invalid_api_key")
         assert error_code(chat(b, "model-a", narrow)) == (403, "model_not_allowed")
+        status, _, body = call(b, "/api/history", key)  # an inference key on an admin route
+        assert (status, json.loads(body)["error"]["code"]) == (403, "insufficient_scope")
         assert chat(a, "model-b", narrow)[0] == 200
         client = openai.OpenAI(base_url=f"{a.url}/v1", api_key=key, max_retries=0)
         answer = client.chat.completions.create(

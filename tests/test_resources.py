@@ -274,3 +274,12 @@ def test_memory_budget_auto_is_all_memory_less_a_reserve() -> None:
                                              {"vram_total": 8 * gib, "vram_used": 0}]}  # fmt: skip
     assert memory_budget_auto(gpus) == 32 * gib - int(32 * gib * 0.05)
     assert memory_budget_auto({"ram_total": 0, "gpus": []}) == 0
+
+
+def test_a_gpu_nodes_requests_are_costed_by_the_power_nvml_reads(use_nvml: Any) -> None:
+    from meshllm.records.cost import serving_watts
+
+    h100 = FakeGpu("NVIDIA H100", 80 * GiB, 10 * GiB, power=412_345)  # milliwatts
+    t4 = FakeGpu("Tesla T4", 16 * GiB, 1 * GiB, power=None)  # reads no power
+    use_nvml(fake_pynvml([h100, t4]))
+    assert serving_watts(host_resources(), cpu_watts=65.0) == 412.3  # W, to 0.1 as reported

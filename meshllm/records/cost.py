@@ -31,6 +31,7 @@ PRICE_FIELDS = frozenset({"input_per_mtok", "output_per_mtok"})
 
 PRICE_TABLE = "price_table"
 ENERGY = "energy"
+MAX_GPU_WATTS = 10_000.0  # a GPU's reported draw beyond this is a sensor's nonsense
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,24 @@ def _read_price_file(path: Path) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError(f"price file {path}: not UTF-8 text") from None
+
+
+def serving_watts(host: Mapping[str, Any] | None, cpu_watts: float) -> float | None:
+    """The power a node draws serving models, from its ``host`` resources (as
+    :func:`meshllm.resources.host_resources` reads them): its GPUs' measured draw (NVML)
+    when it reports any, else ``cpu_watts`` (a configured figure; 0: unknown, None)."""
+    gpus = (host or {}).get("gpus") or []
+    measured = [
+        g["power_w"]
+        for g in gpus
+        if isinstance(g, Mapping)
+        and isinstance(g.get("power_w"), int | float)
+        and not isinstance(g.get("power_w"), bool)
+        and 0 <= g["power_w"] < MAX_GPU_WATTS
+    ]
+    if measured:
+        return float(sum(measured))
+    return float(cpu_watts) if cpu_watts > 0 else None
 
 
 def energy_joules(watts: float, seconds: float, sharing: int) -> float:

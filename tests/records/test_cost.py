@@ -247,3 +247,16 @@ def test_summarize_without_energy_price_leaves_local_cost_unknown(shipped: Price
     )
     assert row["cost"] is None
     assert row["energy_kwh"] == pytest.approx(1.0)
+
+
+def test_a_gpu_node_is_costed_by_its_measured_power_else_the_configured_cpu_figure() -> None:
+    from meshllm.records.cost import serving_watts
+
+    gpus = {"gpus": [{"name": "A", "power_w": 210.5}, {"name": "B", "power_w": 90}]}
+    assert serving_watts(gpus, 65.0) == 300.5
+    # A GPU that reads no power, or nonsense, is no measurement: the CPU figure stands.
+    unread = {"gpus": [{"name": "A", "power_w": None}, {"name": "B", "power_w": -5},
+                       {"name": "C", "power_w": True}, {"name": "D", "power_w": 1e9}]}  # fmt: skip
+    assert serving_watts(unread, 65.0) == 65.0
+    assert serving_watts({"gpus": []}, 65.0) == serving_watts(None, 65.0) == 65.0
+    assert serving_watts(None, 0) is None  # nothing configured: unknown, not free
