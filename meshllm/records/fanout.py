@@ -19,13 +19,13 @@ from typing import Any
 import msgpack
 
 from meshllm.errors import FrameError, PeerError
+from meshllm.records.record import PRIVATE_FIELDS
 from meshllm.wire import MAX_FRAME_SIZE, Frame, FrameStream, FrameType, make_frame
 
 QUERIES = ("history", "usage")
 MAX_ANSWER_BYTES = MAX_FRAME_SIZE - 4096  # the rows of one answer, with room for its framing
 MAX_PARAMS = 16  # query parameters a peer may send
 MAX_PARAM_CHARS = 200  # ... each, name and value
-PRIVATE_FIELDS = ("prompt", "answer")  # never sent to a peer
 
 OpenStream = Callable[[str], Awaitable[FrameStream]]
 Answerer = Callable[[str, Mapping[str, str]], Awaitable[list[dict[str, Any]]]]

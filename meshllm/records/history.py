@@ -33,7 +33,7 @@ from typing import Any
 
 from meshllm.errors import ConfigError, MeshError
 from meshllm.records.query import HistoryQuery, UsageQuery, status_bounds
-from meshllm.records.record import RequestRecord
+from meshllm.records.record import RECORD_FIELDS, RequestRecord
 
 log = logging.getLogger(__name__)
 
@@ -49,26 +49,7 @@ PRUNE_CHUNK = 5000  # rows deleted per transaction, so readers and writes interl
 BUSY_TIMEOUT_MS = 5000  # how long a write waits for a lock another process holds
 FILE_MODE = 0o600  # the database holds prompts and key ids: owner only
 
-COLUMNS = (
-    "request_id",
-    "time",
-    "kind",
-    "entry_node",
-    "serving_node",
-    "model",
-    "path",
-    "status",
-    "latency_ms",
-    "ttft_ms",
-    "key_id",
-    "tokens_in",
-    "tokens_out",
-    "stream",
-    "energy_j",
-    "error",
-    "prompt",
-    "answer",
-)
+COLUMNS = RECORD_FIELDS  # the table's, in order
 """The table's columns: ``RequestRecord``'s fields, in order."""
 
 _SCHEMA = """

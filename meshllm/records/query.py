@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from meshllm.records.record import RecordKind
+from meshllm.records.record import PRIVATE_FIELDS, RECORD_FIELDS, RecordKind
 from meshllm.serving.durations import period
 
 DEFAULT_LIMIT = 100  # rows in a history page when the client names no limit
@@ -43,27 +43,9 @@ MAX_NAMES_SHOWN = 5  # unknown parameters an error names, so a hostile query can
 MAX_NAME_SHOWN = 40  # characters of each unknown parameter's name an error shows
 DEFAULT_USAGE_PERIOD_S = 24 * 3600.0  # usage covers the last day unless ``since`` says
 USAGE_BUCKETS_S = (60, 3600, 86400)  # usage per minute, hour or day
-CSV_FIELDS = (
-    "request_id",
-    "time",
-    "kind",
-    "entry_node",
-    "serving_node",
-    "model",
-    "path",
-    "status",
-    "latency_ms",
-    "ttft_ms",
-    "key_id",
-    "tokens_in",
-    "tokens_out",
-    "stream",
-    "energy_j",
-    "error",
-    "seen_by",
-)
+CSV_FIELDS = (*(f for f in RECORD_FIELDS if f not in PRIVATE_FIELDS), "seen_by")
 """The CSV header, in order; ``prompt`` and ``answer`` follow when a row has either."""
-CSV_PROMPT_FIELDS = ("prompt", "answer")
+CSV_PROMPT_FIELDS = PRIVATE_FIELDS
 
 # The serving node's facts a routed row takes from the served row when it lacks them.
 SERVING_FACTS: dict[str, Any] = {

@@ -15,7 +15,7 @@ and ``routed`` ones that no node served.
 from __future__ import annotations
 
 import secrets
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from enum import StrEnum
 from typing import Any
 
@@ -65,6 +65,12 @@ class RequestRecord:
         row = asdict(self)
         row["kind"] = str(self.kind)
         return row
+
+
+RECORD_FIELDS = tuple(f.name for f in fields(RequestRecord))
+"""A record's fields, in order: the history's columns."""
+PRIVATE_FIELDS = ("prompt", "answer")
+"""Kept only on the node that logged them (``--log-prompts``): never sent to a peer."""
 
 
 def new_request_id() -> str:

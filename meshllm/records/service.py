@@ -154,35 +154,16 @@ class MeshRecords:
         this node's history, newest first.  Raises ValueError for a bad query (400)."""
         params, scope = _scope(params)
         query = parse_history_query(params, time.time())
-        pages = {self.node_id: await asyncio.to_thread(self.store.query, query)}
-        missing: dict[str, str] = {}
-        if scope == "mesh":
-            asked = await ask_peers(
-                self._live_peers(), self._open_stream, "history", params, self._timeout
-            )
-            pages.update(asked.rows)
-            missing = asked.missing
+        pages, missing = await self._gather("history", params, scope, self.store.query, query)
         rows, cursor = merge_history(pages.values(), query.limit)
-        return {
-            "rows": rows,
-            "next_cursor": cursor,
-            "nodes": sorted(pages),
-            "missing": missing,
-        }
+        return {"rows": rows, "next_cursor": cursor, "nodes": sorted(pages), "missing": missing}
 
     async def usage(self, params: Mapping[str, str]) -> dict[str, Any]:
         """``GET /api/usage``: requests, tokens and cost per key and model over a period,
         mesh-wide or this node's.  Raises ValueError for a bad query (400)."""
         params, scope = _scope(params)
         query = parse_usage_query(params, time.time())
-        groups = {self.node_id: await asyncio.to_thread(self.store.usage, query)}
-        missing: dict[str, str] = {}
-        if scope == "mesh":
-            asked = await ask_peers(
-                self._live_peers(), self._open_stream, "usage", params, self._timeout
-            )
-            groups.update(asked.rows)
-            missing = asked.missing
+        groups, missing = await self._gather("usage", params, scope, self.store.usage, query)
         merged = summarize(merge_usage(groups.values()), self._prices, self._energy)
         return {
             "since": query.since,
@@ -193,6 +174,23 @@ class MeshRecords:
             "nodes": sorted(groups),
             "missing": missing,
         }
+
+    async def _gather(
+        self,
+        name: str,
+        params: dict[str, str],
+        scope: str,
+        run: Callable[[Any], list[dict[str, Any]]],
+        query: Any,
+    ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, str]]:
+        """This node's answer to ``query`` and, mesh-wide, every live peer's: the rows by
+        node, and why the nodes that did not answer did not."""
+        rows = {self.node_id: await asyncio.to_thread(run, query)}
+        if scope != "mesh":
+            return rows, {}
+        asked = await ask_peers(self._live_peers(), self._open_stream, name, params, self._timeout)
+        rows.update(asked.rows)
+        return rows, asked.missing
 
     async def answer_peer(self, stream: FrameStream, head: Frame) -> None:
         """A peer's query of this node's own records."""
