@@ -221,11 +221,18 @@ def test_max_loaded_evicts_the_idle_model_never_a_busy_one(
     streamed: list[str] = []
 
     def long_request() -> None:
-        streamed.extend(raw_stream(a, "first", 400, ignore_eos=True))
+        req = chat_stream_request(a, "first", 400, ignore_eos=True)
+        with urllib.request.urlopen(req, timeout=SLOW) as resp:
+            for line in resp:  # as they come: the test goes on while it streams
+                streamed.append(line.decode().rstrip("\n"))
 
     busy = threading.Thread(target=long_request)
     busy.start()
-    wait_for(lambda: a.status()["load"] > 0, 60, what="the long request to be in flight")
+    # Streaming, so busy: the node's announced load may show it a moment late.
+    wait_for(
+        lambda: sum(line.startswith("data: {") for line in streamed) >= 3, 60,
+        what="the long request to be streaming",
+    )  # fmt: skip
     with pytest.raises(openai.APIStatusError) as refused:
         chat(a, "other")
     assert refused.value.status_code == 503
