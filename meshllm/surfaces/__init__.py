@@ -1,0 +1,1 @@
+"""Other APIs' shapes, translated to and from the OpenAI shape the mesh speaks."""
