@@ -94,10 +94,12 @@ class NodeProxyMesh:
         anns = list(self.gossip.state.all())
         views = {v["model"]: v for v in pool_view(anns, _wall_ms())}
         entries = catalog(anns)
+        digests = {m: d for a in anns for m, d in a.model_sha256.items()}
         for entry in entries:
             view = views.get(entry["model"])
             entry["state"] = view["state"] if view else "cold"
             entry["pool"] = view["nodes"] if view else []
+            entry["sha256"] = digests.get(entry["model"], "")
         return entries
 
     def targets(self) -> Mapping[str, Sequence[Target]]:

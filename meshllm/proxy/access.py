@@ -5,33 +5,36 @@ header).  The routes fall in four classes:
 
 * ``/health``: anyone.
 * the read-only pages (``GET`` of ``/api/status``, ``/api/models``, ``/api/fleet``,
-  ``/api/events``, ``/api/endpoints``, ``/v1/models``, ``/openapi.json``, ``/metrics``):
+  ``/api/events``, ``/api/endpoints``, ``/v1/models``, ``/openapi.json``, ``/metrics``,
+  and Ollama's listings ``/api/tags``, ``/api/ps``, ``/api/version``, ``POST /api/show``):
   a caller on this machine, or one with any valid key.
-* inference (``POST /v1/…``): anyone while the node has no key and listens on loopback
-  only (DESIGN.md §7b: a node on 127.0.0.1 stays open to local clients); otherwise a
+* inference (``POST /v1/…``, and Ollama's ``/api/chat``, ``/api/generate``,
+  ``/api/embed``, ``/api/embeddings``): anyone while the node has no key and listens on
+  loopback only (DESIGN.md §7b: a node on 127.0.0.1 stays open to local clients); otherwise a
   valid key, which must be within its rate limits (429 with ``Retry-After``) and, once
   the body is read, allow the model (:func:`model_refusal`: 403).  This node's admin
   token, from this machine, counts as an admin key.
 * the admin routes: the admin token from this machine (:func:`~meshllm.proxy.admin.admin_refusal`),
   or a key of scope ``admin`` from anywhere.
 
-Refusals are OpenAI-shaped: 401 without a valid key, 403 for the wrong scope or model,
-429 over a limit.  The key's secret is never logged or echoed; the caller is kept on
-the request (:func:`caller_of`) for the records (its key id) and the admin check.
+Refusals come in the shape of the route's API (OpenAI's, Ollama's or Anthropic's): 401
+without a valid key, 403 for the wrong scope or model, 429 over a limit.  The key's
+secret is never logged or echoed; the caller is kept on the request (:func:`caller_of`)
+for the records (its key id) and the admin check.
 """
 
 from __future__ import annotations
 
 import hmac
 import ipaddress
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import hdrs, web
 
 from meshllm.access.keys import ApiKey, KeyRefused
-from meshllm.proxy.errors import error_response
+from meshllm.proxy.surface import OPENAI, Surface
 
 if TYPE_CHECKING:
     from meshllm.access.limits import Refusal
@@ -49,8 +52,14 @@ READ_ONLY_PATHS = frozenset(
         "/v1/models",
         "/openapi.json",
         "/metrics",
+        "/api/tags",  # Ollama's listings
+        "/api/ps",
+        "/api/version",
     }
 )
+READ_ONLY_POSTS = frozenset({"/api/show"})  # Ollama asks for a model's card with a POST
+INFERENCE_PATHS = frozenset({"/api/chat", "/api/generate", "/api/embed", "/api/embeddings"})
+"""Inference outside ``/v1/``: Ollama's."""
 OPEN_PATHS = frozenset({"/health"})
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -131,13 +140,16 @@ def is_local_caller(request: web.Request) -> bool:
         return False
 
 
-def install_access(app: web.Application, policy: AccessPolicy) -> None:
-    """Check keys on every request of ``app`` (after the guard's rules)."""
+def install_access(
+    app: web.Application, policy: AccessPolicy, shapes: Mapping[str, Surface] | None = None
+) -> None:
+    """Check keys on every request of ``app`` (after the guard's rules); a refusal is
+    shaped as the API of its path speaks (``shapes``: path -> surface; else OpenAI's)."""
     app[POLICY_KEY] = policy
-    app.middlewares.append(access_middleware(policy))
+    app.middlewares.append(access_middleware(policy, shapes or {}))
 
 
-def access_middleware(policy: AccessPolicy) -> _Middleware:
+def access_middleware(policy: AccessPolicy, shapes: Mapping[str, Surface]) -> _Middleware:
     """The middleware that applies the route classes above."""
 
     @web.middleware
@@ -150,8 +162,11 @@ def access_middleware(policy: AccessPolicy) -> _Middleware:
         if local and presented and _is_admin_token(presented, policy.admin_token):
             request[_CALLER] = Caller(admin_token=True)
             return await handler(request)
-        inference = request.method == hdrs.METH_POST and path.startswith("/v1/")
-        if request.method == hdrs.METH_GET and path in READ_ONLY_PATHS:
+        post = request.method == hdrs.METH_POST
+        inference = post and (path.startswith("/v1/") or path in INFERENCE_PATHS)
+        if (request.method == hdrs.METH_GET and path in READ_ONLY_PATHS) or (
+            post and path in READ_ONLY_POSTS
+        ):
             needs_key, scope = not local, None
         elif inference:
             needs_key, scope = policy.keys_required(), INFERENCE_SCOPE
@@ -164,13 +179,13 @@ def access_middleware(policy: AccessPolicy) -> _Middleware:
         except KeyRefused as exc:  # no key, or a malformed, unknown, revoked or expired one
             if not needs_key:  # an open route ignores a client's dummy key; an admin
                 return await handler(request)  # route checks its admin token itself
-            return _refused(exc, policy, request)
+            return _refused(exc, policy, request, shape=shapes.get(path, OPENAI))
         if scope == INFERENCE_SCOPE:
             if (refused := policy.refusal(key, scope, None)) is not None:
-                return _refused(refused, policy, request, key.id)
+                return _refused(refused, policy, request, key.id, shapes.get(path, OPENAI))
             if (limited := policy.admit(key)) is not None:
                 policy.refused(429, f"rate_{limited.limit}", path, key.id)
-                return error_response(
+                return shapes.get(path, OPENAI).error(
                     429,
                     limited.message,
                     "rate_limit_exceeded",
@@ -205,8 +220,12 @@ def _is_admin_token(presented: str, admin_token: str) -> bool:
 
 
 def _refused(
-    exc: KeyRefused, policy: AccessPolicy, request: web.Request, key_id: str = ""
+    exc: KeyRefused,
+    policy: AccessPolicy,
+    request: web.Request,
+    key_id: str = "",
+    shape: Surface = OPENAI,
 ) -> web.Response:
     policy.refused(exc.status, exc.code, request.path, key_id)
     headers = {"WWW-Authenticate": 'Bearer realm="meshllm"'} if exc.status == 401 else None
-    return error_response(exc.status, str(exc), exc.code, headers=headers)
+    return shape.error(exc.status, str(exc), exc.code, headers=headers)

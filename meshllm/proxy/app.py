@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from meshllm.errors import AuthError, CommandError
+from meshllm.proxy import anthropic_surface, ollama_surface
 from meshllm.proxy.access import AccessPolicy, install_access
 from meshllm.proxy.admin import admin_refusal, read_json_object
 from meshllm.proxy.errors import error_response, openai_error_middleware
@@ -89,8 +90,9 @@ def create_app(
     """
     app = web.Application(middlewares=[openai_error_middleware], client_max_size=MAX_BODY_BYTES)
     install_guard(app, guard)
+    surfaces = {**ollama_surface.SURFACES, **anthropic_surface.SURFACES} if mesh else {}
     if access is not None:
-        install_access(app, access)
+        install_access(app, access, surfaces)
     app[NODE_KEY] = node
     app.router.add_get("/health", health)
     app.router.add_get("/api/status", status)
@@ -116,6 +118,10 @@ def create_app(
             budget=budget,
             log=log,
             node_id=node.node_id,
+            surfaces=surfaces,
+        )
+        ollama_surface.add_ollama_listings(
+            app, ollama_surface.OllamaCatalog(lambda: mesh.catalog())
         )
     return app
 

@@ -4,9 +4,12 @@ The document is built here in code, from the same names the handlers use; a test
 (``tests/proxy/test_openapi.py``) keeps it true: its paths and methods are the app's
 routes, it validates as OpenAPI 3.1, and schemathesis checks a live node against it.
 
-The ``/v1`` request bodies are OpenAI's, with ``additionalProperties`` allowed: the
-proxy reads only ``model`` (and ``stream``) and passes every other field on to the
+OpenAI's request bodies (``/v1/chat/completions``, ...) allow ``additionalProperties``:
+the proxy reads only ``model`` (and ``stream``) and passes every other field on to the
 backend, whose own errors (a 4xx or 5xx status with its body) are relayed as they are.
+Ollama's (``/api/chat``, ...) and Anthropic's (``/v1/messages``) bodies are as their
+translations (``meshllm/surfaces``) read them: the fields they take are checked (400, in
+that API's error shape), the others ignored; their answers are what the translations write.
 """
 
 from __future__ import annotations
@@ -44,9 +47,11 @@ from meshllm.gossip.announcement import (  # not in meshllm.gossip's __all__
 )
 from meshllm.gossip.resource_feed import FORGET_REPORTS, STALE_REPORTS
 from meshllm.proxy.access import ADMIN_TOKEN_ID
+from meshllm.proxy.anthropic_surface import COUNT_TOKENS_PATH, MESSAGES_PATH
 from meshllm.proxy.events import HEARTBEAT_S, RETRY_AFTER_S
 from meshllm.proxy.fleet_routes import ENDPOINT_FIELDS
 from meshllm.proxy.observe import CLIENT_GONE
+from meshllm.proxy.ollama_surface import NDJSON_HEADERS
 from meshllm.proxy.routes import MAX_BODY_BYTES, MODEL_HEADER, NODE_HEADER
 from meshllm.records.cost import ENERGY, PRICE_TABLE, TABLE_CURRENCY
 from meshllm.records.fanout import PRIVATE_FIELDS
@@ -71,6 +76,11 @@ from meshllm.serving.endpoint_store import MAX_NAME_CHARS as MAX_ENDPOINT_NAME_C
 from meshllm.serving.endpoints import DRAIN_TIMEOUT_S
 from meshllm.serving.external import AUTO, KINDS, MAX_API_KEY_CHARS, OLLAMA, OPENAI
 from meshllm.serving.pool_commands import ACTIONS, MAX_EXTEND_S
+from meshllm.surfaces import anthropic
+from meshllm.surfaces.anthropic import _STOP_REASONS as _ANTHROPIC_STOPS  # not public
+from meshllm.surfaces.anthropic import IMAGE_MEDIA_TYPES, MAX_TOKENS_CEILING
+from meshllm.surfaces.ollama import FOREVER, MAX_NS, OLLAMA_API_VERSION, OPTIONS
+from meshllm.surfaces.ollama import ROLES as OLLAMA_ROLES
 
 OPENAPI_VERSION = "3.1.0"
 ADMIN_SCHEME = "adminToken"
@@ -1438,6 +1448,761 @@ _USAGE_REPORT = _obj(
     description="Requests, tokens and cost over a period.",
 )
 
+# --- Ollama's API (meshllm/surfaces/ollama.py, meshllm/proxy/ollama_surface.py) --------------
+
+_NDJSON = NDJSON_HEADERS["Content-Type"]
+
+_OLLAMA_ERROR = _obj(
+    ["error"],
+    {"error": _STRING},
+    additionalProperties=False,
+    description="Ollama's error: a message only.",
+)
+
+_RFC3339: Schema = {
+    "type": "string",
+    "pattern": r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{6})?Z$",
+    "description": "RFC 3339, UTC.",
+}
+_NS: Schema = {"type": "integer", "minimum": 0, "maximum": MAX_NS, "description": "Nanoseconds."}
+
+_OLLAMA_MODEL: Schema = {
+    "type": "string",
+    "minLength": 1,
+    "description": "A model of the mesh catalog, with or without ':latest'; one it does not "
+    "know gets 404, never another model.  A catalog model loaded nowhere is loaded, as on "
+    "/v1.",
+}
+_OLLAMA_KEEP_ALIVE: Schema = {
+    "anyOf": [*_COMMON["keep_alive"]["anyOf"], {"type": "null"}],
+    "description": "How long the model stays loaded after this request, on the node that "
+    'answers it: seconds (300), or a Go duration ("90s", "15m", "1h30m"); 0 unloads it '
+    "right after, a negative value never.  Anything else gets 400.",
+}
+_NULLABLE_NUMBER: Schema = {"type": ["number", "null"]}
+_NULLABLE_INT: Schema = {"type": ["integer", "null"]}
+# meshllm/surfaces/ollama.py OPTIONS: the options that go on (a KeyError here when one is
+# added there and not described).
+_OPTION_SCHEMAS: dict[str, Schema] = {
+    "temperature": _NULLABLE_NUMBER,
+    "top_p": _NULLABLE_NUMBER,
+    "top_k": _NULLABLE_INT,
+    "seed": _NULLABLE_INT,
+    "stop": {"anyOf": [_STRING, _STRINGS, {"type": "null"}]},
+    "num_predict": {**_NULLABLE_INT, "description": "max_tokens; 0 or less (-1, -2): no limit."},
+    "presence_penalty": _NULLABLE_NUMBER,
+    "frequency_penalty": _NULLABLE_NUMBER,
+}
+_OLLAMA_OPTIONS: Schema = {
+    **_obj([], {name: _OPTION_SCHEMAS[name] for name in OPTIONS}, additionalProperties=True),
+    "type": ["object", "null"],
+    "description": "These go on to the backend; the others (num_ctx, num_gpu, ...) are the "
+    "serving node's to choose, and dropped.",
+}
+# _common() in meshllm/surfaces/ollama.py: what chat and generate share.
+_OLLAMA_GENERATION: dict[str, Schema] = {
+    "stream": {
+        "type": ["boolean", "null"],
+        "description": f"Absent, null or true: the answer is {_NDJSON}; false: one object.",
+    },
+    "format": {
+        "anyOf": [{"enum": ["json", ""]}, {"type": "object"}, {"type": "null"}],
+        "description": '"json": a JSON answer; a JSON schema: an answer in it.',
+    },
+    "options": _OLLAMA_OPTIONS,
+    "keep_alive": _OLLAMA_KEEP_ALIVE,
+}
+_IMAGES: Schema = {
+    "type": ["array", "null"],
+    "items": {"type": "string", "minLength": 1},
+    "description": "Base64 images (or data: URLs).",
+}
+
+_OLLAMA_TOOL_CALL_IN = _obj(
+    ["function"],
+    {
+        "id": _STRING,
+        "function": _obj(
+            ["name"],
+            {
+                "name": {"type": "string", "minLength": 1},
+                "arguments": {
+                    "anyOf": [{"type": "object"}, _STRING, {"type": "null"}],
+                    "description": "An object; or OpenAI's form, the JSON text of one.",
+                },
+            },
+            additionalProperties=True,
+        ),
+    },
+    additionalProperties=True,
+)
+
+_OLLAMA_MESSAGE = _obj(
+    ["role"],
+    {
+        "role": {"type": "string", "enum": sorted(OLLAMA_ROLES)},
+        "content": {"type": ["string", "null"]},
+        "images": {**_IMAGES, "description": "A user message's base64 images (another's: 400)."},
+        "tool_calls": {
+            "type": ["array", "null"],
+            "items": _ref("OllamaToolCallRequest"),
+            "description": "An assistant message's; others' are ignored.",
+        },
+        "tool_name": {**_STRING, "description": "A tool message's: the tool that answered."},
+    },
+    additionalProperties=True,
+    description="Other fields (thinking, ...) are ignored.",
+)
+
+_OLLAMA_CHAT_REQUEST = _obj(
+    ["model"],
+    {
+        "model": _OLLAMA_MODEL,
+        "messages": {
+            "type": ["array", "null"],
+            "items": _ref("OllamaMessage"),
+            "description": "Absent, null or []: a load request.",
+        },
+        "tools": {
+            "type": ["array", "null"],
+            "items": _obj(
+                ["function"],
+                {"type": _STRING, "function": {"type": "object"}},
+                additionalProperties=True,
+            ),
+            "description": "OpenAI's function tools (type may be left out).",
+        },
+        **_OLLAMA_GENERATION,
+    },
+    additionalProperties=True,
+    description="Ollama's chat request.  Other fields (think, ...) are ignored.",
+)
+
+_NOT_SUPPORTED: Schema = {"enum": ["", None]}
+
+_OLLAMA_GENERATE_REQUEST = _obj(
+    ["model"],
+    {
+        "model": _OLLAMA_MODEL,
+        "prompt": {
+            "type": ["string", "null"],
+            "description": "Empty, with no images: a load request (the rest is not read).",
+        },
+        "system": {"type": ["string", "null"]},
+        "images": _IMAGES,
+        "raw": {
+            "type": ["boolean", "null"],
+            "description": "true: the prompt goes as it is to /v1/completions (no images, no "
+            "format); else it is a chat of system and prompt.",
+        },
+        "suffix": {
+            **_NOT_SUPPORTED,
+            "description": "Not supported (400): the mesh has no fill-in-the-middle route.",
+        },
+        "template": {
+            **_NOT_SUPPORTED,
+            "description": "Not supported (400): the serving node applies the model's own "
+            "template; send raw: true with the prompt formatted.",
+        },
+        **_OLLAMA_GENERATION,
+    },
+    additionalProperties=True,
+    description="Ollama's generate request.  Other fields (context, think, ...) are ignored.",
+)
+
+_OLLAMA_EMBED_REQUEST = _obj(
+    ["model"],
+    {
+        "model": _OLLAMA_MODEL,
+        "input": {
+            "anyOf": [_STRING, _STRINGS, {"type": "null"}],
+            "description": 'Absent, null, "" or []: a load request.',
+        },
+        "dimensions": {"type": ["integer", "null"], "minimum": 1},
+        "truncate": {
+            "type": ["boolean", "null"],
+            "description": "Not read: an input over the model's context is refused either way.",
+        },
+        "keep_alive": _OLLAMA_KEEP_ALIVE,
+    },
+    additionalProperties=True,
+    description="Ollama's embed request.  Other fields (options, ...) are ignored.",
+)
+
+_OLLAMA_EMBEDDINGS_REQUEST = _obj(
+    ["model"],
+    {
+        "model": _OLLAMA_MODEL,
+        "prompt": {"type": ["string", "null"], "description": "Empty: a load request."},
+        "keep_alive": _OLLAMA_KEEP_ALIVE,
+    },
+    additionalProperties=True,
+    description="Ollama's legacy embeddings request.  Other fields are ignored.",
+)
+
+_OLLAMA_SHOW_REQUEST: Schema = {
+    **_obj(
+        [],
+        {"model": _STRING, "name": {**_STRING, "description": "Ollama's older name for model."}},
+        additionalProperties=True,
+    ),
+    "anyOf": [
+        {"required": ["model"], "properties": {"model": {"minLength": 1}}},
+        {"required": ["name"], "properties": {"name": {"minLength": 1}}},
+    ],
+    "description": "A model of the mesh catalog, with or without ':latest'.  Other fields "
+    "(verbose, ...) are ignored.",
+}
+
+# The answers: chat_answer, generate_answer, embed_answer, legacy_embeddings_answer,
+# load_answer and StreamTranslator's lines.
+_OLLAMA_DONE: dict[str, Schema] = {
+    "done": {"const": True},
+    "done_reason": {
+        "type": "string",
+        "description": "The backend's finish_reason (stop, length, ...; stop after tool "
+        "calls); a load request's: load, or unload for keep_alive 0.",
+    },
+    "total_duration": {**_NS, "description": "The whole answer, as this node waited for it."},
+    "load_duration": {**_NS, "description": "0: a wait for the model is in total_duration."},
+    "prompt_eval_duration": {**_NS, "description": "From llama-server's timings, else 0."},
+    "eval_duration": {
+        **_NS,
+        "description": "From llama-server's timings, else total_duration less load_duration.",
+    },
+    "prompt_eval_count": _COUNT,
+    "eval_count": _COUNT,
+}
+_OLLAMA_HEAD: dict[str, Schema] = {"model": _STRING, "created_at": _RFC3339}
+
+_OLLAMA_TOOL_CALL = _obj(
+    ["function"],
+    {
+        "id": _STRING,
+        "function": _obj(
+            ["index", "name", "arguments"],
+            {"index": _COUNT, "name": _STRING, "arguments": {"type": "object"}},
+            additionalProperties=False,
+        ),
+    },
+    additionalProperties=False,
+)
+
+_OLLAMA_REPLY = _obj(
+    ["role", "content"],
+    {
+        "role": {"const": "assistant"},
+        "content": _STRING,
+        "thinking": {**_STRING, "description": "The backend's reasoning_content."},
+        "tool_calls": {"type": "array", "items": _ref("OllamaToolCall")},
+    },
+    additionalProperties=False,
+)
+
+_OLLAMA_CHAT = _obj(
+    [*_OLLAMA_HEAD, "message", "done", "done_reason"],
+    {**_OLLAMA_HEAD, "message": _ref("OllamaReply"), **_OLLAMA_DONE},
+    additionalProperties=False,
+    description="A whole chat answer, or a stream's done line; a load request's has no "
+    "counts or durations.",
+)
+
+_OLLAMA_CHAT_LINE: Schema = {
+    "oneOf": [
+        _obj(
+            [*_OLLAMA_HEAD, "message", "done"],
+            {**_OLLAMA_HEAD, "message": _ref("OllamaReply"), "done": {"const": False}},
+            additionalProperties=False,
+            description="A piece: text, thinking, or the tool calls, each whole.",
+        ),
+        _ref("OllamaChatResponse"),
+        _ref("OllamaError"),
+    ],
+    "description": "One line of a streamed chat: pieces, then the done line; an error line "
+    "ends a stream that broke off.",
+}
+
+_OLLAMA_GENERATE = _obj(
+    [*_OLLAMA_HEAD, "response", "done", "done_reason"],
+    {
+        **_OLLAMA_HEAD,
+        "response": _STRING,
+        "thinking": {**_STRING, "description": "The backend's reasoning_content."},
+        **_OLLAMA_DONE,
+    },
+    additionalProperties=False,
+    description="A whole generate answer, or a stream's done line; a load request's has no "
+    "counts or durations.",
+)
+
+_OLLAMA_GENERATE_LINE: Schema = {
+    "oneOf": [
+        _obj(
+            [*_OLLAMA_HEAD, "response", "done"],
+            {
+                **_OLLAMA_HEAD,
+                "response": _STRING,
+                "thinking": _STRING,
+                "done": {"const": False},
+            },
+            additionalProperties=False,
+            description="A piece of text or thinking.",
+        ),
+        _ref("OllamaGenerateResponse"),
+        _ref("OllamaError"),
+    ],
+    "description": "One line of a streamed generate: pieces, then the done line; an error "
+    "line ends a stream that broke off.",
+}
+
+_FLOATS: Schema = {"type": "array", "items": {"type": "number"}}
+
+_OLLAMA_EMBED = _obj(
+    ["model", "embeddings"],
+    {
+        "model": _STRING,
+        "embeddings": {"type": "array", "items": _FLOATS, "description": "One an input."},
+        "total_duration": _NS,
+        "load_duration": {**_NS, "description": "0: a wait for the model is in total_duration."},
+        "prompt_eval_count": _COUNT,
+    },
+    additionalProperties=False,
+    description="A load request's: model and embeddings [] only.",
+)
+
+_OLLAMA_EMBEDDINGS = _obj(
+    ["embedding"],
+    {"embedding": {**_FLOATS, "description": "[]: a load request's."}},
+    additionalProperties=False,
+)
+
+# The listings: tags, ps, show and version, from the mesh catalog.
+_OLLAMA_DETAILS = _obj(
+    ["parent_model", "format", "family", "families", "parameter_size", "quantization_level"],
+    {
+        "parent_model": _STRING,
+        "format": {"const": "gguf"},
+        "family": {**_STRING, "description": '"": not known.'},
+        "families": _STRINGS,
+        "parameter_size": {**_STRING, "description": '"": not known.'},
+        "quantization_level": {**_STRING, "description": '"": not known.'},
+    },
+    additionalProperties=False,
+)
+
+_OLLAMA_LISTED: dict[str, Schema] = {
+    "name": {**_STRING, "description": "The mesh's name, with ':latest' where it has no tag."},
+    "model": {**_STRING, "description": "As name."},
+    "size": {**_COUNT, "description": "Its GGUF's bytes; 0: not known."},
+    "digest": {
+        "type": "string",
+        "pattern": "^([0-9a-f]{64})?$",
+        "description": 'Its GGUF\'s SHA-256, as a node announces it; "": not known.',
+    },
+    "details": _ref("OllamaModelDetails"),
+}
+
+_OLLAMA_TAG = _obj(
+    [*_OLLAMA_LISTED, "modified_at"],
+    {**_OLLAMA_LISTED, "modified_at": {**_RFC3339, "description": "Not known: the epoch."}},
+    additionalProperties=False,
+)
+
+_OLLAMA_LOADED = _obj(
+    [*_OLLAMA_LISTED, "expires_at", "size_vram"],
+    {
+        **_OLLAMA_LISTED,
+        "expires_at": {
+            **_RFC3339,
+            "description": f"When it unloads if idle; {FOREVER}: never, or not known.",
+        },
+        "size_vram": {**_COUNT, "description": "0: not known."},
+        "context_length": _COUNT,
+    },
+    additionalProperties=False,
+)
+
+_OLLAMA_SHOW = _obj(
+    [
+        "license",
+        "modelfile",
+        "parameters",
+        "template",
+        "details",
+        "model_info",
+        "capabilities",
+        "modified_at",
+    ],
+    {
+        "license": _STRING,
+        "modelfile": _STRING,
+        "parameters": _STRING,
+        "template": {**_STRING, "description": '"": the serving node applies its own.'},
+        "details": _ref("OllamaModelDetails"),
+        "model_info": {
+            "type": "object",
+            "description": "GGUF metadata (general.architecture, ...), where known.",
+        },
+        "capabilities": {
+            **_STRINGS,
+            "minItems": 1,
+            "description": "completion or embedding, then tools, vision, ... where known.",
+        },
+        "modified_at": {**_RFC3339, "description": "Not known: the epoch."},
+    },
+    additionalProperties=False,
+)
+
+_OLLAMA_VERSION = _obj(
+    ["version", "meshllm_version"],
+    {
+        "version": {
+            "const": OLLAMA_API_VERSION,
+            "description": "The Ollama release whose API this speaks: Ollama's clients gate "
+            "features on it.",
+        },
+        "meshllm_version": _STRING,
+    },
+    additionalProperties=False,
+)
+
+# --- Anthropic's Messages API (meshllm/surfaces/anthropic.py) --------------------------------
+
+_ANTHROPIC_ERROR_TYPES = sorted(
+    {anthropic.error_body(status, "")["error"]["type"] for status in range(400, 600)}
+)
+
+_ANTHROPIC_ERROR = _obj(
+    ["type", "error"],
+    {
+        "type": {"const": "error"},
+        "error": _obj(
+            ["type", "message"],
+            {
+                "type": {
+                    "type": "string",
+                    "enum": _ANTHROPIC_ERROR_TYPES,
+                    "description": "By the HTTP status (400 invalid_request_error, 404 "
+                    "not_found_error, ...; other 5xx api_error).",
+                },
+                "message": _STRING,
+            },
+            additionalProperties=False,
+        ),
+    },
+    additionalProperties=False,
+    description="Anthropic's error.",
+)
+
+
+def _block(kind: str, required: list[str], properties: dict[str, Schema], **extra: Any) -> Schema:
+    """A content block of type ``kind``; other fields (cache_control, ...) are ignored."""
+    return _obj(
+        ["type", *required],
+        {"type": {"const": kind}, **properties},
+        additionalProperties=True,
+        **extra,
+    )
+
+
+_NAME: Schema = {"type": "string", "minLength": 1}
+_TEXT_BLOCK = _block("text", ["text"], {"text": _STRING})
+_IMAGE_BLOCK = _block(
+    "image",
+    ["source"],
+    {
+        "source": {
+            "oneOf": [
+                _obj(
+                    ["type", "media_type", "data"],
+                    {
+                        "type": {"const": "base64"},
+                        "media_type": {"type": "string", "enum": sorted(IMAGE_MEDIA_TYPES)},
+                        "data": {"type": "string", "minLength": 1},
+                    },
+                    additionalProperties=True,
+                ),
+                _obj(
+                    ["type", "url"],
+                    {"type": {"const": "url"}, "url": {"type": "string", "pattern": "^https?://"}},
+                    additionalProperties=True,
+                ),
+            ]
+        }
+    },
+)
+_DOCUMENT_BLOCK = _block(
+    "document",
+    ["source"],
+    {
+        "source": _obj(
+            ["type", "data"],
+            {"type": {"const": "text"}, "data": _STRING},
+            additionalProperties=True,
+        )
+    },
+    description="Plain text only.",
+)
+_TOOL_RESULT_BLOCK = _block(
+    "tool_result",
+    ["tool_use_id"],
+    {
+        "tool_use_id": _NAME,
+        "content": {
+            "anyOf": [
+                _STRING,
+                {"type": "array", "items": {"oneOf": [_TEXT_BLOCK, _IMAGE_BLOCK, _DOCUMENT_BLOCK]}},
+            ]
+        },
+        "is_error": {"type": "boolean"},
+    },
+)
+_TOOL_USE_BLOCK = _block(
+    "tool_use", ["id", "name", "input"], {"id": _NAME, "name": _NAME, "input": {"type": "object"}}
+)
+_THINKING_BLOCK = _obj(
+    ["type"],
+    {"type": {"type": "string", "enum": ["thinking", "redacted_thinking"]}},
+    additionalProperties=True,
+    description="Dropped: a backend cannot read it.",
+)
+
+
+def _turn(role: str, blocks: list[Schema]) -> Schema:
+    return _obj(
+        ["role", "content"],
+        {
+            "role": {"const": role},
+            "content": {
+                "anyOf": [
+                    _STRING,
+                    {"type": "array", "items": {"oneOf": blocks}, "minItems": 1},
+                ]
+            },
+        },
+        additionalProperties=True,
+    )
+
+
+_ANTHROPIC_MESSAGE: Schema = {
+    "oneOf": [
+        _turn(
+            "user",
+            [_TEXT_BLOCK, _IMAGE_BLOCK, _DOCUMENT_BLOCK, _TOOL_RESULT_BLOCK, _THINKING_BLOCK],
+        ),
+        _turn("assistant", [_TEXT_BLOCK, _TOOL_USE_BLOCK, _THINKING_BLOCK]),
+    ],
+    "description": "A turn; one of only thinking blocks is dropped.",
+}
+
+# _chat_body() in meshllm/surfaces/anthropic.py: what a Messages and a count_tokens
+# request share.
+_ANTHROPIC_CHAT: dict[str, Schema] = {
+    "model": {
+        **_NAME,
+        "description": "A model of the mesh catalog; one it does not know gets 404, never "
+        "another model.  A catalog model loaded nowhere is loaded, as on /v1.",
+    },
+    "messages": {"type": "array", "items": _ref("AnthropicMessageParam"), "minItems": 1},
+    "system": {"anyOf": [_STRING, {"type": "array", "items": _TEXT_BLOCK}, {"type": "null"}]},
+    "tools": {
+        "type": ["array", "null"],
+        "items": _obj(
+            ["name", "input_schema"],
+            {
+                "type": {"enum": ["custom", None], "description": "Only custom tools."},
+                "name": _NAME,
+                "description": _STRING,
+                "input_schema": {"type": "object"},
+            },
+            additionalProperties=True,
+        ),
+    },
+    "tool_choice": {
+        **_obj(
+            ["type"],
+            {
+                "type": {"type": "string", "enum": ["auto", "any", "tool", "none"]},
+                "name": {**_NAME, "description": "type tool's: the tool (required there)."},
+                "disable_parallel_tool_use": {"type": "boolean"},
+            },
+            additionalProperties=True,
+        ),
+        "type": ["object", "null"],
+    },
+}
+
+_ANTHROPIC_REQUEST = _obj(
+    ["model", "max_tokens", "messages"],
+    {
+        **_ANTHROPIC_CHAT,
+        "max_tokens": {"type": "integer", "minimum": 1, "maximum": MAX_TOKENS_CEILING},
+        "temperature": {"type": "number", "minimum": 0, "maximum": 1},
+        "top_p": {"type": "number", "minimum": 0, "maximum": 1},
+        "top_k": {
+            "type": "integer",
+            "minimum": 0,
+            "description": "Checked, then dropped: a chat completion has none.",
+        },
+        "stop_sequences": _STRINGS,
+        "stream": {"type": "boolean", "description": "true: the answer is a text/event-stream."},
+        "metadata": {"type": "object"},
+    },
+    additionalProperties=True,
+    description="Anthropic's Messages request, put to the mesh as a chat completion.  Other "
+    "fields (thinking, service_tier, ...) are ignored.",
+)
+
+_COUNT_TOKENS_REQUEST = _obj(
+    ["model", "messages"],
+    {**_ANTHROPIC_CHAT},
+    additionalProperties=True,
+    description="A Messages request without max_tokens; the body goes on to the serving "
+    "node's llama-server as it is.",
+)
+
+_ANTHROPIC_USAGE = _obj(
+    ["input_tokens", "output_tokens"],
+    {
+        "input_tokens": {**_COUNT, "description": "Less cache reads."},
+        "output_tokens": _COUNT,
+        "cache_read_input_tokens": _COUNT,
+    },
+    additionalProperties=False,
+)
+
+_ANTHROPIC_TEXT_OUT = _obj(["type", "text"], {"type": {"const": "text"}, "text": _STRING})
+_ANTHROPIC_TOOL_USE_OUT = _obj(
+    ["type", "id", "name", "input"],
+    {"type": {"const": "tool_use"}, "id": _STRING, "name": _STRING, "input": {"type": "object"}},
+)
+_ANTHROPIC_ANSWER = _obj(
+    ["id", "type", "role", "model", "content", "stop_reason", "stop_sequence", "usage"],
+    {
+        "id": {"type": "string", "pattern": "^msg_"},
+        "type": {"const": "message"},
+        "role": {"const": "assistant"},
+        "model": _STRING,
+        "content": {
+            "type": "array",
+            "items": {"oneOf": [_ANTHROPIC_TEXT_OUT, _ANTHROPIC_TOOL_USE_OUT]},
+            "description": "Text and tool calls; never thinking (the backend's reasoning is "
+            "dropped).",
+        },
+        "stop_reason": {
+            "type": ["string", "null"],
+            "enum": [*sorted({"end_turn", "stop_sequence", *_ANTHROPIC_STOPS.values()}), None],
+            "description": "null in message_start only.",
+        },
+        "stop_sequence": {
+            **_nullable(_STRING),
+            "description": "The stop sequence that ended it, where the backend says (vLLM).",
+        },
+        "usage": _ref("AnthropicUsage"),
+    },
+    additionalProperties=False,
+    description="Anthropic's Message, from the backend's chat completion.",
+)
+
+
+def _stream_event(kind: str, required: list[str], properties: dict[str, Schema]) -> Schema:
+    return _obj(
+        ["type", *required],
+        {"type": {"const": kind}, **properties},
+        additionalProperties=False,
+    )
+
+
+_BLOCK_INDEX: dict[str, Schema] = {"index": _COUNT}
+
+_ANTHROPIC_STREAM_EVENT: Schema = {
+    "oneOf": [
+        _stream_event("message_start", ["message"], {"message": _ref("AnthropicMessage")}),
+        _stream_event(
+            "content_block_start",
+            ["index", "content_block"],
+            {
+                **_BLOCK_INDEX,
+                "content_block": {"oneOf": [_ANTHROPIC_TEXT_OUT, _ANTHROPIC_TOOL_USE_OUT]},
+            },
+        ),
+        _stream_event(
+            "content_block_delta",
+            ["index", "delta"],
+            {
+                **_BLOCK_INDEX,
+                "delta": {
+                    "oneOf": [
+                        _obj(
+                            ["type", field],
+                            {"type": {"const": kind}, field: _STRING},
+                            additionalProperties=False,
+                        )
+                        for kind, field in (
+                            ("text_delta", "text"),
+                            ("input_json_delta", "partial_json"),
+                        )
+                    ]
+                },
+            },
+        ),
+        _stream_event("content_block_stop", ["index"], _BLOCK_INDEX),
+        _stream_event(
+            "message_delta",
+            ["delta", "usage"],
+            {
+                "delta": _obj(
+                    ["stop_reason", "stop_sequence"],
+                    {
+                        "stop_reason": _ANTHROPIC_ANSWER["properties"]["stop_reason"],
+                        "stop_sequence": _nullable(_STRING),
+                    },
+                    additionalProperties=False,
+                ),
+                "usage": {
+                    **_ANTHROPIC_USAGE,
+                    "required": ["output_tokens"],
+                    "description": "The backend's counts; else output_tokens only, a token "
+                    "an event.",
+                },
+            },
+        ),
+        _stream_event("message_stop", [], {}),
+        _stream_event("ping", [], {}),
+        _ref("AnthropicError"),
+    ],
+    "description": "The data of an event: its type is the event's name.",
+}
+
+_ANTHROPIC_SSE_EVENT = _obj(
+    ["event", "data"],
+    {
+        "event": {
+            "type": "string",
+            "enum": [
+                e["properties"]["type"]["const"] for e in _ANTHROPIC_STREAM_EVENT["oneOf"][:-1]
+            ]
+            + ["error"],
+        },
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": _ref("AnthropicStreamEvent"),
+        },
+    },
+    description="One server-sent event of a streamed Message: message_start, then each "
+    "content block's start, deltas and stop, message_delta and message_stop; ping while the "
+    "model loads or the backend sends a keep-alive; an error event ends a stream that broke "
+    "off.",
+)
+
+_TOKEN_COUNT = _obj(
+    ["input_tokens"],
+    {"input_tokens": _COUNT},
+    additionalProperties=True,
+    description="llama-server's count, as it answers.",
+)
+
 _SCHEMAS: dict[str, Schema] = {
     "Error": _ERROR,
     "ChatMessage": _MESSAGE,
@@ -1531,6 +2296,46 @@ _SCHEMAS: dict[str, Schema] = {
     "History": _HISTORY,
     "UsageGroup": _USAGE_GROUP,
     "Usage": _USAGE_REPORT,
+    "OllamaError": _OLLAMA_ERROR,
+    "OllamaChatRequest": _OLLAMA_CHAT_REQUEST,
+    "OllamaMessage": _OLLAMA_MESSAGE,
+    "OllamaToolCallRequest": _OLLAMA_TOOL_CALL_IN,
+    "OllamaGenerateRequest": _OLLAMA_GENERATE_REQUEST,
+    "OllamaEmbedRequest": _OLLAMA_EMBED_REQUEST,
+    "OllamaEmbeddingsRequest": _OLLAMA_EMBEDDINGS_REQUEST,
+    "OllamaShowRequest": _OLLAMA_SHOW_REQUEST,
+    "OllamaChatResponse": _OLLAMA_CHAT,
+    "OllamaChatLine": _OLLAMA_CHAT_LINE,
+    "OllamaReply": _OLLAMA_REPLY,
+    "OllamaToolCall": _OLLAMA_TOOL_CALL,
+    "OllamaGenerateResponse": _OLLAMA_GENERATE,
+    "OllamaGenerateLine": _OLLAMA_GENERATE_LINE,
+    "OllamaEmbedResponse": _OLLAMA_EMBED,
+    "OllamaEmbeddingsResponse": _OLLAMA_EMBEDDINGS,
+    "OllamaModelDetails": _OLLAMA_DETAILS,
+    "OllamaTags": _obj(
+        ["models"],
+        {"models": {"type": "array", "items": _OLLAMA_TAG}},
+        additionalProperties=False,
+        description="Every model of the mesh catalog.",
+    ),
+    "OllamaProcesses": _obj(
+        ["models"],
+        {"models": {"type": "array", "items": _OLLAMA_LOADED}},
+        additionalProperties=False,
+        description="The catalog models a node or an endpoint has hot (or cooling).",
+    ),
+    "OllamaShowResponse": _OLLAMA_SHOW,
+    "OllamaVersion": _OLLAMA_VERSION,
+    "AnthropicError": _ANTHROPIC_ERROR,
+    "AnthropicMessagesRequest": _ANTHROPIC_REQUEST,
+    "AnthropicMessageParam": _ANTHROPIC_MESSAGE,
+    "AnthropicCountTokensRequest": _COUNT_TOKENS_REQUEST,
+    "AnthropicMessage": _ANTHROPIC_ANSWER,
+    "AnthropicUsage": _ANTHROPIC_USAGE,
+    "AnthropicStreamEvent": _ANTHROPIC_STREAM_EVENT,
+    "AnthropicServerSentEvent": _ANTHROPIC_SSE_EVENT,
+    "AnthropicTokenCount": _TOKEN_COUNT,
 }
 
 
@@ -1623,6 +2428,148 @@ _GUARD: dict[str, Schema] = {
     "403": _response("Forbidden"),
     "421": _response("MisdirectedRequest"),
 }
+
+
+def _routed(absent: str | None = None) -> dict[str, Schema]:
+    """The routed headers of a 200; ``absent``: when it may lack them."""
+    if absent is None:
+        return _ROUTED_HEADERS
+    return {
+        name: {**header, "required": False, "description": f"{header['description']}  {absent}"}
+        for name, header in _ROUTED_HEADERS.items()
+    }
+
+
+_WAITED = "Absent on a stream that waited for its model (its head went out first)."
+
+
+def _in_shape(description: str, schema: Schema, headers: dict[str, Schema] | None = None) -> Schema:
+    response: Schema = {"description": description, "content": _json(schema)}
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+def _surface_responses(api: str, bad_request: str) -> dict[str, Schema]:
+    """The refusals of ``api``'s inference routes, in its error shape (the schema
+    ``{api}Error``); but the guard's and the body limits', which are OpenAI's, as on every
+    route: 403 for an Origin (so 403 is either), 415, 421, 413, and 503 server_busy."""
+    own = _ref(f"{api}Error")
+    either: Schema = {"oneOf": [own, _ref("Error")]}
+    return {
+        f"{api}BadRequest": _in_shape(bad_request, own),
+        f"{api}KeyRequired": _in_shape(
+            "No valid API key where one is needed: none, malformed, unknown, revoked or expired.",
+            own,
+            _RESPONSES["KeyRequired"]["headers"],
+        ),
+        f"{api}Forbidden": _in_shape(
+            "A key not allowed the model; or a web page's Origin not allowed with "
+            "--cors-origin (OpenAI's error, as on every route).",
+            either,
+        ),
+        f"{api}ModelNotFound": _in_shape("The model is not in the mesh catalog.", own),
+        f"{api}RateLimited": _in_shape(
+            "The key is over its requests (rpm) or tokens (tpm) a minute, mesh-wide.",
+            own,
+            _RESPONSES["RateLimited"]["headers"],
+        ),
+        f"{api}BadGateway": _in_shape(
+            "No replica of the model could be reached, or the backend broke off, or its "
+            "answer is not OpenAI's shape.",
+            own,
+        ),
+        f"{api}Unavailable": _in_shape(
+            "The model is known but no node serves it right now and none can load it, or it "
+            "is still loading after --load-timeout; or this node holds too many request "
+            "bodies (OpenAI's error: server_busy).",
+            either,
+            _RESPONSES["Unavailable"]["headers"],
+        ),
+    }
+
+
+_RESPONSES.update(
+    _surface_responses(
+        "Ollama",
+        "The body is not JSON or not an object, a field is bad (the message names it), or "
+        "'keep_alive' is not a duration.",
+    )
+)
+_RESPONSES.update(
+    _surface_responses(
+        "Anthropic",
+        "The body is not JSON or not an object, or a field is missing or bad (the message "
+        "names it): invalid_request_error.",
+    )
+)
+
+_INFERENCE_ACCESS = (
+    "Open while the node has no API key and listens on loopback only; else it needs a valid "
+    "key, within its rate limits and allowed the model (the admin token, from this machine, "
+    "counts as an admin key)."
+)
+
+
+def _surface(
+    api: str,
+    operation_id: str,
+    summary: str,
+    description: str,
+    request: str,
+    ok: Schema,
+    responses: dict[str, Schema] | None = None,
+) -> Schema:
+    """An inference route of ``api`` (Ollama, Anthropic): put to the mesh as OpenAI's."""
+    return {
+        "operationId": operation_id,
+        "summary": summary,
+        "description": f"{description}  {_INFERENCE_ACCESS}  Errors are {api}'s (a "
+        "backend's own is relayed with its status); the guard's and the body limits' are "
+        "OpenAI's, as on every route.",
+        "tags": [api],
+        "security": _ANY_KEY,
+        "requestBody": {"required": True, "content": _json(_ref(request))},
+        "responses": {
+            "200": ok,
+            "400": _response(f"{api}BadRequest"),
+            "401": _response(f"{api}KeyRequired"),
+            "403": _response(f"{api}Forbidden"),
+            "404": _response(f"{api}ModelNotFound"),
+            "413": _response("TooLarge"),
+            "415": _response("UnsupportedMediaType"),
+            "421": _response("MisdirectedRequest"),
+            "429": _response(f"{api}RateLimited"),
+            "502": _response(f"{api}BadGateway"),
+            "503": _response(f"{api}Unavailable"),
+            **(responses or {}),
+        },
+    }
+
+
+def _translated(
+    description: str, answer: str, absent: str | None, stream: tuple[str, str] | None = None
+) -> Schema:
+    """The 200 of a surface route: ``answer`` as JSON, and ``stream`` (media type, schema
+    of one line or event) when it streams."""
+    content = _json(_ref(answer))
+    if stream is not None:
+        content[stream[0]] = {"schema": _ref(stream[1])}
+    return {"description": description, "headers": _routed(absent), "content": content}
+
+
+_LOADED = "Absent on a load request's answer"
+_OLLAMA_STREAMED = (
+    f"With stream (the default), {_NDJSON}: a line a piece, then the done line with the "
+    "counts and durations (an error line ends one that fails once under way: nothing comes "
+    "while it waits for its model); with stream false, one object.  A load request's answer "
+    "is one object."
+)
+_LOAD_REQUEST = (
+    "A load request gets the model ready, loading it where the mesh places it if need be "
+    "(as any request would), then answers done_reason load (keep_alive 0: unload) without "
+    "asking it anything."
+)
 
 
 def _get(
@@ -1738,15 +2685,13 @@ def _inference(operation_id: str, summary: str, request: str, answer: str, strea
     ok = {
         "description": "The backend's answer, relayed; with stream: true, a text/event-stream "
         "of server-sent events, relayed event by event.",
-        "headers": _ROUTED_HEADERS,
+        "headers": _routed(_WAITED if stream else None),
         "content": content,
     }
     return {
         "operationId": operation_id,
         "summary": summary,
-        "description": "Open while the node has no API key and listens on loopback only; "
-        "else it needs a valid key, within its rate limits and allowed the model (the admin "
-        "token, from this machine, counts as an admin key).",
+        "description": _INFERENCE_ACCESS,
         "tags": ["OpenAI"],
         "security": _ANY_KEY,
         "requestBody": {"required": True, "content": _json(_ref(request))},
@@ -2153,6 +3098,140 @@ def openapi_spec(version: str) -> dict[str, Any]:
                 stream=False,
             )
         },
+        MESSAGES_PATH: {
+            "post": _surface(
+                "Anthropic",
+                "createMessage",
+                "Anthropic's Messages, routed to a node serving the model",
+                "Put to the mesh as a chat completion, and its answer back as a Message.",
+                "AnthropicMessagesRequest",
+                _translated(
+                    "With stream: true, a text/event-stream of Anthropic's events (while the "
+                    "model loads: message_start, then pings); else one Message.",
+                    "AnthropicMessage",
+                    _WAITED,
+                    ("text/event-stream", "AnthropicServerSentEvent"),
+                ),
+            )
+        },
+        COUNT_TOKENS_PATH: {
+            "post": _surface(
+                "Anthropic",
+                "countMessageTokens",
+                "A Messages request's input tokens, counted on a node serving the model",
+                "Checked here as a Messages request (without max_tokens), then counted by "
+                "the serving node's llama-server, whose answer is relayed.",
+                "AnthropicCountTokensRequest",
+                _translated("The count.", "AnthropicTokenCount", None),
+                {
+                    "404": _in_shape(
+                        "The model is not in the mesh catalog; or the server that serves it "
+                        "counts no tokens (not a llama-server): its 404, relayed.",
+                        _ref("AnthropicError"),
+                    )
+                },
+            )
+        },
+        "/api/chat": {
+            "post": _surface(
+                "Ollama",
+                "ollamaChat",
+                "Ollama's chat, routed to a node serving the model",
+                f"Put to the mesh as a chat completion, and its answer back.  {_LOAD_REQUEST}",
+                "OllamaChatRequest",
+                _translated(
+                    _OLLAMA_STREAMED,
+                    "OllamaChatResponse",
+                    f"{_LOADED}, and on a stream that waited for its model.",
+                    (_NDJSON, "OllamaChatLine"),
+                ),
+            )
+        },
+        "/api/generate": {
+            "post": _surface(
+                "Ollama",
+                "ollamaGenerate",
+                "Ollama's generate, routed to a node serving the model",
+                "Put to the mesh as a chat of system and prompt, or with raw as a completion "
+                f"of the prompt, and its answer back.  {_LOAD_REQUEST}",
+                "OllamaGenerateRequest",
+                _translated(
+                    _OLLAMA_STREAMED,
+                    "OllamaGenerateResponse",
+                    f"{_LOADED}, and on a stream that waited for its model.",
+                    (_NDJSON, "OllamaGenerateLine"),
+                ),
+            )
+        },
+        "/api/embed": {
+            "post": _surface(
+                "Ollama",
+                "ollamaEmbed",
+                "Ollama's embeddings, routed to a node serving the model",
+                "Put to the mesh as an embeddings request, and its answer back.  No input: a "
+                "load request, answered with embeddings [] once the model is ready.",
+                "OllamaEmbedRequest",
+                _translated("One embedding an input.", "OllamaEmbedResponse", f"{_LOADED}."),
+            )
+        },
+        "/api/embeddings": {
+            "post": _surface(
+                "Ollama",
+                "ollamaEmbeddings",
+                "Ollama's legacy embedding of one prompt, routed to a node serving the model",
+                "Put to the mesh as an embeddings request, and its answer back.  No prompt: a "
+                "load request, answered with embedding [] once the model is ready.",
+                "OllamaEmbeddingsRequest",
+                _translated("The prompt's embedding.", "OllamaEmbeddingsResponse", f"{_LOADED}."),
+            )
+        },
+        "/api/tags": {
+            "get": _page(
+                "ollamaTags",
+                "The mesh catalog as Ollama's model list",
+                _ok("Every model of the mesh catalog.", "OllamaTags"),
+                tags=["Ollama"],
+            )
+        },
+        "/api/ps": {
+            "get": _page(
+                "ollamaPs",
+                "The models hot in the mesh, as Ollama's running models",
+                _ok("The catalog models a node or an endpoint has hot.", "OllamaProcesses"),
+                tags=["Ollama"],
+            )
+        },
+        "/api/show": {
+            "post": {
+                "operationId": "ollamaShow",
+                "summary": "A catalog model's details, as Ollama's show",
+                "description": "A read-only page, though a POST: open to this machine, else "
+                "any valid API key (its 401 is OpenAI's, as the other pages').",
+                "tags": ["Ollama"],
+                "security": _ANY_KEY,
+                "requestBody": {"required": True, "content": _json(_ref("OllamaShowRequest"))},
+                "responses": {
+                    "200": _ok("What the mesh knows of the model.", "OllamaShowResponse"),
+                    "400": _in_shape(
+                        'The body is not JSON, or names no model (not {"model": NAME}).',
+                        _ref("OllamaError"),
+                    ),
+                    "401": _response("KeyRequired"),
+                    **_GUARD,
+                    "404": _in_shape("The model is not in the mesh catalog.", _ref("OllamaError")),
+                    "413": _response("TooLarge"),
+                    "415": _response("UnsupportedMediaType"),
+                },
+            }
+        },
+        "/api/version": {
+            "get": _page(
+                "ollamaVersion",
+                "The version of Ollama's API this node speaks",
+                _ok("Ollama's API version, and meshllm's.", "OllamaVersion"),
+                tags=["Ollama"],
+            )
+        },
         "/openapi.json": {
             "get": _page(
                 "openapi",
@@ -2183,7 +3262,8 @@ def openapi_spec(version: str) -> dict[str, Any]:
             "title": "meshllm node",
             "version": version,
             "description": "One node of a meshllm mesh: an OpenAI-compatible endpoint for "
-            "every model of the mesh, and the node's own status and admin routes.  Every "
+            "every model of the mesh, Ollama's and Anthropic's APIs over the same models, and "
+            "the node's own status and admin routes.  Every "
             "route checks the Host header (421) and a browser's Origin (403); a POST body "
             "must be application/json (415).  From another machine, every route but /health "
             "needs an API key (Authorization: Bearer or x-api-key); an admin route, one of "
@@ -2193,6 +3273,12 @@ def openapi_spec(version: str) -> dict[str, Any]:
         "servers": [{"url": "/"}],
         "tags": [
             {"name": "OpenAI", "description": "OpenAI-compatible proxy routes."},
+            {
+                "name": "Ollama",
+                "description": "Ollama's API: inference through the mesh (NDJSON streams), "
+                "and its listings of the mesh catalog.",
+            },
+            {"name": "Anthropic", "description": "Anthropic's Messages API through the mesh."},
             {"name": "Node", "description": "This node."},
             {
                 "name": "Admin",

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -81,6 +82,7 @@ from meshllm.proxy.observe import (
     prompt_text,
 )
 from meshllm.proxy.routing import RoutePlan, Target, plan_route
+from meshllm.proxy.surface import OPENAI, Answer, Surface
 from meshllm.proxy.tunnel import open_tunnel_request
 from meshllm.records.answer_meter import AnswerMeter
 from meshllm.records.record import RecordKind, RequestRecord
@@ -173,8 +175,10 @@ def add_proxy_routes(
     budget: ByteBudget | None = None,
     log: RequestLog | None = None,
     node_id: str = "",
+    surfaces: Mapping[str, Surface] | None = None,
 ) -> None:
-    """Register ``GET /v1/models`` and the ``POST /v1/...`` inference routes on ``app``.
+    """Register ``GET /v1/models`` and the ``POST /v1/...`` inference routes on ``app``,
+    and ``surfaces``' (path -> the API it speaks: Ollama's ``/api/chat``, say).
 
     ``budget`` counts the bytes of request bodies in flight; share one with
     :func:`~meshllm.proxy.tunnel.serve_tunnel` (default: one of
@@ -189,6 +193,8 @@ def add_proxy_routes(
     app.router.add_get("/v1/models", proxy.models)
     for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):
         app.router.add_post(path, proxy.relay)
+    for path, surface in (surfaces or {}).items():
+        app.router.add_post(path, functools.partial(proxy.relay, surface=surface))
 
 
 class _Proxy:
@@ -232,9 +238,10 @@ class _Proxy:
         ]
         return web.json_response({"object": "list", "data": data})
 
-    async def relay(self, request: web.Request) -> web.StreamResponse:
-        """Route one inference request, relay its answer, and record it."""
-        ex = _Exchange(time.time(), asyncio.get_running_loop().time(), request.path)
+    async def relay(self, request: web.Request, surface: Surface = OPENAI) -> web.StreamResponse:
+        """Route one inference request (in ``surface``'s API), relay its answer, and
+        record it."""
+        ex = _Exchange(time.time(), asyncio.get_running_loop().time(), request.path, surface)
         response: web.StreamResponse | None = None
         try:
             with self._budget.hold() as hold:
@@ -298,63 +305,78 @@ class _Proxy:
             log.exception("recording request %s", ex.request_id)
 
     async def _route(self, request: web.Request, box: _Body, ex: _Exchange) -> web.StreamResponse:
+        surface = ex.surface
         try:
             payload = json.loads(box.data)
         except RecursionError:
-            return error_response(400, "request body is nested too deeply", "invalid_json")
+            return surface.error(400, "request body is nested too deeply", "invalid_json")
         except ValueError:
-            return error_response(400, "request body is not valid JSON", "invalid_json")
+            return surface.error(400, "request body is not valid JSON", "invalid_json")
         if not isinstance(payload, dict):
-            return error_response(400, "request body is not a JSON object", "invalid_json")
+            return surface.error(400, "request body is not a JSON object", "invalid_json")
+        if surface is not OPENAI:
+            names = (entry["model"] for entry in self._mesh.catalog())  # read if asked
+            try:
+                ex.upstream_path, payload = surface.translate(request.path, payload, names)
+            except ValueError as exc:
+                return surface.error(400, str(exc), "invalid_request")
+            box.data = b""  # the client's body is not what goes on: rewritten below
+            if not ex.upstream_path:  # load only (Ollama's empty prompt): one token, so the
+                ex.load_only = True  # request reaches the serving node with its keep_alive
+                ex.upstream_path = "/v1/completions"
+                payload = {**payload, "prompt": "", "max_tokens": 1, "stream": False}
         model = payload.get("model")
         if model is not None and not isinstance(model, str):
-            return error_response(400, "'model' must be a string", "invalid_model")
+            return surface.error(400, "'model' must be a string", "invalid_model")
         ex.model = model or ""
         ex.stream = payload.get("stream") is True
+        ex.answer = surface.answer(ex.model, ex.stream)
         if (refused := model_refusal(request, model)) is not None:
-            return refused
+            if surface is OPENAI:
+                return refused
+            return surface.error(refused.status, _error_message(refused.body), "forbidden")
 
         keep_alive = payload.get("keep_alive")
         if keep_alive is not None:
             try:
                 duration(keep_alive, "keep_alive")
             except ValueError as exc:
-                return error_response(400, str(exc), "invalid_keep_alive")
+                return surface.error(400, str(exc), "invalid_keep_alive")
             keep_alive = str(keep_alive).strip()  # it travels in a header
+        ex.keep_alive = keep_alive
 
         targets = self._mesh.targets()
         # A catalog model that is cold gets loaded, never another model: its name was meant.
         known = model is not None and model not in targets and self._in_catalog(model)
-        plan = plan_route(model, targets, fallback=not known)
+        plan = plan_route(model, targets, fallback=surface.fallback and not known)
         stream: web.StreamResponse | None = None  # prepared while waiting for a model
         if not plan.attempts:
             if model is not None and not known:
-                return error_response(
+                return surface.error(
                     404, f"model {model!r} is not in the mesh catalog", "model_not_found"
                 )
             if model is not None and not self._mesh.warming(model):
-                refused = await self._mesh.load(model)  # load on first request (§6)
-                if refused is not None:
+                refused_load = await self._mesh.load(model)  # load on first request (§6)
+                if refused_load is not None:
                     retry = {"Retry-After": self._retry_after}
-                    message = self._unloadable(model, refused)
-                    return error_response(503, message, "no_target", headers=retry)
-            waited = await self._wait_for_model(request, model, ex.stream)
+                    message = self._unloadable(model, refused_load)
+                    return surface.error(503, message, "no_target", headers=retry)
+            waited = await self._wait_for_model(request, model, ex)
             if not isinstance(waited, _Waiting):
                 return waited
             plan, stream = waited.plan, waited.stream
         ex.model = plan.model_used
         if model is None and (refused := model_refusal(request, plan.model_used)) is not None:
-            return await _refuse(stream, 403, _error_message(refused.body), "model_not_allowed")
-        if plan.model_used != model:
+            return await _refuse(ex, stream, 403, _error_message(refused.body), "model_not_allowed")
+        if plan.model_used != model or not box.data:
             payload["model"] = plan.model_used
             try:
                 box.data = json.dumps(payload, separators=(",", ":")).encode()
             except RecursionError:  # parsed at the edge of the limit, one level short now
                 return await _refuse(
-                    stream, 400, "request body is nested too deeply", "invalid_json"
+                    ex, stream, 400, "request body is nested too deeply", "invalid_json"
                 )
         del payload  # parsed copy of the body: not needed any more
-
         headers = filter_headers(request.headers.items(), _REQUEST_DROP)
         headers["Content-Type"] = "application/json"  # the body is JSON: we parsed it
         if keep_alive is not None:
@@ -370,7 +392,7 @@ class _Proxy:
             hurry = i + 1 < len(plan.attempts)  # another replica is left to try
             self._mesh.request_started(target, keep_alive)
             try:
-                upstream = await self._open(target, request.path_qs, headers, box.data, hurry)
+                upstream = await self._open(target, ex.upstream_path, headers, box.data, hurry)
             except (PeerError, BackendUnavailable) as exc:
                 self._mesh.request_finished(target)
                 failures.append(f"{target.node_id}: {exc}")
@@ -391,10 +413,10 @@ class _Proxy:
                 upstream.close()
                 self._mesh.request_finished(target)
         message = f"no replica of {plan.model_used!r} could be reached: " + "; ".join(failures)
-        return await _refuse(stream, 502, message, "no_reachable_target")
+        return await _refuse(ex, stream, 502, message, "no_reachable_target")
 
     async def _wait_for_model(
-        self, request: web.Request, model: str | None, streaming: bool
+        self, request: web.Request, model: str | None, ex: _Exchange
     ) -> _Waiting | web.StreamResponse:
         """Hold a request while its model starts or is fetched somewhere, up to the load
         timeout.  Returns the plan once a replica is ready, or the error to answer with.
@@ -402,12 +424,12 @@ class _Proxy:
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
-            return await self._wait(request, model, streaming, started)
+            return await self._wait(request, model, ex, started)
         finally:
             self.log.load_waited(model or "", loop.time() - started)
 
     async def _wait(
-        self, request: web.Request, model: str | None, streaming: bool, started: float
+        self, request: web.Request, model: str | None, ex: _Exchange, started: float
     ) -> _Waiting | web.StreamResponse:
         loop = asyncio.get_running_loop()
         deadline = started + self._load_timeout
@@ -418,14 +440,16 @@ class _Proxy:
             if not warming or now >= deadline:
                 message = self._unavailable(model, warming, now - started)
                 retry = {"Retry-After": self._retry_after}
-                return await _refuse(stream, 503, message, "no_target", retry)
-            if streaming:
+                return await _refuse(ex, stream, 503, message, "no_target", retry)
+            if ex.stream:
+                assert ex.answer is not None
                 if stream is None:
-                    stream = web.StreamResponse(headers=_SSE_HEADERS)
+                    stream = web.StreamResponse(headers=ex.answer.stream_headers)
                     await stream.prepare(request)
                 what = ", ".join(f"{state} on {node}" for node, state in sorted(warming.items()))
-                line = f": loading {model or 'a model'}: {what} ({now - started:.0f} s)\n\n"
-                await stream.write(line.encode())
+                line = f"loading {model or 'a model'}: {what} ({now - started:.0f} s)"
+                if progress := ex.answer.progress(line):
+                    await stream.write(progress)
             await self._mesh.wait_changed(min(PROGRESS_INTERVAL_S, deadline - now))
             # A named model must be that model; a request naming none takes any.
             plan = plan_route(model, self._mesh.targets(), fallback=model is None)
@@ -553,6 +577,8 @@ class _Proxy:
         )
         headers[MODEL_HEADER] = target.model
         headers[NODE_HEADER] = target.node_id
+        answer = ex.answer
+        assert answer is not None
         if not is_event_stream(upstream.headers):
             # A JSON answer is complete before it is useful: take it whole, so a
             # break-off can still become a clean 502 instead of a truncated body.
@@ -560,17 +586,24 @@ class _Proxy:
             try:
                 data = await self._buffer(upstream)
             except MeshError as exc:
-                return await _refuse(stream, 502, f"upstream broke off: {exc}", "upstream_error")
+                return await _refuse(
+                    ex, stream, 502, f"upstream broke off: {exc}", "upstream_error"
+                )
             if data is None:  # the caller closes the upstream: its rest is never read
                 cap = self._limits.max_response_bytes
                 message = f"upstream answer too large (over {cap} bytes)"
-                return await _refuse(stream, 502, message, "upstream_too_large")
+                return await _refuse(ex, stream, 502, message, "upstream_too_large")
             assert ex.meter is not None
             ex.meter.feed(data, head_at)
             if stream is not None:  # the SSE head is out: say it as an error event
                 text = data[:1000].decode(errors="replace")
                 ex.error = f"upstream answered {upstream.status}"
-                return await _end_stream(stream, f"upstream answered {upstream.status}: {text}")
+                return await _end_stream(ex, stream, f"upstream answered {upstream.status}: {text}")
+            loaded = getattr(ex.surface, "loaded", None)
+            if ex.load_only and upstream.status < 300 and loaded is not None:
+                return loaded(target.model, ex.keep_alive)  # loaded, its TTL set there
+            if ex.surface is not OPENAI:
+                return self._translated(upstream.status, data, ex, headers)
             if not is_json(upstream.headers):
                 # An API answer is JSON; anything else (a backend's text/html page) is
                 # handed on as plain text, never as something a browser would render.
@@ -578,7 +611,7 @@ class _Proxy:
             return web.Response(status=upstream.status, body=data, headers=headers)
 
         if stream is None:
-            headers.update(_SSE_HEADERS)
+            headers.update(answer.stream_headers)
             stream = web.StreamResponse(status=upstream.status, headers=headers)
             await stream.prepare(request)
         pending = b""
@@ -591,19 +624,40 @@ class _Proxy:
                     async for chunk in chunks:
                         events, pending = split_events(pending, chunk)
                         if events:
-                            meter.feed(events, loop.time())
-                            await stream.write(events)
+                            now = loop.time()
+                            meter.feed(events, now)
+                            if out := answer.events(events, now):
+                                await stream.write(out)
                 if pending:
-                    meter.feed(pending, loop.time())
-                    await stream.write(pending)
+                    now = loop.time()
+                    meter.feed(pending, now)
+                    if out := answer.events(pending, now):
+                        await stream.write(out)
+                if tail := answer.end(loop.time()):
+                    await stream.write(tail)
             except MeshError as exc:
-                # Drop the partial event; end with an error the OpenAI SDK raises, never a hang.
+                # Drop the partial event; end with an error the client raises, never a hang.
                 ex.error = f"upstream broke off: {exc}"
-                await stream.write(sse_error_event(ex.error))
+                await stream.write(answer.error_event(ex.error, "upstream_error"))
             await stream.write_eof()
         except ConnectionResetError:
             pass  # the client went away; the caller closes the upstream
         return stream
+
+    def _translated(
+        self, status: int, data: bytes, ex: _Exchange, headers: CIMultiDict[str]
+    ) -> web.Response:
+        """A whole OpenAI answer in the client's API: its errors in the surface's shape."""
+        assert ex.answer is not None
+        if status >= 300:
+            message = _error_message(data) or data[:1000].decode(errors="replace")
+            return ex.surface.error(status, message or f"upstream answered {status}")
+        try:
+            body = ex.answer.body(data, asyncio.get_running_loop().time())
+        except ValueError as exc:
+            return ex.surface.error(502, f"upstream answer not understood: {exc}")
+        headers["Content-Type"] = "application/json"
+        return web.Response(status=status, body=body, headers=headers)
 
     async def _buffer(self, upstream: ProxiedResponse) -> bytes | None:
         """A non-streamed answer whole, or ``None`` once it is over ``max_response_bytes``."""
@@ -623,8 +677,11 @@ class _Exchange:
     """What a request's record is made of, gathered as it goes."""
 
     __slots__ = (
+        "answer",
         "energy_mark",
         "error",
+        "keep_alive",
+        "load_only",
         "meter",
         "model",
         "path",
@@ -633,13 +690,20 @@ class _Exchange:
         "started",
         "started_model",
         "stream",
+        "surface",
         "target",
+        "upstream_path",
         "wall",
     )
 
-    def __init__(self, wall: float, started: float, path: str) -> None:
+    def __init__(self, wall: float, started: float, path: str, surface: Surface) -> None:
         self.request_id = new_request_id()
         self.wall, self.started, self.path = wall, started, path
+        self.surface = surface
+        self.upstream_path = path  # the OpenAI route it goes to
+        self.answer: Answer | None = None  # made once the model and stream flag are known
+        self.keep_alive: str | None = None
+        self.load_only = False  # a request only to load its model (Ollama's empty prompt)
         self.model = ""
         self.stream = False
         self.target: Target | None = None  # the replica whose answer the client got
@@ -674,13 +738,6 @@ class _Body:
         self.hold.release()
 
 
-_SSE_HEADERS = {
-    "Content-Type": "text/event-stream",
-    "Cache-Control": "no-cache",
-    "X-Accel-Buffering": "no",
-}
-
-
 class _Waiting:
     """A request that waited for its model: the plan, and its SSE response if prepared."""
 
@@ -703,25 +760,28 @@ async def _answer_and_close(request: web.Request, response: web.Response) -> web
 
 
 async def _refuse(
+    ex: _Exchange,
     stream: web.StreamResponse | None,
     status: int,
     message: str,
     code: str,
     headers: dict[str, str] | None = None,
 ) -> web.StreamResponse:
-    """An OpenAI error: a response with ``status``, or, once a waiting stream's SSE head
-    is out, an error event that ends it."""
+    """An error in the request's API: a response with ``status``, or, once a waiting
+    stream's head is out, an error event that ends it."""
     if stream is not None:
-        return await _end_stream(stream, message, code)
-    return error_response(status, message, code, headers=headers)
+        return await _end_stream(ex, stream, message, code)
+    return ex.surface.error(status, message, code, headers=headers)
 
 
 async def _end_stream(
-    stream: web.StreamResponse, message: str, code: str = "upstream_error"
+    ex: _Exchange, stream: web.StreamResponse, message: str, code: str = "upstream_error"
 ) -> web.StreamResponse:
-    """End an SSE response whose head is already sent with an OpenAI error event."""
+    """End a stream whose head is already sent with an error event of its API."""
+    ex.error = ex.error or message
+    event = ex.answer.error_event(message, code) if ex.answer else sse_error_event(message, code)
     try:
-        await stream.write(sse_error_event(message, code))
+        await stream.write(event)
         await stream.write_eof()
     except ConnectionResetError:
         pass

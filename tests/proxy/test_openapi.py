@@ -2,20 +2,22 @@
 
 (a) its paths and methods are exactly the routes ``create_app`` registers, and a live
 node serves it; (b) it validates as OpenAPI 3.1, and says who may call what as
-``meshllm.proxy.access`` does; (c) schemathesis runs live nodes against it (real daemons:
-one fronting a fake OpenAI backend with ``--endpoint``, with a peer, and one alone
-serving nothing, whose /v1 routes answer 404 and 503): no 5xx (but the idle node's 503),
-documented status codes, content types, headers, bodies and SSE events, admin routes
-refusing a missing or wrong token, 405 for undocumented methods.  The never-ending
-``/api/events`` stream is left to a test that reads its first event, ``POST
-/api/endpoints`` (it stores and polls a server for every URL it is given) to a test that
-adds one and removes it, ``POST /api/keys`` (on the node with the mesh owner key, every
-valid body is a real key) to the peer, which has none, and to a test that makes keys,
-uses and revokes them, and what a node shows of its peer to a test that reads the peer's
-views; a last test reads the runs' requests in the history, the usage and the metrics.
-Bounded and seeded: ``EXAMPLES_PER_OPERATION`` fuzzed cases per operation, plus
-schemathesis' coverage cases.  Every process started here is ended by pid, in the
-fixtures.
+``meshllm.proxy.access`` does; (c) schemathesis runs live nodes against it (real
+daemons: one fronting a fake OpenAI backend with ``--endpoint``, with a peer, and one
+alone serving nothing, whose /v1 and Ollama inference routes answer 404 and 503): no 5xx
+(but the idle node's 503), documented status codes, content types, headers, bodies, SSE
+events and NDJSON lines, admin routes refusing a missing or wrong token, 405 for
+undocumented methods.  The never-ending ``/api/events`` stream is left to a test that
+reads its first event, ``POST /api/endpoints`` (it stores and polls a server for every
+URL it is given) to a test that adds one and removes it, ``POST /api/keys`` (on the node
+with the mesh owner key, every valid body is a real key) to the peer, which has none,
+and to a test that makes keys, uses and revokes them, and what a node shows of its peer
+to a test that reads the peer's views.  Ollama's and Anthropic's routes are fuzzed too,
+but a fuzzed request names no model the mesh has (they never fall back to another: 404,
+or 400), so tests use them with the node's model, whole, streamed and refused.  A last
+test reads the runs' requests in the history, the usage and the metrics.  Bounded and
+seeded: ``EXAMPLES_PER_OPERATION`` fuzzed cases per operation, plus schemathesis'
+coverage cases.  Every process started here is ended by pid, in the fixtures.
 """
 
 from __future__ import annotations
@@ -45,8 +47,8 @@ from schemathesis.specs.openapi.checks import (
 
 from meshllm import __version__
 from meshllm.config import Config
-from meshllm.proxy import create_app
-from meshllm.proxy.access import OPEN_PATHS, READ_ONLY_PATHS
+from meshllm.proxy import anthropic_surface, create_app, ollama_surface
+from meshllm.proxy.access import INFERENCE_PATHS, OPEN_PATHS, READ_ONLY_PATHS, READ_ONLY_POSTS
 from meshllm.proxy.guard import GuardSettings
 from meshllm.proxy.openapi import (
     ADMIN_SCHEME,
@@ -54,6 +56,7 @@ from meshllm.proxy.openapi import (
     API_KEY_SCHEME,
     openapi_spec,
 )
+from meshllm.proxy.routes import MODEL_HEADER
 from meshllm.records.query import CSV_FIELDS
 from meshllm.testing.cluster import BackendProcess, Cluster, NodeProcess, wait_for
 
@@ -61,6 +64,22 @@ MODEL = "openapi-model"
 METHODS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})
 EXAMPLES_PER_OPERATION = 25
 SEED = 20_240_601
+NDJSON = ollama_surface.NDJSON_HEADERS["Content-Type"]
+
+
+def ndjson_lines_conform(ctx: Any, response: Any, case: Any) -> bool | None:
+    """Each line of an NDJSON answer (Ollama's streams, whose bodies schemathesis does
+    not read) is what the spec says a line of that answer is."""
+    if not response.headers.get("content-type", [""])[0].startswith(NDJSON):
+        return None
+    spec = openapi_spec(__version__)
+    answer = spec["paths"][case.operation.path][case.method.lower()]["responses"]
+    validator = spec_validator(answer[str(response.status_code)]["content"][NDJSON]["schema"])
+    *lines, _ = response.content.split(b"\n")  # last: b"" after a whole stream
+    for line in lines:
+        errors = [error.message for error in validator.iter_errors(json.loads(line))]
+        assert not errors, f"{line!r}: {errors}"
+    return True
 
 
 CHECKS = [
@@ -72,6 +91,7 @@ CHECKS = [
     ignored_auth,
     unsupported_method,
     missing_required_header,
+    ndjson_lines_conform,
 ]
 
 
@@ -149,8 +169,9 @@ def test_spec_is_valid_openapi_3_1() -> None:
             assert isinstance(target, dict) and part in target, f"unresolved {ref}"
             target = target[part]
     # Who may call what (meshllm/proxy/access.py): the admin routes, and only they, need
-    # the admin token or an admin key; the read-only pages and inference are open to this
-    # machine (inference while the node has no key), else need a key; /health is open.
+    # the admin token or an admin key; the read-only pages (Ollama's POST /api/show too)
+    # and inference (Ollama's too) are open to this machine (inference while the node has
+    # no key), else need a key; /health is open.
     security = {
         (path, method.upper()): operation.get("security")
         for path, item in spec["paths"].items()
@@ -170,18 +191,51 @@ def test_spec_is_valid_openapi_3_1() -> None:
         ("/api/history", "GET"),
         ("/api/usage", "GET"),
     }
-    inference = {op for op in security if op[1] == "POST" and op[0].startswith("/v1/")}
+    inference = {
+        op
+        for op in security
+        if op[1] == "POST" and (op[0].startswith("/v1/") or op[0] in INFERENCE_PATHS)
+    }
     keyed = {op for op, needs in security.items() if needs == [{}, *keys]}
-    assert keyed == {(path, "GET") for path in READ_ONLY_PATHS} | inference
+    read_only = {(path, "GET") for path in READ_ONLY_PATHS}
+    assert keyed == read_only | {(path, "POST") for path in READ_ONLY_POSTS} | inference
     assert {op for op, needs in security.items() if needs is None} == {
         (path, "GET") for path in OPEN_PATHS
     }
     assert set(security) == admin | keyed | {(path, "GET") for path in OPEN_PATHS}
-    # Where a key is needed, a missing or bad one is a 401 that says how to send one.
+    # Where a key is needed, a missing or bad one is a 401 that says how to send one, in
+    # the shape of the route's API: Ollama's and Anthropic's inference routes (the
+    # surfaces create_app gives the access check) their own, every other route OpenAI's.
+    apis = {
+        **dict.fromkeys(ollama_surface.SURFACES, "Ollama"),
+        **dict.fromkeys(anthropic_surface.SURFACES, "Anthropic"),
+    }
+    assert {(path, "POST") for path in apis} <= inference
+    responses = spec["components"]["responses"]
     for path, method in keyed:
+        name = f"{apis[path]}KeyRequired" if path in apis else "KeyRequired"
         assert spec["paths"][path][method.lower()]["responses"]["401"] == {
-            "$ref": "#/components/responses/KeyRequired"
-        }
+            "$ref": f"#/components/responses/{name}"
+        }, (path, method)
+        assert responses[name]["headers"]["WWW-Authenticate"]["required"] is True
+    # A surface's route answers its own refusals in its API's error shape; the guard's and
+    # the body limits' are OpenAI's on every route, so a 403 or a 503 may be either.
+    openai = {"$ref": "#/components/schemas/Error"}
+    for path, api in apis.items():
+        own = {"$ref": f"#/components/schemas/{api}Error"}
+        for status, response in spec["paths"][path]["post"]["responses"].items():
+            if status == "200":
+                continue
+            if "$ref" in response:
+                response = responses[response["$ref"].rsplit("/", 1)[1]]
+            expected = {
+                "403": {"oneOf": [own, openai]},
+                "413": openai,
+                "415": openai,
+                "421": openai,
+                "503": {"oneOf": [own, openai]},
+            }.get(status, own)
+            assert response["content"]["application/json"]["schema"] == expected, (path, status)
 
 
 # --- live nodes ---------------------------------------------------------------------------------
@@ -247,7 +301,9 @@ def test_live_node_serves_the_spec(live_node: NodeProcess) -> None:
                 status = resp.status
         except urllib.error.HTTPError as exc:
             status, payload = exc.code, json.loads(exc.read())
-            assert payload["error"]["code"] not in ("404", "405"), (method, path, payload)
+            error = payload["error"]  # OpenAI's {"code", ...}; Ollama's a string; Anthropic's
+            code = error.get("code") if isinstance(error, dict) else None  # has no code
+            assert code not in ("404", "405"), (method, path, payload)
         assert status < 500, (method, path, status)
     # ... and a path the spec does not list is not found, in OpenAI's error shape.
     with pytest.raises(urllib.error.HTTPError) as missing:
@@ -319,7 +375,10 @@ live = (
     .exclude(path="/api/endpoints", method="POST")
     .exclude(path="/api/keys", method="POST")
 )
-idle = schemathesis.pytest.from_fixture("idle_schema").include(path_regex="^/v1/")
+# The idle node's /v1 and Ollama inference routes: with no model anywhere, 404 or 503.
+idle = schemathesis.pytest.from_fixture("idle_schema").include(
+    path_regex="^/(v1/|api/(chat|generate|embed|embeddings)$)"
+)
 peer = schemathesis.pytest.from_fixture("peer_schema").include(path="/api/keys", method="POST")
 
 
@@ -374,13 +433,16 @@ def test_live_event_stream_conforms(live_node: NodeProcess) -> None:
     assert fields["event"] == data["type"] == "snapshot"
 
 
-def documented(method: str, path: str, status: int, body: Any) -> None:
-    """``body`` is what the spec says ``method path`` answers with ``status``."""
+def documented(
+    method: str, path: str, status: int, body: Any, media_type: str = "application/json"
+) -> None:
+    """``body`` is what the spec says ``method path`` answers with ``status`` (as
+    ``media_type``: for a stream, ``body`` is one line or event of it)."""
     spec = openapi_spec(__version__)
     response = spec["paths"][path][method.lower()]["responses"][str(status)]
     if "$ref" in response:
         response = spec["components"]["responses"][response["$ref"].rsplit("/", 1)[1]]
-    spec_validator(response["content"]["application/json"]["schema"]).validate(body)
+    spec_validator(response["content"][media_type]["schema"]).validate(body)
 
 
 def call(
@@ -501,6 +563,155 @@ def test_live_endpoint_with_a_bad_node_is_refused(live_node: NodeProcess) -> Non
     assert 400 <= status < 500
 
 
+def send(
+    node: NodeProcess, path: str, data: bytes, headers: dict[str, str] | None = None
+) -> tuple[int, str, bytes, Any]:
+    """POST ``data`` (JSON, or not) to ``path`` on ``node``: the status, the content type,
+    the body as it came (a stream whole) and the headers."""
+    request = urllib.request.Request(node.url + path, data, method="POST")
+    request.add_header("Content-Type", "application/json")
+    for name, value in (headers or {}).items():
+        request.add_header(name, value)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            return resp.status, resp.headers.get_content_type(), resp.read(), resp.headers
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers.get_content_type(), exc.read(), exc.headers
+
+
+def test_live_ollama_conforms(live_node: NodeProcess) -> None:
+    # Ollama's API on the node that fronts MODEL: its listings, its inference whole,
+    # streamed and as load requests, and its refusals; every answer, each NDJSON line too,
+    # as documented.  (Fuzzed, these routes name no model the mesh has: 404 or 400.)
+    tagged = f"{MODEL}:latest"
+    listed = {}
+    for path in ("/api/tags", "/api/ps", "/api/version"):
+        status, listed[path], _ = call(live_node, "GET", path)
+        assert status == 200, listed[path]
+        documented("GET", path, 200, listed[path])
+    assert [m["name"] for m in listed["/api/tags"]["models"]] == [tagged]
+    assert [m["name"] for m in listed["/api/ps"]["models"]] == [tagged]
+    assert listed["/api/version"]["meshllm_version"] == __version__
+    for body, code in (({"model": MODEL}, 200), ({"name": tagged}, 200), ({}, 400)):
+        status, shown, _ = call(live_node, "POST", "/api/show", body)
+        assert status == code, shown
+        documented("POST", "/api/show", status, shown)
+    status, shown, _ = call(live_node, "POST", "/api/show", {"model": "no-such-model"})
+    assert status == 404 and "no-such-model" in shown["error"]
+    documented("POST", "/api/show", 404, shown)
+
+    text = f"[{MODEL}] hi"  # the fake backend's answer
+    chat = [{"role": "user", "content": "hi"}]
+    asks = [
+        ("/api/chat", {"model": tagged, "messages": chat}),
+        ("/api/generate", {"model": MODEL, "prompt": "hi"}),
+        ("/api/generate", {"model": MODEL, "prompt": "hi", "raw": True}),
+    ]
+    for path, body in asks:
+        status, answer, headers = call(live_node, "POST", path, {**body, "stream": False})
+        assert status == 200, answer
+        documented("POST", path, 200, answer)
+        assert headers[MODEL_HEADER] == MODEL and answer["done_reason"] == "stop"
+        assert answer.get("message", {}).get("content", answer.get("response")) == text
+        status, kind, data, _ = send(live_node, path, json.dumps(body).encode())  # streamed
+        assert (status, kind) == (200, NDJSON), data
+        lines = [json.loads(line) for line in data.splitlines()]
+        for line in lines:
+            documented("POST", path, 200, line, NDJSON)
+        assert lines[-1]["done"] and not any(line["done"] for line in lines[:-1])
+        pieces = [line.get("message", {}).get("content", line.get("response")) for line in lines]
+        assert "".join(pieces) == text
+    status, embedded, _ = call(
+        live_node, "POST", "/api/embed", {"model": MODEL, "input": ["a", "b"]}
+    )
+    assert status == 200, embedded
+    documented("POST", "/api/embed", 200, embedded)
+    assert len(embedded["embeddings"]) == 2
+    status, legacy, _ = call(live_node, "POST", "/api/embeddings", {"model": MODEL, "prompt": "a"})
+    assert status == 200, legacy
+    documented("POST", "/api/embeddings", 200, legacy)
+    assert legacy["embedding"] == embedded["embeddings"][0]
+    # Load requests: nothing to ask, the model (hot here) ready; answered at once.
+    loads = [
+        ("/api/chat", {"model": MODEL}, {"done": True, "done_reason": "load"}),
+        ("/api/generate", {"model": MODEL, "prompt": ""}, {"done": True, "done_reason": "load"}),
+        ("/api/embed", {"model": MODEL, "input": []}, {"embeddings": []}),
+        ("/api/embeddings", {"model": MODEL}, {"embedding": []}),
+    ]
+    for path, body, expected in loads:
+        status, loaded, _ = call(live_node, "POST", path, body)
+        assert status == 200 and expected.items() <= loaded.items(), (path, loaded)
+        documented("POST", path, 200, loaded)
+    refusals = [
+        ("/api/chat", {"model": "no-such-model", "messages": chat}, 404),
+        ("/api/embed", {"model": "no-such-model", "input": "hi"}, 404),
+        ("/api/chat", {"messages": chat}, 400),  # no model
+        ("/api/chat", {"model": MODEL, "messages": chat, "keep_alive": "soon"}, 400),
+        ("/api/chat", {"model": MODEL, "messages": [{"role": "robot"}]}, 400),
+        ("/api/generate", {"model": MODEL, "prompt": "hi", "suffix": "!"}, 400),
+        ("/api/embed", {"model": MODEL, "input": [1]}, 400),
+    ]
+    for path, body, code in refusals:
+        status, refused, _ = call(live_node, "POST", path, body)
+        assert status == code, (path, body, refused)
+        documented("POST", path, status, refused)
+    status, kind, data, _ = send(live_node, "/api/generate", b"{")
+    assert (status, kind) == (400, "application/json"), data
+    documented("POST", "/api/generate", 400, json.loads(data))
+
+
+def sse_events(data: bytes) -> list[dict[str, str]]:
+    """A whole text/event-stream's events, as {field: value}."""
+    events = data.decode().replace("\r\n", "\n").strip().split("\n\n")
+    return [dict(line.split(": ", 1) for line in event.splitlines()) for event in events]
+
+
+def test_live_anthropic_conforms(live_node: NodeProcess) -> None:
+    # Anthropic's Messages API on the node that fronts MODEL: a Message whole and streamed,
+    # token counts, refusals; every answer, each event too, as documented.
+    messages = [{"role": "user", "content": "hi"}]
+    ask = {"model": MODEL, "max_tokens": 16, "messages": messages}
+    status, message, headers = call(live_node, "POST", "/v1/messages", ask)
+    assert status == 200, message
+    documented("POST", "/v1/messages", 200, message)
+    assert headers[MODEL_HEADER] == MODEL and message["stop_reason"] == "end_turn"
+    assert message["content"] == [{"type": "text", "text": f"[{MODEL}] hi"}]
+    status, kind, data, _ = send(
+        live_node, "/v1/messages", json.dumps({**ask, "stream": True}).encode()
+    )
+    assert (status, kind) == (200, "text/event-stream"), data
+    events = sse_events(data)
+    payload = spec_validator({"$ref": "#/components/schemas/AnthropicStreamEvent"})
+    for event in events:
+        documented("POST", "/v1/messages", 200, event, "text/event-stream")
+        payload.validate(json.loads(event["data"]))
+        assert json.loads(event["data"])["type"] == event["event"]
+    names = [event["event"] for event in events]
+    assert names[:2] == ["message_start", "content_block_start"]
+    assert names[-3:] == ["content_block_stop", "message_delta", "message_stop"]
+    deltas = [json.loads(e["data"])["delta"] for e in events if e["event"] == "content_block_delta"]
+    assert "".join(delta["text"] for delta in deltas) == f"[{MODEL}] hi"
+    count = "/v1/messages/count_tokens"
+    refusals = [
+        ("/v1/messages", {"model": MODEL, "messages": messages}, 400, "invalid_request_error"),
+        ("/v1/messages", {**ask, "messages": []}, 400, "invalid_request_error"),
+        ("/v1/messages", {**ask, "stream": "yes"}, 400, "invalid_request_error"),
+        ("/v1/messages", {**ask, "model": "no-such-model"}, 404, "not_found_error"),
+        (count, {"model": MODEL}, 400, "invalid_request_error"),
+        (count, {"model": "no-such-model", "messages": messages}, 404, "not_found_error"),
+        # The fake backend is no llama-server: it counts nothing, and its 404 is relayed.
+        (count, {"model": MODEL, "messages": messages}, 404, "not_found_error"),
+    ]
+    for path, body, code, error in refusals:
+        status, refused, _ = call(live_node, "POST", path, body)
+        assert (status, refused["error"]["type"]) == (code, error), (path, body, refused)
+        documented("POST", path, status, refused)
+    assert (
+        "max_tokens"
+        in call(live_node, "POST", "/v1/messages", refusals[0][1])[1]["error"]["message"]
+    )
+
+
 CHAT = "/v1/chat/completions"
 
 
@@ -542,10 +753,32 @@ def test_live_keys_conform(live_node: NodeProcess, live_peer: NodeProcess) -> No
         assert (status, limited["error"]["code"]) == (429, "rate_limit_exceeded")
         assert int(headers["Retry-After"]) >= 0
         documented("POST", CHAT, 429, limited)
+        # Ollama's and Anthropic's routes refuse in their own shapes.
+        ollama_chat = {**chat, "stream": False}
+        status, limited, headers = call(
+            live_node, "POST", "/api/chat", ollama_chat, {"x-api-key": user["key"]}
+        )
+        assert status == 429 and int(headers["Retry-After"]) >= 0
+        documented("POST", "/api/chat", 429, limited)
+        status, missing, headers = call(live_node, "POST", "/api/chat", ollama_chat)
+        assert (status, headers["WWW-Authenticate"]) == (401, 'Bearer realm="meshllm"')
+        documented("POST", "/api/chat", 401, missing)
+        status, missing, _ = call(live_node, "POST", "/v1/messages", {**chat, "max_tokens": 8})
+        assert (status, missing["error"]["type"]) == (401, "authentication_error")
+        documented("POST", "/v1/messages", 401, missing)
+        # Ollama's listings are read-only pages: open to this machine.
+        assert call(live_node, "GET", "/api/tags")[0] == 200
         as_admin = {"Authorization": f"Bearer {admin['key']}"}
         status, other, _ = call(live_node, "POST", CHAT, chat, as_admin)
         assert (status, other["error"]["code"]) == (403, "model_not_allowed")
         documented("POST", CHAT, 403, other)
+        status, other, _ = call(live_node, "POST", "/api/chat", ollama_chat, as_admin)
+        assert status == 403 and MODEL in other["error"]
+        documented("POST", "/api/chat", 403, other)
+        messages = {**chat, "max_tokens": 8}
+        status, other, _ = call(live_node, "POST", "/v1/messages", messages, as_admin)
+        assert (status, other["error"]["type"]) == (403, "permission_error")
+        documented("POST", "/v1/messages", 403, other)
         # An admin key opens the admin routes without the admin token; an inference key
         # does not.
         status, listed, _ = call(live_node, "GET", keys, headers=as_admin)
