@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from meshllm.proxy.surface import SSE_HEADERS
+from meshllm.proxy.surface import SSE_HEADERS, OpenAIAnswer
 from meshllm.surfaces import anthropic
 
 MESSAGES_PATH = "/v1/messages"
@@ -80,22 +80,11 @@ class MessagesSurface(_Anthropic):
         return MessagesAnswer(model)
 
 
-class CountTokensAnswer:
-    """llama-server's own count: already in Anthropic's shape."""
-
-    stream_headers = SSE_HEADERS
+class CountTokensAnswer(OpenAIAnswer):
+    """llama-server's own count: already in Anthropic's shape, passed on as it is."""
 
     def progress(self, line: str) -> bytes:
         return b""
-
-    def events(self, data: bytes, now: float) -> bytes:
-        return data
-
-    def end(self, now: float) -> bytes:
-        return b""
-
-    def body(self, data: bytes, now: float) -> bytes:
-        return data
 
     def error_event(self, message: str, code: str) -> bytes:
         return b""
