@@ -108,6 +108,12 @@ class Config:
         "tokens generated for a request without max_tokens (llama-server -n); 0: no cap",
         group="serving", metavar="N",
     )  # fmt: skip
+    embeddings: bool = setting(
+        False,
+        "also answer embeddings from generative models (llama-server --embeddings --pooling "
+        "mean; chat goes on beside it); embedding and rerank GGUFs always answer theirs",
+        group="serving",
+    )  # fmt: skip
     # A small model loads in seconds, a large one or a copy from a peer in a minute or two.
     load_timeout: float = setting(
         120.0,

@@ -655,6 +655,7 @@ def serving_settings(cfg: Config) -> ServingSettings:
         auto_install=cfg.auto_install,
         joined=cfg.join is not None,
         max_tokens_default=cfg.max_tokens_default,
+        embeddings=cfg.embeddings,
     )
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import anthropic
 import ollama
+import openai
 import pytest
 
 from meshllm.serving import ModelFile
@@ -31,7 +32,9 @@ def mesh(
     models.mkdir()
     os.link(default_model.path, models / f"{MODEL}.gguf")
     with Cluster(root, ["--llama-server", str(llama_server_bin)]) as cluster:
-        seed = cluster.add("--model", MODEL, "--models-dir", str(models), name="seed")
+        seed = cluster.add(
+            "--model", MODEL, "--models-dir", str(models), "--embeddings", name="seed"
+        )  # fmt: skip
         seed.wait_serving(MODEL, SLOW)
         client = cluster.add("--client", "--port", "0", name="client")
         wait_for(lambda: cluster.converged(), 60, what="the client to join")
@@ -79,6 +82,9 @@ def test_the_ollama_client_lists_chats_generates_and_streams(mesh) -> None:  # t
         client.chat(model="no-such-model", messages=[{"role": "user", "content": "hi"}])
     assert missing.value.status_code == 404 and "no-such-model" in missing.value.error
 
+    embedded = client.embed(model=MODEL, input=["a red fox", "a blue car"])
+    assert len(embedded.embeddings) == 2 and len(embedded.embeddings[0]) > 100
+
     # No prompt: a load (one token asked of the serving node, so its keep_alive goes too).
     assert client.generate(model=MODEL).done_reason == "load"
 
@@ -113,3 +119,19 @@ def test_the_anthropic_sdk_creates_streams_and_counts_tokens(mesh) -> None:  # t
         )
     with pytest.raises(anthropic.BadRequestError):
         client.messages.create(model=MODEL, max_tokens=0, messages=[])
+
+
+def test_the_openai_sdk_gets_embeddings_from_a_generative_model(mesh) -> None:  # type: ignore[no-untyped-def]
+    _, client_node = mesh
+    client = openai.OpenAI(base_url=f"{client_node.url}/v1", api_key="unused", max_retries=0)
+    answer = client.embeddings.create(model=MODEL, input=["a red fox", "a red fox", "tax law"])
+    fox, same, law = (item.embedding for item in answer.data)
+    assert len(fox) > 100 and fox == same  # the same text, the same vector
+
+    def cosine(a: list[float], b: list[float]) -> float:
+        return sum(x * y for x, y in zip(a, b, strict=True)) / (
+            sum(x * x for x in a) ** 0.5 * sum(y * y for y in b) ** 0.5
+        )
+
+    assert cosine(fox, same) > cosine(fox, law)
+    assert answer.usage.prompt_tokens > 0

@@ -259,6 +259,18 @@ _EMBEDDING_REQUEST = _obj(
     description=f"OpenAI's embeddings request. {_PASS_THROUGH}",
 )
 
+_RERANK_REQUEST = _obj(
+    ["query", "documents"],
+    {
+        **_COMMON,
+        "query": _STRING,
+        "documents": {"type": "array", "items": _STRING, "minItems": 1},
+        "top_n": {"type": "integer", "minimum": 1},
+    },
+    additionalProperties=True,
+    description=f"A rerank request (llama-server's, Jina's and Cohere's shape). {_PASS_THROUGH}",
+)
+
 _USAGE = _obj(
     [],
     {"prompt_tokens": _COUNT, "completion_tokens": _COUNT, "total_tokens": _COUNT},
@@ -2214,6 +2226,23 @@ _SCHEMAS: dict[str, Schema] = {
     "CompletionChunk": _CHUNK,
     "ServerSentEvent": _SSE_EVENT,
     "Embeddings": _EMBEDDINGS,
+    "RerankRequest": _RERANK_REQUEST,
+    "Rerank": _obj(
+        ["results"],
+        {
+            "results": {
+                "type": "array",
+                "items": _obj(
+                    ["index", "relevance_score"],
+                    {"index": _COUNT, "relevance_score": {"type": "number"}},
+                    additionalProperties=True,
+                ),
+            },
+            "model": _STRING,
+        },
+        additionalProperties=True,
+        description="The documents by relevance to the query, from a rerank model.",
+    ),
     "ModelList": _MODEL_LIST,
     "Status": _STATUS,
     "Peer": _PEER,
@@ -3095,6 +3124,15 @@ def openapi_spec(version: str) -> dict[str, Any]:
                 "Embeddings, routed to a node serving the model",
                 "EmbeddingRequest",
                 "Embeddings",
+                stream=False,
+            )
+        },
+        "/v1/rerank": {
+            "post": _inference(
+                "rerank",
+                "Documents ranked against a query, by a rerank model (llama-server --reranking)",
+                "RerankRequest",
+                "Rerank",
                 stream=False,
             )
         },

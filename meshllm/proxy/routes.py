@@ -191,7 +191,7 @@ def add_proxy_routes(
     proxy.log = log if log is not None else NoLog()
     proxy.node_id = node_id
     app.router.add_get("/v1/models", proxy.models)
-    for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):
+    for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/rerank"):
         app.router.add_post(path, proxy.relay)
     for path, surface in (surfaces or {}).items():
         app.router.add_post(path, functools.partial(proxy.relay, surface=surface))

@@ -219,7 +219,18 @@ def read_model(path: Path) -> ModelFile:
         file_type=_file_type_name(meta.get(gguf.Keys.General.FILE_TYPE)),
         context_length=ctx if isinstance(ctx, int) else None,
         has_chat_template=header.has_chat_template,
+        pooling=_pooling(meta.get(f"{arch}.pooling_type")),
     )
+
+
+_POOLING = ("none", "mean", "cls", "last", "rank")  # llama.cpp's llama_pooling_type, 0-4
+
+
+def _pooling(value: Any) -> str | None:
+    """The pooling an embedding or rerank model's header names (None: a generative one)."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(_POOLING):
+        return _POOLING[value]
+    return None
 
 
 def kv_bytes_per_token(meta: dict[str, Any], arch: str) -> int | None:

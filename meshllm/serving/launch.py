@@ -42,6 +42,9 @@ class LlamaOptions:
     otherwise ramble for minutes (DESIGN.md §9)."""
     extra_args: tuple[str, ...] = ()
     """Appended to the command line as is (e.g. ("-ngl", "99"))."""
+    embeddings: bool = False
+    """A generative model answers ``/v1/embeddings`` too (mean pooling); an embedding or
+    rerank GGUF always answers its own kind (:func:`embedding_argv`)."""
     port_range: tuple[int, int] | None = None
     """Ports (inclusive) to take the server's from; None: any free one."""
     startup_timeout: float = 600.0
@@ -96,8 +99,21 @@ def llama_argv(binary: Path, model: ModelFile, port: int, options: LlamaOptions)
         "--no-webui",
         *generation,
         *(chat_template_argv(template) if template else []),
+        *embedding_argv(model, options),
         *options.extra_args,
     ]
+
+
+def embedding_argv(model: ModelFile, options: LlamaOptions) -> list[str]:
+    """What a model answers besides completions: a rerank GGUF (pooling ``rank`` in its
+    header) ``/v1/rerank``, an embedding GGUF (a pooling type) ``/v1/embeddings`` with
+    its own pooling, and a generative one embeddings too with ``options.embeddings``
+    (this llama-server build serves chat beside them, measured)."""
+    if model.pooling == "rank":
+        return ["--reranking"]
+    if model.pooling is not None:
+        return ["--embeddings"]
+    return ["--embeddings", "--pooling", "mean"] if options.embeddings else []
 
 
 def fallback_chat_template(model: ModelFile) -> str | None:

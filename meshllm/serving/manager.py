@@ -100,6 +100,7 @@ class ServingManager:
             options=LlamaOptions(
                 max_tokens=settings.max_tokens_default or None,
                 port_range=settings.model_ports,
+                embeddings=settings.embeddings,
             ),
             on_change=self._pool_changed,
         )

@@ -27,6 +27,9 @@ class ModelFile:
     # .attention.key_length/.value_length (else embedding_length / head_count); None
     # when the header lacks them
     kv_bytes_per_token: int | None = None
+    # {arch}.pooling_type, which embedding and rerank models have: "none", "mean",
+    # "cls", "last" or "rank" (llama.cpp's enum); None for a generative model
+    pooling: str | None = None
 
     def to_wire(self) -> dict[str, Any]:
         """Plain dict for JSON."""

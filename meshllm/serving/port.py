@@ -43,6 +43,8 @@ class ServingSettings:
     """The node joined a mesh: peers may have what it lacks, auto-assignment runs."""
     max_tokens_default: int = default("max_tokens_default")
     """llama-server ``-n`` for requests without ``max_tokens``; 0: no cap."""
+    embeddings: bool = default("embeddings")
+    """Generative models answer embeddings too (``--embeddings --pooling mean``)."""
     file_limits: FileServerLimits = DEFAULT_FILE_LIMITS
     """Budgets of the model-file port (connections, handshake deadline)."""
     pins: tuple[str, ...] = ()

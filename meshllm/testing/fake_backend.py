@@ -93,6 +93,7 @@ class FakeBackend(AppServer):
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_post("/v1/embeddings", self._embeddings)
+        app.router.add_post("/v1/rerank", self._rerank)
         if self.headers:
             app.on_response_prepare.append(self._add_headers)
         return app
@@ -153,6 +154,22 @@ class FakeBackend(AppServer):
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
             }
         )
+
+    async def _rerank(self, request: web.Request) -> web.Response:
+        """llama-server's rerank answer: documents scored by the words they share with
+        the query."""
+        body = await self._read(request)
+        if isinstance(body, web.Response):
+            return body
+        query = set(str(body.get("query", "")).lower().split())
+        documents = body.get("documents") or []
+        documents = documents if isinstance(documents, list) else []
+        results = [
+            {"index": i, "relevance_score": len(query & set(str(d).lower().split()))}
+            for i, d in enumerate(documents)
+        ]
+        results.sort(key=lambda r: -r["relevance_score"])
+        return _json({"model": self._model_for(body), "object": "list", "results": results})
 
     # --- helpers ------------------------------------------------------------------------
 

@@ -106,3 +106,14 @@ async def test_anthropic_errors_are_anthropics_shape(
     unknown = await client.post("/v1/messages", json={"model": "nope", "max_tokens": 4,
                                                       "messages": hi})  # fmt: skip
     assert unknown.status == 404 and (await unknown.json())["error"]["type"] == "not_found_error"
+
+
+async def test_rerank_is_routed_by_model_like_chat(
+    mesh: MemoryMesh, make_client: MakeClient, backends: dict[str, FakeBackend]
+) -> None:
+    mesh.replicas = {("peer", "m"): backends["remote_m"].url}
+    client = await make_client()
+    body = {"model": "m", "query": "red fox", "documents": ["a blue car", "the red fox"]}
+    answer = await client.post("/v1/rerank", json=body)
+    assert answer.status == 200 and answer.headers["x-meshllm-node"] == "peer"
+    assert [r["index"] for r in (await answer.json())["results"]] == [1, 0]
