@@ -28,7 +28,7 @@ import json
 import math
 from typing import Any
 
-from meshllm.surfaces.sse import plain_content
+from meshllm.surfaces.sse import EventBuffer, plain_content
 
 DEFAULT_MAX_TOKENS = 4096  # Anthropic requires max_tokens; OpenAI clients often leave it out
 MAX_TOKENS_CEILING = (1 << 31) - 1  # llama-server reads n_predict as an int32
@@ -515,7 +515,7 @@ class StreamTranslator:
         self._message_id = message_id
         self._thinking = thinking
         self._input_tokens = input_tokens
-        self._pending = b""  # an event not yet ended by a blank line
+        self._pending = EventBuffer(MAX_PENDING_BYTES)  # an event not yet ended
         self._started = False  # message_start sent
         self._done = False  # message_stop or an error sent
         self._index = -1  # of the last content block opened
@@ -534,20 +534,12 @@ class StreamTranslator:
         unfinished one is kept for the next call)."""
         if self._done:
             return b""
-        if b"\r" in events:
-            events = events.replace(b"\r\n", b"\n")
-        if self._pending:
-            events = self._pending + events
-        cut = events.rfind(b"\n\n")
-        self._pending = events[cut + 2 :] if cut >= 0 else events
         out: list[bytes] = []
-        if cut >= 0:
-            for event in events[:cut].split(b"\n\n"):
-                self._event(event, out)
-                if self._done:
-                    return b"".join(out)
-        if len(self._pending) > MAX_PENDING_BYTES:
-            self._pending = b""
+        for event in self._pending.events(events):
+            self._event(event, out)
+            if self._done:
+                return b"".join(out)
+        if self._pending.overflowed():
             out.append(self._error({"message": "backend sent an oversized event"}))
         return b"".join(out)
 
@@ -557,11 +549,10 @@ class StreamTranslator:
         if self._done:
             return b""
         out: list[bytes] = []
-        if self._pending.strip():
-            self._event(self._pending.strip(b"\n"), out)
+        if (rest := self._pending.rest()) is not None:
+            self._event(rest, out)
             if self._done:
                 return b"".join(out)
-        self._pending = b""
         self._done = True
         if not self._started:
             out.append(self._message_start())
@@ -1020,7 +1011,7 @@ class AnthropicToOpenAIStream:
         # Every chunk is this prefix, then its delta and the rest of its choice.
         self._prefix = b"data: " + _dumps(head, "{}").encode()[:-1]
         self._prefix += b',"choices":[{"index":0,"delta":'
-        self._pending = b""
+        self._pending = EventBuffer(MAX_PENDING_BYTES)
         self._done = False
         self._tool_index: dict[int | None, int] = {}  # Anthropic block index -> OpenAI call index
         self._usage: dict[str, Any] = {}
@@ -1031,20 +1022,12 @@ class AnthropicToOpenAIStream:
         unfinished one is kept for the next call)."""
         if self._done:
             return b""
-        if b"\r" in sse_bytes:
-            sse_bytes = sse_bytes.replace(b"\r\n", b"\n")
-        if self._pending:
-            sse_bytes = self._pending + sse_bytes
-        cut = sse_bytes.rfind(b"\n\n")
-        self._pending = sse_bytes[cut + 2 :] if cut >= 0 else sse_bytes
         out: list[bytes] = []
-        if cut >= 0:
-            for event in sse_bytes[:cut].split(b"\n\n"):
-                self._event(event, out)
-                if self._done:
-                    break
-        if not self._done and len(self._pending) > MAX_PENDING_BYTES:
-            self._pending = b""
+        for event in self._pending.events(sse_bytes):
+            self._event(event, out)
+            if self._done:
+                break
+        if not self._done and self._pending.overflowed():
             self._done = True
             out.append(_openai_error("api_error", "upstream sent an oversized event"))
         return b"".join(out)
@@ -1055,8 +1038,8 @@ class AnthropicToOpenAIStream:
         if self._done:
             return b""
         out: list[bytes] = []
-        if self._pending.strip():
-            self._event(self._pending.strip(b"\n"), out)
+        if (rest := self._pending.rest()) is not None:
+            self._event(rest, out)
         if not self._done:
             self._done = True
             out.append(_openai_error("api_error", "upstream stream ended before message_stop"))
