@@ -44,7 +44,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import aclosing
 from typing import Any, Protocol
 
@@ -315,7 +315,7 @@ class _Proxy:
         if not isinstance(payload, dict):
             return surface.error(400, "request body is not a JSON object", "invalid_json")
         if surface is not OPENAI:
-            names = (entry["model"] for entry in self._mesh.catalog())  # read if asked
+            names = self._catalog_names()  # a generator: the catalog read only if asked
             try:
                 ex.upstream_path, payload = surface.translate(request.path, payload, names)
             except ValueError as exc:
@@ -476,6 +476,10 @@ class _Proxy:
             node, cause = next(iter(sorted(causes.items())))
             message += f"; it failed on {node}: {cause.splitlines()[0]}"
         return message
+
+    def _catalog_names(self) -> Iterator[str]:
+        for entry in self._mesh.catalog():
+            yield entry["model"]
 
     def _in_catalog(self, model: str) -> bool:
         return any(entry.get("model") == model for entry in self._mesh.catalog())
