@@ -65,9 +65,9 @@ def run_keys(argv: list[str], add_common: Callable[[argparse.ArgumentParser], No
 def _create_offline(state_dir: Any, fields: dict[str, Any]) -> dict[str, Any]:
     """A key signed here with the owner key and stored for the node's next start."""
     from meshllm.access.key_store import load_statements, save_statements
-    from meshllm.access.keys import KeyBook, create_statement, new_key
-    from meshllm.access.service import parse_key_fields
-    from meshllm.errors import CommandError, ConfigError
+    from meshllm.access.keys import KeyBook, create_statement
+    from meshllm.access.service import key_from_fields
+    from meshllm.errors import CommandError
     from meshllm.join_token import MeshCredentials
     from meshllm.owner import OwnerKey
     from meshllm.paths import StatePaths
@@ -81,8 +81,8 @@ def _create_offline(state_dir: Any, fields: dict[str, Any]) -> dict[str, Any]:
         )
     now = time.time()
     try:
-        text, key = new_key(**parse_key_fields(fields, now), now=now)
-    except (CommandError, ConfigError) as exc:
+        text, key = key_from_fields(fields, now)
+    except CommandError as exc:
         raise SystemExit(f"meshllm: {exc}") from None
     path = StatePaths(state_dir).keys
     book = KeyBook(credentials.owner, credentials.mesh_id)

@@ -141,10 +141,7 @@ class MeshAccess:
         shown again.  Raises CommandError (400) for a bad field, AuthError without the
         owner key."""
         now = time.time()
-        try:
-            text, key = new_key(**parse_key_fields(fields, now), now=now)
-        except ConfigError as exc:  # a bad model name, say
-            raise CommandError(str(exc), 400) from None
+        text, key = key_from_fields(fields, now)
         owner = self._require_owner("create an API key")
         self._publish(create_statement(owner, key, mesh_id=self._mesh_id, now=now))
         return {**key.public(), "key": text}
@@ -259,6 +256,15 @@ class MeshAccess:
                     self._known = {s["sig"] for s in self.book.statements()}
                     self._save()
             await asyncio.sleep(self._interval)
+
+
+def key_from_fields(fields: dict[str, Any], now: float) -> tuple[str, ApiKey]:
+    """A new key from an ``/api/keys`` body (:func:`parse_key_fields`): its text and its
+    record.  Raises CommandError (400)."""
+    try:
+        return new_key(**parse_key_fields(fields, now), now=now)
+    except ConfigError as exc:  # a bad model name, say
+        raise CommandError(str(exc), 400) from None
 
 
 def parse_key_fields(fields: dict[str, Any], now: float) -> dict[str, Any]:
