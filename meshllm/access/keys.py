@@ -338,6 +338,7 @@ class KeyBook:
         self.capacity = capacity
         self._creates: dict[str, _Create] = {}
         self._revokes: dict[str, dict] = {}  # key id -> its revocation statement
+        self._digest: bytes | None = None  # digest(), until the book changes
 
     def __len__(self) -> int:
         """Records held: ids with a create, a revocation or both."""
@@ -383,12 +384,14 @@ class KeyBook:
         if key.id not in self._revokes and len(self) >= self.capacity:
             raise AuthError(f"key {key.id} refused: key book full ({self.capacity} keys)")
         self._creates[key.id] = create
+        self._digest = None
         return True
 
     def _add_revoke(self, key_id: str, statement: dict) -> bool:
         if key_id in self._revokes:
             return False
         self._revokes[key_id] = statement  # even when full: a revocation must win
+        self._digest = None
         return True
 
     def statements(self) -> list[dict]:
@@ -400,10 +403,15 @@ class KeyBook:
 
     def digest(self) -> bytes:
         """16 bytes on which two books that mean the same agree (for anti-entropy).  It covers
-        what the statements say, not their signatures: the same key signed twice is one."""
+        what the statements say, not their signatures: the same key signed twice is one.
+        Kept until the book changes: every usage report a node gets is checked against it."""
+        if self._digest is not None:
+            return self._digest
         entries = [_content(c.key) for c in self._creates.values()]
         entries += [msgpack.packb(["revoke", key_id]) for key_id in self._revokes]
-        return hashlib.sha256(msgpack.packb(sorted(entries), use_bin_type=True)).digest()[:16]
+        packed = msgpack.packb(sorted(entries), use_bin_type=True)
+        self._digest = hashlib.sha256(packed).digest()[:16]
+        return self._digest
 
     def authenticate(self, text: str | None, now: float) -> ApiKey:
         """The key whose text was presented; :class:`KeyRefused` (401) if there is none, it is
@@ -458,4 +466,6 @@ class KeyBook:
         for key_id in gone:
             del self._creates[key_id]
             dropped += 1 + (self._revokes.pop(key_id, None) is not None)
+        if dropped:
+            self._digest = None
         return dropped
