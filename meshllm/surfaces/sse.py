@@ -47,10 +47,10 @@ class EventBuffer:
 
     def events(self, data: bytes) -> list[bytes]:
         """The events ``data`` ends, with what was kept before it."""
+        if self._pending:  # may end in a CR whose LF starts this piece
+            data = self._pending + data
         if b"\r" in data:
             data = data.replace(b"\r\n", b"\n")
-        if self._pending:
-            data = self._pending + data
         cut = data.rfind(b"\n\n")
         self._pending = data[cut + 2 :] if cut >= 0 else data
         return data[:cut].split(b"\n\n") if cut >= 0 else []

@@ -7,7 +7,7 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshllm.surfaces.sse import plain_content
+from meshllm.surfaces.sse import EventBuffer, plain_content
 
 HEAD = '{"choices":[{"finish_reason":null,"index":0,"delta":{"content":'
 TAIL = '}}],"created":1,"id":"chatcmpl-x","model":"m","object":"chat.completion.chunk"}'
@@ -38,3 +38,9 @@ def test_it_declines_every_event_that_says_more() -> None:
         plain_content(b'{"choices":[{"finish_reason":null,"index":0,"delta":{"content":"\xff"}}]}')
         is None
     )
+
+
+def test_a_crlf_split_between_two_pieces_still_ends_the_event() -> None:
+    buffer = EventBuffer(1024)
+    assert buffer.events(b"data: 1\r\n\r") == []  # its last LF is in the next piece
+    assert buffer.events(b"\ndata: 2\r\n\r\n") == [b"data: 1", b"data: 2"]
