@@ -10,7 +10,14 @@ from meshllm.proxy.errors import (
     openai_error_middleware,
     sse_error_event,
 )
-from meshllm.proxy.forward import Forwarder, ProxiedResponse, UpstreamResponse
+from meshllm.proxy.forward import (
+    ChainedBackends,
+    Forwarder,
+    HttpBackends,
+    LocalBackends,
+    ProxiedResponse,
+    UpstreamResponse,
+)
 from meshllm.proxy.limits import ByteBudget, HttpLimits
 from meshllm.proxy.routes import (
     MAX_BODY_BYTES,
@@ -35,8 +42,11 @@ __all__ = [
     "TUNNEL_ROUTES",
     "BackendUnavailable",
     "ByteBudget",
+    "ChainedBackends",
     "Forwarder",
+    "HttpBackends",
     "HttpLimits",
+    "LocalBackends",
     "NodeAPI",
     "ProxiedResponse",
     "ProxyMesh",

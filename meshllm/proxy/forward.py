@@ -289,10 +289,12 @@ class Forwarder:
         body: bytes,
         *,
         model: str | None = None,
+        auth: Mapping[str, str] | None = None,
     ) -> UpstreamResponse:
         """Send the request to ``base_url + path``; return once the response head is in.
 
-        ``model`` is the mesh model name the request is for.  Raises
+        ``model`` is the mesh model name the request is for; ``auth``, headers set after
+        the client's are filtered (a cloud provider's key).  Raises
         :class:`BackendUnavailable` if no response head comes (refused, reset,
         timed out): the caller may try another replica.
         """
@@ -305,6 +307,8 @@ class Forwarder:
         send_headers = filter_headers(headers.items(), REQUEST_DROP)
         if self._backend_headers is not None:
             send_headers.update(self._backend_headers(base_url))
+        if auth is not None:
+            send_headers.update(auth)
         try:
             resp = await self._get_session().request(
                 method,
@@ -328,6 +332,61 @@ class Forwarder:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+class LocalBackends(Protocol):
+    """This node's own backends by model: its llama-servers, the endpoints it fronts,
+    the cloud providers it holds keys for."""
+
+    def serves(self, model: str) -> bool:
+        """Whether a request for ``model`` can be answered here."""
+        ...
+
+    async def forward(
+        self, method: str, path: str, headers: Mapping[str, str], body: bytes, *, model: str
+    ) -> ProxiedResponse:
+        """The response head from ``model``'s backend; raises :class:`BackendUnavailable`
+        when there is none, or it does not answer (the caller may try another node)."""
+        ...
+
+
+class HttpBackends:
+    """Backends reached at a base URL (llama-server, an endpoint) through a
+    :class:`Forwarder` (implements :class:`LocalBackends`)."""
+
+    def __init__(self, forwarder: Forwarder, base_url_of: Callable[[str], str | None]) -> None:
+        """``base_url_of(model)``: the base URL serving ``model`` here, None if none."""
+        self.forwarder = forwarder
+        self._base_url_of = base_url_of
+
+    def serves(self, model: str) -> bool:
+        return self._base_url_of(model) is not None
+
+    async def forward(
+        self, method: str, path: str, headers: Mapping[str, str], body: bytes, *, model: str
+    ) -> UpstreamResponse:
+        base_url = self._base_url_of(model)
+        if base_url is None:
+            raise BackendUnavailable(f"{model!r} is not served here")
+        return await self.forwarder.forward(base_url, method, path, headers, body, model=model)
+
+
+class ChainedBackends:
+    """The first of several :class:`LocalBackends` that serves a model."""
+
+    def __init__(self, *backends: LocalBackends) -> None:
+        self.backends = backends
+
+    def serves(self, model: str) -> bool:
+        return any(b.serves(model) for b in self.backends)
+
+    async def forward(
+        self, method: str, path: str, headers: Mapping[str, str], body: bytes, *, model: str
+    ) -> ProxiedResponse:
+        for backend in self.backends:
+            if backend.serves(model):
+                return await backend.forward(method, path, headers, body, model=model)
+        raise BackendUnavailable(f"{model!r} is not served here")
 
 
 def _with_model(body: bytes, model: str) -> bytes:

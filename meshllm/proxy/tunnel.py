@@ -35,12 +35,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from meshllm.errors import FrameError, PeerError, ServingError
 from meshllm.proxy.errors import BackendUnavailable, TunnelBroken, TunnelUnavailable
-from meshllm.proxy.forward import Forwarder, is_event_stream
+from meshllm.proxy.forward import LocalBackends, is_event_stream
 from meshllm.proxy.limits import DEFAULT_LIMITS, BudgetHold, ByteBudget, HttpLimits
 from meshllm.records.answer_meter import AnswerMeter
 from meshllm.wire import Frame, FrameStream, FrameType, make_frame
@@ -99,7 +99,7 @@ class _Request:
         path: str,
         headers: dict[str, str],
         body: bytes,
-        model: str | None,
+        model: str,
         hold: BudgetHold,
     ) -> None:
         self.method, self.path, self.headers, self.model = method, path, headers, model
@@ -340,8 +340,7 @@ def _describe(frame: Frame) -> str:
 async def serve_tunnel(
     stream: FrameStream,
     head: Frame,
-    forward: Forwarder,
-    local_base_url: Callable[[str], str | None],
+    backends: LocalBackends,
     *,
     max_body: int = MAX_BODY_SIZE,
     limits: HttpLimits = DEFAULT_LIMITS,
@@ -357,7 +356,7 @@ async def serve_tunnel(
 
     Acknowledges the head at once (the client suspects a node whose ack is late), reads
     the body, forwards it to the local backend for the head's model
-    (``local_base_url(model)``; ``None``: not served here, answered with an
+    (one that ``backends`` does not serve is answered with an
     error frame so the client tries another node), and relays the response
     frame by frame, with the stream's backpressure.  A client reset cancels
     the upstream request at once.  Never raises for peer or backend trouble:
@@ -384,15 +383,14 @@ async def serve_tunnel(
             model = answer.model = _model_of(body)
         if answer.keep_text:
             answer.prompt = body
-        base_url = local_base_url(model) if model is not None else None
-        if base_url is None:
+        if model is None or not backends.serves(model):
             answer.error = f"model {model!r} is not served here"
             await stream.send(_tunnel("error", message=answer.error))
             await stream.end()
             return
         request = _Request(method, path, headers, body, model, hold)
         del body  # only the request holds it now, and lets it go once forwarded
-        await _relay_watching(stream, forward, base_url, request, answer)
+        await _relay_watching(stream, backends, request, answer)
     except (PeerError, FrameError) as exc:
         answer.error = answer.error or str(exc)
         stream.reset()
@@ -459,10 +457,10 @@ async def _answer(stream: FrameStream, status: int, message: str) -> None:
 
 
 async def _relay_watching(
-    stream: FrameStream, forward: Forwarder, base_url: str, request: _Request, answer: ServedAnswer
+    stream: FrameStream, backends: LocalBackends, request: _Request, answer: ServedAnswer
 ) -> None:
     """Relay the upstream response while watching the stream for a client reset."""
-    relay = asyncio.ensure_future(_relay(stream, forward, base_url, request, answer))
+    relay = asyncio.ensure_future(_relay(stream, backends, request, answer))
     watch = asyncio.ensure_future(_watch_reset(stream))
     try:
         done, _ = await asyncio.wait({relay, watch}, return_when=asyncio.FIRST_COMPLETED)
@@ -489,16 +487,11 @@ async def _watch_reset(stream: FrameStream) -> bool:
 
 
 async def _relay(
-    stream: FrameStream, forward: Forwarder, base_url: str, request: _Request, answer: ServedAnswer
+    stream: FrameStream, backends: LocalBackends, request: _Request, answer: ServedAnswer
 ) -> None:
     try:
-        upstream = await forward.forward(
-            base_url,
-            request.method,
-            request.path,
-            request.headers,
-            request.body,
-            model=request.model,
+        upstream = await backends.forward(
+            request.method, request.path, request.headers, request.body, model=request.model
         )
     except BackendUnavailable as exc:
         answer.error = str(exc)

@@ -27,7 +27,13 @@ import pytest
 
 from meshllm.errors import FrameError, PeerError
 from meshllm.gossip.quic_stream import QuicFrameStream
-from meshllm.proxy import Forwarder, TunnelUnavailable, create_app, serve_tunnel
+from meshllm.proxy import (
+    Forwarder,
+    HttpBackends,
+    TunnelUnavailable,
+    create_app,
+    serve_tunnel,
+)
 from meshllm.proxy.guard import GuardSettings
 from meshllm.proxy.limits import ByteBudget, HttpLimits
 from meshllm.proxy.routes import MAX_BODY_BYTES
@@ -513,7 +519,7 @@ async def test_a_peer_that_stops_mid_request_has_its_stream_reset(forwarder: For
     limits = HttpLimits(tunnel_request_idle_timeout=0.3)
     head_frame = make_frame(FrameType.TUNNEL, k="head", method="POST", path="/v1/completions")
     serving = asyncio.create_task(
-        serve_tunnel(server, head_frame, forwarder, lambda m: None, limits=limits)
+        serve_tunnel(server, head_frame, HttpBackends(forwarder, lambda m: None), limits=limits)
     )
     await client.send(make_frame(FrameType.TUNNEL, k="body", d=b'{"model":'))  # then silence
     await asyncio.wait_for(serving, 10)  # it gave up by itself
@@ -578,7 +584,11 @@ async def test_a_tunnelled_request_without_room_in_the_budget_goes_elsewhere(
         head_frame = await server.recv()
         assert head_frame is not None
         await serve_tunnel(
-            server, head_frame, forwarder, lambda m: "http://unused", limits=limits, budget=budget
+            server,
+            head_frame,
+            HttpBackends(forwarder, lambda m: "http://unused"),
+            limits=limits,
+            budget=budget,
         )
 
     task = asyncio.create_task(dispatch())
@@ -597,7 +607,9 @@ async def test_tunnelled_bodies_count_in_the_budget_until_forwarded(forwarder: F
         async def dispatch() -> None:
             head_frame = await server.recv()
             assert head_frame is not None
-            await serve_tunnel(server, head_frame, forwarder, lambda m: backend.url, budget=budget)
+            await serve_tunnel(
+                server, head_frame, HttpBackends(forwarder, lambda m: backend.url), budget=budget
+            )
 
         task = asyncio.create_task(dispatch())
         body = chat_body("x" * 100_000, chunks=2, delay=0.3)
