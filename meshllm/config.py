@@ -114,6 +114,20 @@ class Config:
         "mean; chat goes on beside it); embedding and rerank GGUFs always answer theirs",
         group="serving",
     )  # fmt: skip
+    cloud: bool = setting(
+        True,
+        "serve cloud models by prefix (openai:, anthropic:, google:) to the mesh with the "
+        "provider keys in this node's environment (OPENAI_API_KEY, ANTHROPIC_API_KEY, "
+        "GOOGLE_API_KEY; base URLs from OPENAI_BASE_URL, ANTHROPIC_BASE_URL, "
+        "GOOGLE_GEMINI_BASE_URL)",
+        group="serving", flag="--no-cloud",
+    )  # fmt: skip
+    cloud_timeout: float = setting(
+        600.0,
+        "seconds of silence a cloud provider's answer may have between two reads (a "
+        "non-streamed answer is silent until complete)",
+        group="serving", metavar="SECONDS",
+    )  # fmt: skip
     # A small model loads in seconds, a large one or a copy from a peer in a minute or two.
     load_timeout: float = setting(
         120.0,

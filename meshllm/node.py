@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
 import tempfile
@@ -16,6 +17,8 @@ from aiohttp import web
 
 from meshllm import __version__
 from meshllm.access.service import MeshAccess
+from meshllm.cloud import is_provider_model, providers_from_env
+from meshllm.cloud.client import CloudBackends
 from meshllm.commands import (
     ENDPOINT_KIND,
     EndpointCommands,
@@ -55,7 +58,16 @@ from meshllm.ports import (
     metric_snapshot,
     status_snapshot,
 )
-from meshllm.proxy import ByteBudget, Forwarder, HttpLimits, create_app, serve_tunnel, start_http
+from meshllm.proxy import (
+    ByteBudget,
+    ChainedBackends,
+    Forwarder,
+    HttpBackends,
+    HttpLimits,
+    create_app,
+    serve_tunnel,
+    start_http,
+)
 from meshllm.proxy.guard import GuardSettings
 from meshllm.proxy.observe import served_record
 from meshllm.proxy.routes import KEEP_ALIVE_HEADER
@@ -112,6 +124,7 @@ class Node:
         self.stopped = asyncio.Event()
         self.request_exit = self.stopped.set  # replaced by run() with its signal-aware stop
 
+        self.cloud = self._cloud_backends()
         self.gossip = Gossip(
             self._first_announcement(),
             self.identity,
@@ -141,7 +154,10 @@ class Node:
         forwarder = Forwarder(
             backend_headers=(lambda url: serving.endpoints.headers_for(url)) if serving else None
         )
-        self.proxy_mesh = NodeProxyMesh(self.gossip, forwarder, self.serving)
+        self.forwarder = forwarder
+        local = HttpBackends(forwarder, serving.local_base_url if serving else lambda m: None)
+        backends = ChainedBackends(self.cloud, local) if self.cloud else local
+        self.proxy_mesh = NodeProxyMesh(self.gossip, backends, self.serving)
         self.events = MeshEventFeed(self.gossip)
         owner = OwnerChannel(
             self.gossip,
@@ -176,6 +192,30 @@ class Node:
         self.advertiser: MeshAdvertiser | None = None
         self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task[object]] = set()
+
+    def _cloud_backends(self) -> CloudBackends | None:
+        """The cloud providers whose key is in this node's environment (none on a lite
+        client, or with --no-cloud)."""
+        cfg = self.config
+        if cfg.client or not cfg.cloud:
+            return None
+        try:
+            providers = providers_from_env(os.environ)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        if not providers:
+            return None
+        log.info("cloud providers from the environment: %s", ", ".join(sorted(providers)))
+        return CloudBackends(
+            providers,
+            read_timeout=cfg.cloud_timeout,
+            on_change=self._cloud_changed,
+        )
+
+    def _cloud_changed(self) -> None:
+        """A provider refused this node's key, or may take it again: announce it."""
+        if self.cloud is not None:
+            self.gossip.publish(providers=self.cloud.states())
 
     def _records(self) -> MeshRecords:
         """The history (a lite client's in a directory of its own, gone when it stops: it
@@ -224,6 +264,7 @@ class Node:
             public_key=self.identity.public_key,
             role=Role.CLIENT if cfg.client else Role.WORKER,
             requested_models=[] if cfg.client else [model_name(m) for m in cfg.models],
+            providers=self.cloud.states() if self.cloud else {},
             **resource_fields(),
             version=__version__,
             incarnation=time.time_ns() // 1_000_000,  # a restart always outranks the past
@@ -296,7 +337,9 @@ class Node:
         if self.serving is not None:
             await self.serving.stop()
         self.proxy_mesh.close()
-        await self.proxy_mesh.forwarder.close()
+        await self.forwarder.close()
+        if self.cloud is not None:
+            await self.cloud.close()
         await self.transport.close()
         if self._runner is not None:
             await self._runner.cleanup()
@@ -456,19 +499,20 @@ class Node:
         mesh.backend_started(model, keep_alive if isinstance(keep_alive, str) else None)
         loop = asyncio.get_running_loop()
         wall, answer = time.time(), ServedAnswer(records.log_prompts, loop.time())
-        mark = records.serving_started()
+        # A cloud model costs its price, not this machine's energy.
+        mark = None if is_provider_model(model) else records.serving_started()
         try:
             await serve_tunnel(
                 stream,
                 head,
-                mesh.forwarder,
-                mesh.local_base_url,
+                mesh.backends,
                 limits=self.http_limits,
                 budget=self.body_budget,
                 answer=answer,
             )
         finally:
             mesh.backend_finished(model)
+            energy = records.energy_of(mark) if mark is not None else None  # ends its share
             record = served_record(
                 answer,
                 head,
@@ -476,7 +520,7 @@ class Node:
                 serving_node=self.identity.node_id,
                 wall=wall,
                 latency_ms=(loop.time() - answer.started_at) * 1000,
-                energy_j=records.energy_of(mark) if answer.status else None,
+                energy_j=energy if answer.status else None,
             )
             records.request_finished(record, None)
 

@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from meshllm.cloud.providers import UP, split_model
 from meshllm.election import Placement, catalog, elect, rank
 from meshllm.election.demand import DemandMeter
 from meshllm.election.pool_view import pool_view
@@ -27,7 +28,7 @@ from meshllm.gossip import (
     Role,
     split_addr,
 )
-from meshllm.proxy import Forwarder, Target
+from meshllm.proxy import LocalBackends, Target
 from meshllm.records.metrics import MeshSnapshot
 from meshllm.serving.durations import duration
 from meshllm.serving.manager import ServingManager, room_of
@@ -76,10 +77,10 @@ class NodeProxyMesh:
     """Routing inputs from the mesh state, load accounting, and streams to peers."""
 
     def __init__(
-        self, gossip: Gossip, forwarder: Forwarder, serving: ServingManager | None = None
+        self, gossip: Gossip, backends: LocalBackends, serving: ServingManager | None = None
     ) -> None:
         self.gossip = gossip
-        self.forwarder = forwarder
+        self.backends = backends  # this node's llama-servers, endpoints and cloud providers
         self.serving = serving  # None on a lite client
         self.in_flight: Counter[str] = Counter()  # node id -> our requests to it
         self.backend_load = 0  # requests our own backend is answering (ours and peers')
@@ -120,6 +121,31 @@ class NodeProxyMesh:
             if trusted:
                 targets[model] = trusted
         return targets
+
+    def provider_targets(self, model: str) -> list[Target] | None:
+        """The nodes whose key for ``model``'s provider is up (a suspect one only when no
+        other is); None when ``model`` names no provider.  Raises ValueError for a
+        provider model whose name is no plain model id."""
+        split = split_model(model)
+        if split is None:
+            return None
+        me = self.gossip.state.me.node_id
+        targets = []
+        for ann in self.gossip.state.all():
+            local = ann.node_id == me
+            if ann.providers.get(split[0]) != UP or (local and not self.backends.serves(model)):
+                continue
+            load = self.in_flight[ann.node_id] + (0 if local else ann.load)
+            targets.append(Target(ann.node_id, model, local, load))
+        trusted = [t for t in targets if t.local or not self.gossip.is_suspect(t.node_id)]
+        return trusted or targets
+
+    def provider_refusals(self, provider: str) -> dict[str, str]:
+        return {
+            ann.node_id: ann.providers[provider]
+            for ann in self.gossip.state.all()
+            if ann.providers.get(provider, UP) != UP
+        }
 
     def warming(self, model: str | None) -> dict[str, str]:
         warming = {}
@@ -210,9 +236,6 @@ class NodeProxyMesh:
     async def wait_changed(self, timeout: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._changed.wait(), timeout)
-
-    def local_base_url(self, model: str) -> str | None:
-        return self.serving.local_base_url(model) if self.serving is not None else None
 
     async def open_stream(self, node_id: str) -> FrameStream:
         link = await self.gossip.ensure_link(node_id)

@@ -111,6 +111,12 @@ ENDPOINT_MODEL_KEYS = {"warm": bool, "size": int, "family": str, "quant": str}
 MAX_ENDPOINTS = 16  # endpoints one node fronts
 MAX_TEXT_CHARS = 300  # a text in a pool, demand or endpoint entry (name, error, family)
 
+PROVIDER_STATES = frozenset({"up", "refused"})
+"""A ``providers`` entry's state: ``up``, or ``refused`` when the provider last refused
+this node's key (401/403), so others route to nodes whose key it takes."""
+MAX_PROVIDERS = 8  # cloud providers one node holds keys for
+_PROVIDER = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+
 DEMAND_KEYS = {"rpm": float, "last": int}
 """A ``demand`` entry: requests a minute this node's proxy routed for the model (over
 the last minute), and when it routed the last one (wall ms)."""
@@ -139,6 +145,7 @@ class PeerAnnouncement:
     demand: dict[str, dict[str, Any]] = field(default_factory=dict)  # model -> DEMAND_KEYS
     pool_room: int | None = None  # bytes a newly placed model could get (idle ones evicted)
     endpoints: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> ENDPOINT_KEYS
+    providers: dict[str, str] = field(default_factory=dict)  # cloud provider -> its state
     version: str = ""
     incarnation: int = 0
     seq: int = 0
@@ -338,6 +345,12 @@ def _check(ann: PeerAnnouncement) -> None:
         "endpoints": isinstance(ann.endpoints, dict)
         and len(ann.endpoints) <= MAX_ENDPOINTS
         and all(_is_endpoint(k, v) for k, v in ann.endpoints.items()),
+        "providers": isinstance(ann.providers, dict)
+        and len(ann.providers) <= MAX_PROVIDERS
+        and all(
+            isinstance(k, str) and _PROVIDER.fullmatch(k) and v in PROVIDER_STATES
+            for k, v in ann.providers.items()
+        ),
         "version": isinstance(ann.version, str) and len(ann.version) <= MAX_VERSION_CHARS,
         "incarnation": is_int(ann.incarnation, 0, MAX_COUNTER),
         "seq": is_int(ann.seq, 0, MAX_COUNTER),

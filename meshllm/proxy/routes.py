@@ -64,7 +64,7 @@ from meshllm.proxy.forward import (
     REQUEST_DROP,
     RESPONSE_DROP,
     RESPONSE_DROP_PREFIXES,
-    Forwarder,
+    LocalBackends,
     ProxiedResponse,
     filter_headers,
     is_event_stream,
@@ -81,7 +81,7 @@ from meshllm.proxy.observe import (
     new_request_id,
     prompt_text,
 )
-from meshllm.proxy.routing import RoutePlan, Target, plan_route
+from meshllm.proxy.routing import RoutePlan, Target, order_targets, plan_route
 from meshllm.proxy.surface import OPENAI, Answer, Surface
 from meshllm.proxy.tunnel import open_tunnel_request
 from meshllm.records.answer_meter import AnswerMeter
@@ -105,8 +105,8 @@ _REQUEST_DROP = REQUEST_DROP | {"content-type", KEEP_ALIVE_HEADER, REQUEST_ID_HE
 class ProxyMesh(Protocol):
     """What the proxy routes need from the node (``node.py`` implements it)."""
 
-    forwarder: Forwarder
-    """The node's pooled HTTP client to its local backends."""
+    backends: LocalBackends
+    """This node's own backends: its llama-servers, endpoints and cloud providers."""
 
     def catalog(self) -> list[dict[str, Any]]:
         """The mesh catalog: ``[{"model": str, "warm": bool, "nodes": [node_id, ...]}]``."""
@@ -120,8 +120,13 @@ class ProxyMesh(Protocol):
         """
         ...
 
-    def local_base_url(self, model: str) -> str | None:
-        """Base URL (``http://127.0.0.1:PORT``) of this node's backend for ``model``, if ready."""
+    def provider_targets(self, model: str) -> Sequence[Target] | None:
+        """The nodes holding a key for ``model``'s cloud provider (``openai:gpt-4o``),
+        this one included; None when ``model`` names no provider."""
+        ...
+
+    def provider_refusals(self, provider: str) -> Mapping[str, str]:
+        """``node_id -> state`` of the nodes whose key ``provider`` refused."""
         ...
 
     async def open_stream(self, node_id: str) -> FrameStream:
@@ -345,11 +350,22 @@ class _Proxy:
             keep_alive = str(keep_alive).strip()  # it travels in a header
         ex.keep_alive = keep_alive
 
-        targets = self._mesh.targets()
-        # A catalog model that is cold gets loaded, never another model: its name was meant.
-        known = model is not None and model not in targets and self._in_catalog(model)
-        plan = plan_route(model, targets, fallback=surface.fallback and not known)
+        try:
+            held = self._mesh.provider_targets(model) if model is not None else None
+        except ValueError as exc:
+            return surface.error(400, str(exc), "invalid_model")
         stream: web.StreamResponse | None = None  # prepared while waiting for a model
+        if held is not None:  # a cloud model: the nodes holding its provider's key
+            assert model is not None
+            if not held:
+                status, message = self._no_provider(model)
+                return surface.error(status, message, "model_not_found")
+            plan, known = RoutePlan(model, order_targets(held)), False
+        else:
+            targets = self._mesh.targets()
+            # A catalog model that is cold gets loaded, never another: its name was meant.
+            known = model is not None and model not in targets and self._in_catalog(model)
+            plan = plan_route(model, targets, fallback=surface.fallback and not known)
         if not plan.attempts:
             if model is not None and not known:
                 return surface.error(
@@ -405,7 +421,7 @@ class _Proxy:
             box.drop()  # the head is in: no retry needs the body now
             ex.target = target
             ex.meter = AnswerMeter(ex.stream, keep_text=self.log.log_prompts)
-            if target.local:
+            if target.local and held is None:  # a cloud model costs its price, not energy
                 ex.energy_mark = self.log.serving_started()
             try:
                 return await self._respond(request, upstream, target, ex, stream)
@@ -477,6 +493,20 @@ class _Proxy:
             message += f"; it failed on {node}: {cause.splitlines()[0]}"
         return message
 
+    def _no_provider(self, model: str) -> tuple[int, str]:
+        """Status and message for a cloud model no node can take: 502 when the provider
+        refused every key the mesh holds, else 404 (no node holds one)."""
+        provider = model.partition(":")[0]
+        refused = self._mesh.provider_refusals(provider)
+        if refused:
+            nodes = ", ".join(sorted(refused))
+            return 502, f"{provider} refused the API key of every node that holds one ({nodes})"
+        variable = f"{provider.upper()}_API_KEY"
+        return 404, (
+            f"model {model!r}: no node in the mesh holds a key for {provider!r} "
+            f"(start one with {variable} in its environment)"
+        )
+
     def _catalog_names(self) -> Iterator[str]:
         for entry in self._mesh.catalog():
             yield entry["model"]
@@ -534,11 +564,8 @@ class _Proxy:
         """The response head from ``target``; raises ``PeerError``/``BackendUnavailable``
         (``hurry``: see :meth:`_stream_to`)."""
         if target.local:
-            base_url = self._mesh.local_base_url(target.model)
-            if base_url is None:
-                raise BackendUnavailable(f"{target.model!r} is no longer served here")
-            return await self._mesh.forwarder.forward(
-                base_url, "POST", path, headers, body, model=target.model
+            return await self._mesh.backends.forward(
+                "POST", path, headers, body, model=target.model
             )
         stream = await self._stream_to(target.node_id, hurry)
         return await open_tunnel_request(

@@ -19,12 +19,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from meshllm.cloud.providers import PROVIDER_NAMES
 from meshllm.errors import ConfigError
 
 MAX_PRICE_FILE_BYTES = 1 << 20  # the shipped table is ~3 kB; a larger file is a mistake
 TOKENS_PER_MTOK = 1_000_000
 JOULES_PER_KWH = 3.6e6
-PROVIDERS = frozenset({"openai", "anthropic", "google"})  # the prefixes the mesh routes
 TABLE_CURRENCY = "USD"
 SHIPPED_TABLE = "prices.toml"  # beside this module (package data)
 PRICE_FIELDS = frozenset({"input_per_mtok", "output_per_mtok"})
@@ -84,7 +84,7 @@ class PriceTable:
         price = self.models.get(model)
         if price is None:
             provider, colon, bare = model.partition(":")
-            if colon and provider in PROVIDERS:
+            if colon and provider in PROVIDER_NAMES:
                 price = self.models.get(bare)
         return price
 

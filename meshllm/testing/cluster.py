@@ -15,10 +15,11 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from meshllm.cloud import KINDS
 from meshllm.gossip import Link, QuicTransport
 from meshllm.identity import Identity
 from meshllm.join_token import JoinToken
@@ -78,13 +79,20 @@ def wait_for(
         time.sleep(interval)
 
 
+def _without_provider_keys(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` without cloud providers' keys and URLs: a test node holds only the keys
+    its test gives it, never the developer's own."""
+    names = {name for kind in KINDS.values() for name in (*kind.key_vars, kind.base_url_var)}
+    return {k: v for k, v in env.items() if k not in names}
+
+
 class NodeProcess:
-    """One ``meshllm`` daemon."""
+    """One ``meshllm`` daemon (holding no cloud provider key unless ``env`` gives it)."""
 
     def __init__(self, state_dir: Path, args: Iterable[str], env: dict[str, str] | None = None):
         self.state_dir = state_dir
         self.args = list(args)
-        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.env = {**_without_provider_keys(os.environ), "PYTHONUNBUFFERED": "1", **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
         self.node_id = ""
         self.quic_addr = ""
@@ -277,15 +285,23 @@ class Cluster:
         ]  # fmt: skip
         self.nodes: list[NodeProcess] = []
 
-    def add(self, *args: str, join: bool = True, wait: bool = True, name: str = "") -> NodeProcess:
-        """Start a node; it joins the first node's mesh unless ``join`` is false."""
+    def add(
+        self,
+        *args: str,
+        join: bool = True,
+        wait: bool = True,
+        name: str = "",
+        env: dict[str, str] | None = None,
+    ) -> NodeProcess:
+        """Start a node; it joins the first node's mesh unless ``join`` is false.
+        ``env`` adds to its environment (a cloud provider's key, say)."""
         extra = list(args)
         if join and self.nodes and "--join" not in extra:
             extra += ["--join", self.nodes[0].token]
         name = name or f"node{len(self.nodes)}"
         if "--models-dir" not in extra:  # never the user's ~/.models
             extra += ["--models-dir", str(self.root / name / "models")]
-        node = NodeProcess(self.root / name, [*self.base_args, *extra])
+        node = NodeProcess(self.root / name, [*self.base_args, *extra], env)
         self.nodes.append(node)
         return node.start(wait=wait)
 

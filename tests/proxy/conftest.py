@@ -20,10 +20,14 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from meshllm.cloud import split_model
 from meshllm.errors import PeerError
 from meshllm.proxy import (
+    ChainedBackends,
     Forwarder,
+    HttpBackends,
     HttpLimits,
+    LocalBackends,
     Target,
     add_proxy_routes,
     openai_error_middleware,
@@ -60,6 +64,29 @@ class MemoryMesh:
     load_asks: list[str] = field(default_factory=list)  # load() calls, by model
     demand: list[str] = field(default_factory=list)  # routed() calls, by model
     keep_alives: list[str | None] = field(default_factory=list)  # request_started()'s
+    clouds: dict[str, LocalBackends] = field(default_factory=dict)  # node -> its providers
+    refused: dict[str, dict[str, str]] = field(default_factory=dict)  # provider -> node -> state
+
+    @property
+    def backends(self) -> LocalBackends:
+        return self._backends(SELF, self.local_base_url)
+
+    def _backends(self, node_id: str, base_url: Callable[[str], str | None]) -> LocalBackends:
+        local = HttpBackends(self.forwarder, base_url)
+        cloud = self.clouds.get(node_id)
+        return local if cloud is None else ChainedBackends(cloud, local)
+
+    def provider_targets(self, model: str) -> list[Target] | None:
+        if split_model(model) is None:
+            return None
+        return [
+            Target(node, model, node == SELF, self.in_flight[Target(node, model, node == SELF)])
+            for node, cloud in sorted(self.clouds.items())
+            if cloud.serves(model)
+        ]
+
+    def provider_refusals(self, provider: str) -> dict[str, str]:
+        return self.refused.get(provider, {})
 
     def catalog(self) -> list[dict[str, Any]]:
         entries: dict[str, list[str]] = {m: [] for m in self.cold}
@@ -97,7 +124,7 @@ class MemoryMesh:
             assert head is not None
             if node_id in self.broken:
                 await _break(server, self.broken[node_id])
-            await serve_tunnel(server, head, self.forwarder, base_url)
+            await serve_tunnel(server, head, self._backends(node_id, base_url))
 
         self.tasks.append(asyncio.create_task(dispatch()))
         return client
