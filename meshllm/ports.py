@@ -29,6 +29,7 @@ from meshllm.gossip import (
     split_addr,
 )
 from meshllm.proxy import LocalBackends, Target
+from meshllm.proxy.anthropic_surface import MESSAGES_PATH
 from meshllm.records.metrics import MeshSnapshot
 from meshllm.serving.durations import duration
 from meshllm.serving.manager import ServingManager, room_of
@@ -139,6 +140,25 @@ class NodeProxyMesh:
             targets.append(Target(ann.node_id, model, local, load))
         trusted = [t for t in targets if t.local or not self.gossip.is_suspect(t.node_id)]
         return trusted or targets
+
+    def speaks(self, target: Target, path: str) -> bool:
+        """Anthropic's ``/v1/messages`` is spoken by a model on Anthropic's cloud and by
+        llama-server (a pool model, not an endpoint's); a build without the route
+        answers 404, and the proxy asks again, translated."""
+        if path != MESSAGES_PATH:
+            return False
+        try:
+            split = split_model(target.model)
+        except ValueError:
+            return False
+        if split is not None:
+            return split[0] == "anthropic"
+        ann = self.gossip.state.get(target.node_id)
+        return (
+            ann is not None
+            and target.model in ann.pool
+            and not any(target.model in e.get("models", {}) for e in ann.endpoints.values())
+        )
 
     def provider_refusals(self, provider: str) -> dict[str, str]:
         return {

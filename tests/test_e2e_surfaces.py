@@ -99,6 +99,9 @@ def test_the_anthropic_sdk_creates_streams_and_counts_tokens(mesh) -> None:  # t
     assert message.role == "assistant" and message.content[0].type == "text"
     assert message.content[0].text and message.stop_reason in ("end_turn", "max_tokens")
     assert 0 < message.usage.output_tokens <= 8 and message.usage.input_tokens > 0
+    # llama-server's own /v1/messages answered, untranslated: its ids are its completions'
+    # (the mesh's translation names a message msg_…).
+    assert message.id.startswith("chatcmpl-")
 
     with client.messages.stream(
         model=MODEL, max_tokens=8, messages=[{"role": "user", "content": "One, two,"}]

@@ -10,7 +10,9 @@ and goes on:
   when the client did not ask, the usage rides on the finish chunk instead of a chunk
   of its own that a naive client would trip on;
 * ``anthropic:``: translated to the Messages API (``POST /v1/messages``) and back,
-  streaming included (:mod:`meshllm.surfaces.anthropic`);
+  streaming included (:mod:`meshllm.surfaces.anthropic`); a request that came in
+  Anthropic's own API (the proxy sends it as it is, to ``/v1/messages``) goes on
+  untranslated, with the client's ``anthropic-version`` and ``anthropic-beta``;
 * ``google:``: translated to Gemini's ``generateContent`` (``streamGenerateContent``
   with ``alt=sse`` for a stream) and back (:mod:`meshllm.surfaces.gemini`).
 
@@ -46,6 +48,7 @@ from meshllm.surfaces import anthropic, gemini
 log = logging.getLogger(__name__)
 
 CHAT = "/v1/chat/completions"
+MESSAGES = "/v1/messages"  # Anthropic's, from an Anthropic client: passed on as it is
 OPENAI_PATHS = frozenset({CHAT, "/v1/completions", "/v1/embeddings"})
 """What OpenAI's API takes through the mesh; Anthropic's and Google's models take chat."""
 ANTHROPIC_VERSION = "2023-06-01"  # the Messages API version this translation speaks
@@ -55,6 +58,7 @@ MAX_ANSWER_BYTES = 16 << 20  # a provider's non-streamed answer or error body, a
 REFUSED_RETRY_S = 300.0  # a key a provider refused is tried again after this long
 MAX_MESSAGE_CHARS = 2000  # of a provider's error message passed on
 _RETRY_HEADERS = ("retry-after", "retry-after-ms")
+_ANTHROPIC_HEADERS = frozenset({"anthropic-version", "anthropic-beta"})
 _GOOGLE_BAD_KEY = b'"API_KEY_INVALID"'  # Gemini's reason for a wrong key, sent with a 400
 
 
@@ -126,6 +130,8 @@ class CloudBackends:
             return StaticResponse.error(400, "request body is not a JSON object")
         if provider.name == "openai":
             return await self._openai(provider, path, payload, model)
+        if provider.name == "anthropic" and path == MESSAGES:
+            return await self._anthropic_native(provider, headers, payload, model)
         if path != CHAT:
             return StaticResponse.error(
                 400, f"{provider.name} models answer chat completions ({CHAT}) here, not {path}"
@@ -164,12 +170,25 @@ class CloudBackends:
             return TranslatedResponse(upstream, UsageFolder(), None, self._max_answer)
         return upstream
 
+    async def _anthropic_native(
+        self, provider: Provider, headers: Mapping[str, str], payload: dict, model: str
+    ) -> UpstreamResponse:
+        """A Messages request from an Anthropic client: on as it is (the client's API
+        version and betas with it), the answer back as it is."""
+        sent = {k.lower(): v for k, v in headers.items() if k.lower() in _ANTHROPIC_HEADERS}
+        version = sent.pop("anthropic-version", ANTHROPIC_VERSION)
+        auth = {"x-api-key": provider.api_key, "anthropic-version": version}
+        upstream = await self._send(provider, MESSAGES, payload, {**sent, **auth}, model=model)
+        if upstream.status in (401, 403):
+            await self._refusal(provider, upstream)  # raises: another holder's key may do
+        return upstream
+
     async def _anthropic(
         self, provider: Provider, payload: dict, model: str, upstream_name: str
     ) -> TranslatedResponse | StaticResponse:
         request = anthropic.openai_to_messages(payload, upstream_name)
         headers = {"x-api-key": provider.api_key, "anthropic-version": ANTHROPIC_VERSION}
-        upstream = await self._send(provider, "/v1/messages", request, headers)
+        upstream = await self._send(provider, MESSAGES, request, headers)
         if upstream.status >= 400:
             return await self._refusal(provider, upstream)
         completion_id, created = _completion_id(), int(time.time())

@@ -48,14 +48,31 @@ class MessagesAnswer:
         return json.dumps(answer, separators=(",", ":")).encode()
 
     def error_event(self, message: str, code: str) -> bytes:
-        body = anthropic.error_body(502, message)
-        return b"event: error\ndata: " + json.dumps(body).encode() + b"\n\n"
+        return _error_event(message)
+
+
+class NativeMessagesAnswer(OpenAIAnswer):
+    """An answer from a backend that speaks Anthropic's API itself: passed on as it is,
+    a break-off as Anthropic's error event."""
+
+    def error_event(self, message: str, code: str) -> bytes:
+        return _error_event(message)
+
+
+def _error_event(message: str) -> bytes:
+    """Anthropic's event for a stream that broke off after its head."""
+    body = anthropic.error_body(502, message)
+    return b"event: error\ndata: " + json.dumps(body).encode() + b"\n\n"
 
 
 class _Anthropic:
     """What both Anthropic routes share: no fallback to another model, errors in shape."""
 
     fallback = False
+    native_path: str | None = None
+
+    def native_answer(self) -> OpenAIAnswer:
+        return NativeMessagesAnswer()
 
     def error(
         self,
@@ -69,7 +86,10 @@ class _Anthropic:
 
 
 class MessagesSurface(_Anthropic):
-    """``POST /v1/messages``."""
+    """``POST /v1/messages``: to a backend that speaks it (llama-server's own route, a
+    model on Anthropic's cloud) as it is, else translated."""
+
+    native_path = MESSAGES_PATH
 
     def translate(
         self, path: str, payload: dict[str, Any], known: Iterable[str]

@@ -22,6 +22,7 @@ from typing import Any, Literal
 from aiohttp import web
 
 from meshllm import __version__
+from meshllm.proxy.surface import OpenAIAnswer
 from meshllm.surfaces import ollama
 
 Kind = Literal["chat", "generate", "embed", "embeddings"]
@@ -78,9 +79,14 @@ class OllamaAnswer:
 
 
 class OllamaSurface:
-    """One of Ollama's inference routes."""
+    """One of Ollama's inference routes (always translated: an Ollama endpoint's model
+    is reached through its OpenAI-compatible API like any other)."""
 
     fallback = False
+    native_path = None
+
+    def native_answer(self) -> OpenAIAnswer:
+        return OpenAIAnswer()  # never asked for: no native path
 
     def __init__(self, kind: Kind) -> None:
         self.kind = kind

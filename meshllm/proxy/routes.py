@@ -168,6 +168,11 @@ class ProxyMesh(Protocol):
         """A request for ``model`` is being routed (its demand)."""
         ...
 
+    def speaks(self, target: Target, path: str) -> bool:
+        """Whether ``target``'s backend answers ``path`` of another API itself
+        (``/v1/messages``: its own llama-server, a model on Anthropic's cloud)."""
+        ...
+
 
 def add_proxy_routes(
     app: web.Application,
@@ -319,9 +324,11 @@ class _Proxy:
             return surface.error(400, "request body is not valid JSON", "invalid_json")
         if not isinstance(payload, dict):
             return surface.error(400, "request body is not a JSON object", "invalid_json")
+        native: dict[str, Any] | None = None
         if surface is not OPENAI:
             names = self._catalog_names()  # a generator: the catalog read only if asked
-            try:
+            native = payload if surface.native_path else None  # the client's own, for a
+            try:  # backend that speaks its API
                 ex.upstream_path, payload = surface.translate(request.path, payload, names)
             except ValueError as exc:
                 return surface.error(400, str(exc), "invalid_request")
@@ -392,7 +399,14 @@ class _Proxy:
                 return await _refuse(
                     ex, stream, 400, "request body is nested too deeply", "invalid_json"
                 )
-        del payload  # parsed copy of the body: not needed any more
+        if native is not None:
+            try:
+                ex.native_body = json.dumps(
+                    {**native, "model": plan.model_used}, separators=(",", ":")
+                ).encode()
+            except (TypeError, ValueError, RecursionError):
+                ex.native_body = None  # translated, then
+        del payload, native  # parsed copies of the body: not needed any more
         headers = filter_headers(request.headers.items(), _REQUEST_DROP)
         headers["Content-Type"] = "application/json"  # the body is JSON: we parsed it
         if keep_alive is not None:
@@ -408,7 +422,7 @@ class _Proxy:
             hurry = i + 1 < len(plan.attempts)  # another replica is left to try
             self._mesh.request_started(target, keep_alive)
             try:
-                upstream = await self._open(target, ex.upstream_path, headers, box.data, hurry)
+                upstream = await self._open_speaking(target, headers, box, ex, hurry, stream)
             except (PeerError, BackendUnavailable) as exc:
                 self._mesh.request_finished(target)
                 failures.append(f"{target.node_id}: {exc}")
@@ -419,6 +433,7 @@ class _Proxy:
                 self._mesh.request_finished(target)
                 raise
             box.drop()  # the head is in: no retry needs the body now
+            ex.native_body = None
             ex.target = target
             ex.meter = AnswerMeter(ex.stream, keep_text=self.log.log_prompts)
             if target.local and held is None:  # a cloud model costs its price, not energy
@@ -572,6 +587,34 @@ class _Proxy:
             stream, "POST", path, headers, body, model=target.model, limits=self._limits
         )
 
+    async def _open_speaking(
+        self,
+        target: Target,
+        headers: dict[str, str],
+        box: _Body,
+        ex: _Exchange,
+        hurry: bool,
+        stream: web.StreamResponse | None,
+    ) -> ProxiedResponse:
+        """:meth:`_open`, in the client's own API when ``target`` speaks it (and no
+        translated byte is out yet): llama-server's own ``/v1/messages``, say.  A 404
+        there (a build without the route) is asked again, translated."""
+        native_path = ex.surface.native_path
+        ex.native = False
+        if (
+            native_path is not None
+            and ex.native_body is not None
+            and stream is None
+            and self._mesh.speaks(target, native_path)
+        ):
+            upstream = await self._open(target, native_path, headers, ex.native_body, hurry)
+            if upstream.status != 404:
+                ex.native = True
+                ex.answer = ex.surface.native_answer()
+                return upstream
+            upstream.close()
+        return await self._open(target, ex.upstream_path, headers, box.data, hurry)
+
     async def _stream_to(self, node_id: str, hurry: bool) -> FrameStream:
         """A new stream to ``node_id``, or :class:`TunnelBroken`: no link and none dialled,
         or, with another replica to try (``hurry``), none within ``tunnel_ack_timeout``.
@@ -633,7 +676,7 @@ class _Proxy:
             loaded = getattr(ex.surface, "loaded", None)
             if ex.load_only and upstream.status < 300 and loaded is not None:
                 return loaded(target.model, ex.keep_alive)  # loaded, its TTL set there
-            if ex.surface is not OPENAI:
+            if ex.surface is not OPENAI and not ex.native:
                 return self._translated(upstream.status, data, ex, headers)
             if not is_json(upstream.headers):
                 # An API answer is JSON; anything else (a backend's text/html page) is
@@ -715,6 +758,8 @@ class _Exchange:
         "load_only",
         "meter",
         "model",
+        "native",
+        "native_body",
         "path",
         "prompt",
         "request_id",
@@ -743,6 +788,8 @@ class _Exchange:
         self.error = ""
         self.prompt: str | None = None
         self.energy_mark: float | None = None  # this node's backend served it from then
+        self.native_body: bytes | None = None  # the client's body, for a backend in its API
+        self.native = False  # the answer comes in the client's API: passed on as it is
 
 
 def _error_message(body: object) -> str:

@@ -57,6 +57,15 @@ class Surface(Protocol):
     """Whether a request for a model the mesh does not know goes to another model
     (OpenAI's, as mesh-llm does) or is refused (404)."""
 
+    native_path: str | None
+    """The path of this API's route on a backend that speaks the API itself (llama-server's
+    own ``/v1/messages``): the client's body goes there untranslated, and the answer back
+    through :meth:`native_answer`.  None: always translated."""
+
+    def native_answer(self) -> Answer:
+        """The answer of a backend that speaks this API: passed on as it is."""
+        ...
+
     def translate(
         self, path: str, payload: dict[str, Any], known: Iterable[str]
     ) -> tuple[str, dict[str, Any]]:
@@ -107,6 +116,10 @@ class OpenAISurface:
     """OpenAI's API: nothing to translate."""
 
     fallback = True
+    native_path = None
+
+    def native_answer(self) -> Answer:
+        return _AS_IS
 
     def translate(
         self, path: str, payload: dict[str, Any], known: Iterable[str]

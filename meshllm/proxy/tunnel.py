@@ -54,6 +54,7 @@ TUNNEL_ROUTES = frozenset(
         ("POST", "/v1/completions"),
         ("POST", "/v1/embeddings"),
         ("POST", "/v1/rerank"),  # a rerank GGUF's (llama-server --reranking)
+        ("POST", "/v1/messages"),  # Anthropic's API, to a backend that speaks it itself
         ("POST", "/v1/messages/count_tokens"),  # llama-server's own count (Anthropic's API)
     }
 )

@@ -6,7 +6,9 @@ the meter never changes or holds up a byte.  Token
 counts come from what the backend says, in order of trust:
 
 * OpenAI's ``usage`` (``prompt_tokens``, ``completion_tokens``): every non-streamed
-  answer, and a stream's last chunk when the client asked for it;
+  answer, and a stream's last chunk when the client asked for it; Anthropic's
+  (``input_tokens`` with cache reads and writes, ``output_tokens``), in a ``Message``
+  and in the ``message_start`` and ``message_delta`` events of its streams;
 * llama-server's ``timings`` (``cache_n + prompt_n`` in, ``predicted_n`` out), on the
   last chunk of each of its streams;
 * else, for a stream, one token per event that carries content (a fair guess: servers
@@ -131,7 +133,17 @@ class AnswerMeter:
 
     def _take_counts(self, parsed: dict[str, Any]) -> None:
         usage, timings = parsed.get("usage"), parsed.get("timings")
-        if isinstance(usage, dict):
+        message = parsed.get("message")  # Anthropic's message_start event
+        if usage is None and isinstance(message, dict):
+            usage = message.get("usage")
+        if isinstance(usage, dict) and ("input_tokens" in usage or "output_tokens" in usage):
+            # Anthropic's: the prompt is input plus cache reads and writes
+            read = _count(usage.get("cache_read_input_tokens"), 0)
+            written = _count(usage.get("cache_creation_input_tokens"), 0)
+            if "input_tokens" in usage:
+                self.tokens_in = _count(usage["input_tokens"], 0) + read + written
+            self.tokens_out = _count(usage.get("output_tokens"), self.tokens_out)
+        elif isinstance(usage, dict):
             self.tokens_in = _count(usage.get("prompt_tokens"), self.tokens_in)
             self.tokens_out = _count(usage.get("completion_tokens"), self.tokens_out)
         elif isinstance(timings, dict):
@@ -148,6 +160,10 @@ def _count(value: object, default: int) -> int:
 
 
 def _delta_text(parsed: dict[str, Any]) -> str:
+    delta = parsed.get("delta")
+    if parsed.get("type") == "content_block_delta" and isinstance(delta, dict):
+        text = delta.get("text")  # Anthropic's text_delta
+        return text if isinstance(text, str) else ""
     choices = parsed.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         return ""
@@ -159,9 +175,16 @@ def _delta_text(parsed: dict[str, Any]) -> str:
 
 
 def _message_text(parsed: dict[str, Any]) -> str:
+    if parsed.get("type") == "message" and isinstance(parsed.get("content"), list):
+        blocks = parsed["content"]  # Anthropic's Message
+        return "".join(b["text"] for b in blocks if isinstance(b, dict) and _is_text(b))
     choices = parsed.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         return ""
     message = choices[0].get("message")
     text = message.get("content") if isinstance(message, dict) else choices[0].get("text")
     return text if isinstance(text, str) else ""
+
+
+def _is_text(block: dict[str, Any]) -> bool:
+    return block.get("type") == "text" and isinstance(block.get("text"), str)

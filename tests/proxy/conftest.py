@@ -66,6 +66,7 @@ class MemoryMesh:
     keep_alives: list[str | None] = field(default_factory=list)  # request_started()'s
     clouds: dict[str, LocalBackends] = field(default_factory=dict)  # node -> its providers
     refused: dict[str, dict[str, str]] = field(default_factory=dict)  # provider -> node -> state
+    native: dict[str, set[str]] = field(default_factory=dict)  # node -> paths its backend speaks
 
     @property
     def backends(self) -> LocalBackends:
@@ -87,6 +88,11 @@ class MemoryMesh:
 
     def provider_refusals(self, provider: str) -> dict[str, str]:
         return self.refused.get(provider, {})
+
+    def speaks(self, target: Target, path: str) -> bool:
+        return path in self.native.get(target.node_id, ()) or (
+            path == "/v1/messages" and target.model.startswith("anthropic:")
+        )
 
     def catalog(self) -> list[dict[str, Any]]:
         entries: dict[str, list[str]] = {m: [] for m in self.cold}

@@ -8,18 +8,21 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anthropic
 import openai
 import pytest
 from aiohttp.test_utils import TestClient
 
 from meshllm.cloud import KINDS, Provider
 from meshllm.cloud.client import CloudBackends
+from meshllm.proxy import anthropic_surface
 from meshllm.testing.fake_providers import FakeProvider, serve_provider
 from tests.proxy.conftest import SELF, MakeClient, MemoryMesh
 
 KEY = "sk-the-holders-own-key"
 PEER = "peer"
 ASK = [{"role": "user", "content": "hello from the mesh"}]
+SURFACES = anthropic_surface.SURFACES
 
 
 @pytest.fixture
@@ -238,3 +241,55 @@ async def test_embeddings_pass_through_to_openai(
     answer = await client.embeddings.create(model="openai:embed-x", input=["a", "b"])
     assert len(answer.data) == 2 and answer.model == "openai:embed-x"
     assert fakes["openai"].seen[-1].body["model"] == "embed-x"
+
+
+async def test_an_anthropic_client_reaches_an_anthropic_model_untranslated(
+    mesh: MemoryMesh,
+    make_client: MakeClient,
+    fakes: dict[str, FakeProvider],
+    clouds: list[CloudBackends],
+) -> None:
+    """What the OpenAI shape cannot say (top_k, metadata, cache_control, a beta) reaches
+    Anthropic as the client said it, and the answer comes back as Anthropic sent it."""
+    hold(mesh, clouds, PEER, cloud(fakes, "anthropic"))
+    client = await make_client(surfaces=SURFACES)
+    base = str(client.make_url("")).rstrip("/")
+    sdk_client = anthropic.AsyncAnthropic(base_url=base, api_key="mesh-key", max_retries=0)
+    system = [{"type": "text", "text": "be brief", "cache_control": {"type": "ephemeral"}}]
+    message = await sdk_client.messages.create(
+        model="anthropic:claude-x", max_tokens=64, system=system,  # type: ignore[arg-type]
+        metadata={"user_id": "u1"}, messages=ASK,  # type: ignore[arg-type]
+        extra_headers={"anthropic-beta": "prompt-caching-2024-07-31"},
+        extra_body={"top_k": 5},
+    )  # fmt: skip
+    assert message.content[0].text == "echo: hello from the mesh"  # type: ignore[union-attr]
+    seen = fakes["anthropic"].seen[-1]
+    assert seen.path == "/v1/messages"
+    assert seen.body["model"] == "claude-x" and seen.body["system"] == system
+    assert seen.body["top_k"] == 5 and seen.body["metadata"] == {"user_id": "u1"}
+    assert seen.headers["anthropic-beta"] == "prompt-caching-2024-07-31"
+    assert seen.headers["x-api-key"] == KEY and "mesh-key" not in str(seen.headers)
+
+    async with sdk_client.messages.stream(
+        model="anthropic:claude-x", max_tokens=2, messages=ASK,  # type: ignore[arg-type]
+    ) as stream:  # fmt: skip
+        text = "".join([piece async for piece in stream.text_stream])
+        final = await stream.get_final_message()
+    assert text.split() == ["echo:", "hello"] and final.usage.output_tokens == 2
+    assert fakes["anthropic"].seen[-1].body["stream"] is True
+
+
+async def test_an_anthropic_client_hears_anthropics_own_errors(
+    mesh: MemoryMesh,
+    make_client: MakeClient,
+    fakes: dict[str, FakeProvider],
+    clouds: list[CloudBackends],
+) -> None:
+    hold(mesh, clouds, PEER, cloud(fakes, "anthropic"))
+    client = await make_client(surfaces=SURFACES)
+    base = str(client.make_url("")).rstrip("/")
+    sdk_client = anthropic.AsyncAnthropic(base_url=base, api_key="mesh-key", max_retries=0)
+    fakes["anthropic"].fail_next(529, "Overloaded")
+    with pytest.raises(anthropic.APIStatusError) as caught:
+        await sdk_client.messages.create(model="anthropic:claude-x", max_tokens=8, messages=ASK)  # type: ignore[arg-type]
+    assert caught.value.status_code == 529 and "Overloaded" in caught.value.message

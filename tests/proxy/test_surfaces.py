@@ -117,3 +117,20 @@ async def test_rerank_is_routed_by_model_like_chat(
     answer = await client.post("/v1/rerank", json=body)
     assert answer.status == 200 and answer.headers["x-meshllm-node"] == "peer"
     assert [r["index"] for r in (await answer.json())["results"]] == [1, 0]
+
+
+async def test_a_backend_without_its_own_messages_route_gets_the_request_translated(
+    mesh: MemoryMesh, make_client: MakeClient, backends: dict[str, FakeBackend]
+) -> None:
+    """A llama-server build without /v1/messages answers 404 there: asked again in the
+    OpenAI shape, the client never sees it (the fake backend has no such route)."""
+    mesh.replicas = {("peer", "m"): backends["remote_m"].url}
+    mesh.native = {"peer": {"/v1/messages"}}
+    client = await make_client(surfaces=SURFACES)
+    request = {"model": "m", "max_tokens": 16,
+               "messages": [{"role": "user", "content": "hello there"}]}  # fmt: skip
+    for stream in (False, True):
+        answer = await client.post("/v1/messages", json={**request, "stream": stream})
+        assert answer.status == 200, await answer.text()
+        assert (await answer.text()).count("message_start" if stream else '"message"') >= 1
+    assert [t.node_id for t in mesh.started] == ["peer"] * 2  # one routing each, one target

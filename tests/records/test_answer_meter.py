@@ -82,3 +82,33 @@ def test_hostile_answers_are_relayed_uncounted_never_a_crash() -> None:
     huge.feed(b'"}', 2.0)
     huge.finish()
     assert huge.tokens_in == 0  # too big to count: relayed all the same
+
+
+def anthropic_event(name: str, payload: dict) -> bytes:
+    return f"event: {name}\n".encode() + event({"type": name, **payload})
+
+
+def test_an_anthropic_stream_counts_its_usage_and_keeps_its_text() -> None:
+    """What llama-server's own /v1/messages and Anthropic's cloud stream."""
+    meter = AnswerMeter(stream=True, keep_text=True)
+    start = {"id": "msg_1", "type": "message", "role": "assistant", "content": []}
+    start["usage"] = {"input_tokens": 9, "cache_read_input_tokens": 3, "output_tokens": 1}
+    meter.feed(anthropic_event("message_start", {"message": start}), 1.0)
+    for text in ("Hel", "lo"):
+        delta = {"index": 0, "delta": {"type": "text_delta", "text": text}}
+        meter.feed(anthropic_event("content_block_delta", delta), 2.0)
+    done = {"delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 2}}
+    meter.feed(anthropic_event("message_delta", done) + anthropic_event("message_stop", {}), 3.0)
+    meter.finish()
+    assert (meter.tokens_in, meter.tokens_out) == (12, 2)
+    assert meter.text == "Hello"
+
+
+def test_an_anthropic_message_is_counted() -> None:
+    meter = AnswerMeter(stream=False, keep_text=True)
+    message = {"type": "message", "content": [{"type": "text", "text": "Hi there"}]}
+    message["usage"] = {"input_tokens": 4, "cache_creation_input_tokens": 6, "output_tokens": 3}
+    meter.feed(json.dumps(message).encode(), 1.0)
+    meter.finish()
+    assert (meter.tokens_in, meter.tokens_out) == (10, 3)
+    assert meter.text == "Hi there"
