@@ -157,7 +157,10 @@ class Node:
         self.forwarder = forwarder
         local = HttpBackends(forwarder, serving.local_base_url if serving else lambda m: None)
         backends = ChainedBackends(self.cloud, local) if self.cloud else local
-        self.proxy_mesh = NodeProxyMesh(self.gossip, backends, self.serving)
+        self.prices = PriceTable.load(config.price_file)
+        self.proxy_mesh = NodeProxyMesh(
+            self.gossip, backends, self.serving, cloud_models=sorted(self.prices.models)
+        )
         self.events = MeshEventFeed(self.gossip)
         owner = OwnerChannel(
             self.gossip,
@@ -245,7 +248,7 @@ class Node:
             live_peers=lambda: sorted(self.state.peers),
             open_stream=self.proxy_mesh.open_stream,
             watts=self._watts,
-            prices=PriceTable.load(cfg.price_file),
+            prices=self.prices,
             energy=EnergyPrice(cfg.price_kwh),
             fanout_timeout=cfg.history_fanout_timeout,
             admin_token=self.admin_token,

@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from meshllm.cloud.providers import UP, split_model
+from meshllm.cloud.providers import UP, is_provider_model, split_model
 from meshllm.election import Placement, catalog, elect, rank
 from meshllm.election.demand import DemandMeter
 from meshllm.election.pool_view import pool_view
@@ -78,9 +78,16 @@ class NodeProxyMesh:
     """Routing inputs from the mesh state, load accounting, and streams to peers."""
 
     def __init__(
-        self, gossip: Gossip, backends: LocalBackends, serving: ServingManager | None = None
+        self,
+        gossip: Gossip,
+        backends: LocalBackends,
+        serving: ServingManager | None = None,
+        cloud_models: Sequence[str] = (),
     ) -> None:
+        """``cloud_models``: the provider models the catalog lists while a node holds
+        their provider's key (the price table's: any other is reached by name too)."""
         self.gossip = gossip
+        self.cloud_models = [m for m in cloud_models if is_provider_model(m)]
         self.backends = backends  # this node's llama-servers, endpoints and cloud providers
         self.serving = serving  # None on a lite client
         self.in_flight: Counter[str] = Counter()  # node id -> our requests to it
@@ -102,6 +109,23 @@ class NodeProxyMesh:
             entry["state"] = view["state"] if view else "cold"
             entry["pool"] = view["nodes"] if view else []
             entry["sha256"] = digests.get(entry["model"], "")
+        return entries + self._cloud_entries(anns)
+
+    def _cloud_entries(self, anns: list[PeerAnnouncement]) -> list[dict[str, Any]]:
+        """Catalog entries of the cloud models some node can reach (state ``cloud``)."""
+        holders: dict[str, list[str]] = {}
+        for ann in anns:
+            for provider, state in ann.providers.items():
+                if state == UP:
+                    holders.setdefault(provider, []).append(ann.node_id)
+        entries = []
+        for model in self.cloud_models:
+            nodes = holders.get(model.partition(":")[0])
+            if nodes:
+                entries.append(
+                    {"model": model, "warm": True, "nodes": sorted(nodes), "state": "cloud",
+                     "pool": [], "sha256": ""}
+                )  # fmt: skip
         return entries
 
     def targets(self) -> Mapping[str, Sequence[Target]]:

@@ -195,3 +195,27 @@ def test_cloud_requests_are_counted_in_metrics_history_and_usage_at_their_price(
     assert streamed["serving_node"] == holder.node_id and streamed["status"] == 200
     assert (streamed["tokens_in"], streamed["tokens_out"]) == (4, 5)  # the provider's usage
     assert set(streamed["seen_by"]) == {holder.node_id, client_node.node_id}
+
+
+def test_the_priced_cloud_models_are_listed_while_a_node_holds_their_key(mesh: Mesh) -> None:
+    holder, client_node, _ = mesh
+    def listed(node: NodeProcess) -> dict[str, openai.types.Model]:
+        client = openai.OpenAI(base_url=node.url + "/v1", api_key="unused", max_retries=0)
+        return {m.id: m for m in client.models.list()}
+
+    # Each node lists the models of its own price table (the holder's --price-file adds
+    # one) whose provider some node holds a key for.
+    at_client, at_holder = listed(client_node), listed(holder)
+    shipped = at_client["anthropic:claude-sonnet-4-5"]
+    assert shipped.owned_by == "anthropic"
+    assert shipped.meshllm == {  # type: ignore[attr-defined]
+        "warm": True, "nodes": [holder.node_id], "state": "cloud", "pool": [],
+    }  # fmt: skip
+    assert "openai:gpt-test" in at_holder and "openai:gpt-test" not in at_client
+    assert "google:gemini-2.5-flash" in at_client
+    names = {m.model for m in ollama.Client(host=client_node.url).list().models}
+    assert {"openai:gpt-4o-mini", "openai:gpt-4o-mini:latest"} & names
+    assert not any(
+        m.model.startswith(("openai:", "anthropic:", "google:"))
+        for m in ollama.Client(host=client_node.url).ps().models
+    )  # nothing of the cloud's is loaded in the mesh

@@ -144,6 +144,8 @@ class OllamaCatalog:
     def loaded(self) -> list[ollama.LoadedModel]:
         loaded, now = [], time.time()
         for entry in self._catalog():
+            if entry.get("state") == "cloud":
+                continue  # reached at its provider, never loaded in the mesh
             hot = [n for n in entry.get("pool", ()) if n.get("state") in ("hot", "cooling")]
             if hot or entry.get("warm"):
                 left = [n["seconds_left"] for n in hot if _is_seconds(n.get("seconds_left"))]

@@ -230,13 +230,16 @@ class _Proxy:
     async def models(self, request: web.Request) -> web.Response:
         """OpenAI's model list, one entry per catalog model, with ``meshllm: {warm, nodes,
         state, pool}``: the nodes serving it, its mesh-wide pool state and its state on
-        every node that has it."""
+        every node that has it.  A cloud model (state ``cloud``) is owned by its provider
+        and served by the nodes holding its key."""
         data = [
             {
                 "id": entry["model"],
                 "object": "model",
                 "created": int(entry.get("created", self._created)),
-                "owned_by": "meshllm",
+                "owned_by": entry["model"].partition(":")[0]
+                if entry.get("state") == "cloud"
+                else "meshllm",
                 "meshllm": {
                     "warm": bool(entry.get("warm")),
                     "nodes": list(entry.get("nodes", ())),

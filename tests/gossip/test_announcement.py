@@ -27,6 +27,11 @@ def test_bad_announcements_raise_frame_error(bad: object) -> None:
         PeerAnnouncement.from_wire(bad)
 
 
+def test_announcement_carries_its_cloud_providers() -> None:
+    a = PeerAnnouncement("n", "m", providers={"anthropic": "refused", "openai": "up"})
+    assert PeerAnnouncement.from_wire(a.to_wire()) == a
+
+
 def test_announcement_carries_failures_and_digests() -> None:
     a = PeerAnnouncement(
         "n", "m", serving={"x": "failed"}, failures={"x": "SIGILL while loading"},
@@ -45,6 +50,11 @@ def test_announcement_carries_failures_and_digests() -> None:
         {"model_sha256": {"x": "AB" * 32}},  # lowercase hex only: one spelling per digest
         {"memory_bytes": -1},
         {"memory_kind": "swap"},
+        {"providers": {"openai": "maybe"}},  # a state the mesh routes by: up or refused
+        {"providers": {"Open AI": "up"}},
+        {"providers": {f"p{i}": "up" for i in range(9)}},
+        {"providers": ["openai"]},
+        {"providers": {"openai": "up", "x" * 33: "up"}},
     ],
 )
 def test_bad_serving_fields_raise_frame_error(field: dict[str, object]) -> None:
