@@ -1,5 +1,6 @@
 """What answering in Ollama's and Anthropic's APIs costs: the translation to and from
-the OpenAI shape, per request and per streamed token, in-process (median of 7 runs);
+the OpenAI shape, per request and per streamed token, in-process (median of 7 runs),
+and the same for cloud models (OpenAI's shape to Anthropic's and Gemini's and back);
 and, with ``--llama``, Anthropic's Messages API end to end on the default model:
 llama-server's own ``/v1/messages`` against meshllm's translation to its
 ``/v1/chat/completions``, each beside the OpenAI route it stands on.
@@ -20,7 +21,8 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from meshllm.surfaces import anthropic, ollama
+from meshllm.cloud.client import UsageFolder
+from meshllm.surfaces import anthropic, gemini, ollama
 
 RUNS = 7
 MODEL = "gemma-3-270m-q4_k_m"
@@ -48,6 +50,27 @@ ANSWER = json.dumps(
     }
 ).encode()
 MESSAGES = [{"role": "user", "content": "Say hello in five words."}]
+# What the providers stream for a token, and answer whole (their documented shapes).
+ANTHROPIC_CHUNK = (
+    b"event: content_block_delta\n"
+    b'data: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta",'
+    b'"text":" word"}}\n\n'
+)
+GEMINI_CHUNK = (
+    b'data: {"candidates":[{"content":{"parts":[{"text":" word"}],"role":"model"},'
+    b'"index":0}],"usageMetadata":{"promptTokenCount":9,"totalTokenCount":9},'
+    b'"modelVersion":"gemini-2.5-flash","responseId":"abc"}\r\n\r\n'
+)
+ANTHROPIC_ANSWER = {
+    "id": "msg_1", "type": "message", "role": "assistant", "model": "claude",
+    "content": [{"type": "text", "text": "Hello there, friend."}],
+    "stop_reason": "end_turn", "usage": {"input_tokens": 25, "output_tokens": 5},
+}  # fmt: skip
+GEMINI_ANSWER = {
+    "candidates": [{"content": {"role": "model", "parts": [{"text": "Hello there, friend."}]},
+                    "finishReason": "STOP", "index": 0}],
+    "usageMetadata": {"promptTokenCount": 25, "candidatesTokenCount": 5, "totalTokenCount": 30},
+}  # fmt: skip
 
 
 def per_call_us(work: Callable[[], object], calls: int) -> float:
@@ -73,6 +96,19 @@ def translation(calls: int) -> dict[str, float]:
         body = anthropic.messages_request({"model": "m", "max_tokens": 64, "messages": MESSAGES})
         anthropic.message_answer(json.loads(ANSWER), body["model"])
 
+    chat = {"model": "m", "max_tokens": 64, "messages": MESSAGES}
+
+    def anthropic_cloud_request() -> None:
+        anthropic.openai_to_messages(chat, "claude")
+        anthropic.messages_to_openai(json.loads(json.dumps(ANTHROPIC_ANSWER)), "m", 1)
+
+    def gemini_request() -> None:
+        gemini.openai_to_gemini(chat)
+        gemini.gemini_to_openai(json.loads(json.dumps(GEMINI_ANSWER)), "m", 1, "chatcmpl-1")
+
+    anthropic_cloud = anthropic.AnthropicToOpenAIStream("m", "chatcmpl-1", 1)
+    gemini_stream = gemini.GeminiToOpenAIStream("m", "chatcmpl-1", 1)
+    folder = UsageFolder()
     ollama_stream = ollama.StreamTranslator("chat", "m")
     anthropic_stream = anthropic.StreamTranslator("m", "msg_bench")
     anthropic_stream.feed(CHUNK)  # past message_start and the block's start
@@ -86,6 +122,16 @@ def translation(calls: int) -> dict[str, float]:
         ),
         "anthropic token, OpenAI-shaped": per_call_us(
             lambda: anthropic_stream.feed(OPENAI_CHUNK), calls * 4
+        ),
+        # the cloud's direction: OpenAI's shape asked of a provider that speaks another
+        "anthropic: cloud request": per_call_us(anthropic_cloud_request, calls),
+        "google: cloud request": per_call_us(gemini_request, calls),
+        "anthropic: cloud token": per_call_us(
+            lambda: anthropic_cloud.feed(ANTHROPIC_CHUNK), calls * 4
+        ),
+        "google: cloud token": per_call_us(lambda: gemini_stream.feed(GEMINI_CHUNK), calls * 4),
+        "openai: cloud token (usage fold)": per_call_us(
+            lambda: folder.feed(OPENAI_CHUNK), calls * 4
         ),
     }
 
@@ -148,7 +194,7 @@ def main() -> None:
     print("translation, in-process (median of 7 runs), µs:")
     for name, value in figures.items():
         goal = "0.1 ms" if "request" in name else "5 µs"
-        print(f"  {name:<30} {value:7.1f}  (goal: under {goal})")
+        print(f"  {name:<34} {value:7.1f}  (goal: under {goal})")
     if args.llama:
         print(f"\nend to end, one token, one request at a time, median of {args.calls}, ms:")
         for name, value in end_to_end(args.calls).items():

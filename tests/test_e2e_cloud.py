@@ -199,6 +199,7 @@ def test_cloud_requests_are_counted_in_metrics_history_and_usage_at_their_price(
 
 def test_the_priced_cloud_models_are_listed_while_a_node_holds_their_key(mesh: Mesh) -> None:
     holder, client_node, _ = mesh
+
     def listed(node: NodeProcess) -> dict[str, openai.types.Model]:
         client = openai.OpenAI(base_url=node.url + "/v1", api_key="unused", max_retries=0)
         return {m.id: m for m in client.models.list()}

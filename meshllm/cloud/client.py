@@ -364,7 +364,8 @@ class UsageFolder:
     def _event(self, event: bytes, out: list[bytes]) -> None:
         data = event[5:].strip() if event.startswith(b"data:") else None
         chunk = None
-        if data and data != b"[DONE]" and (b'"usage"' in data or b'"finish_reason"' in data):
+        finishing = b'"finish_reason"' in data and b'"finish_reason":null' not in data
+        if data and data != b"[DONE]" and (finishing or b'"usage"' in data):
             try:
                 chunk = json.loads(data)
             except (ValueError, RecursionError):

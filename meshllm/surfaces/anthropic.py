@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from typing import Any
 
 from meshllm.surfaces.sse import EventBuffer, plain_content
@@ -40,6 +41,13 @@ MESSAGE_OVERHEAD_TOKENS = 4  # estimate_tokens: role and template markers of a m
 IMAGE_TOKENS = 1600  # estimate_tokens: Anthropic's width*height/750 for a ~1.2 MP image
 IMAGE_MEDIA_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
 
+# Nearly every event of an Anthropic stream: a text delta.  Its text, a JSON string,
+# goes into the OpenAI chunk as it is (AnthropicToOpenAIStream): no parse, no dump.
+_TEXT_DELTA = re.compile(
+    rb'\{"type":\s*"content_block_delta",\s*"index":\s*\d+,\s*"delta":\s*\{"type":\s*'
+    rb'"text_delta",\s*"text":\s*"((?:[^"\\\x00-\x1f]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})*)"\}\}\s*$'
+)
+_NOT_LAST = b'"finish_reason":null}]}\n\n'
 _DROPPED_BLOCKS = frozenset({"thinking", "redacted_thinking"})  # a backend can't read them
 _TOOL_CHOICES = {"auto": "auto", "any": "required", "none": "none"}
 _STOP_REASONS = {
@@ -1048,6 +1056,9 @@ class AnthropicToOpenAIStream:
     def _event(self, event: bytes, out: list[bytes]) -> None:
         payload = _data(event)
         if payload is None:
+            return
+        if (plain := _TEXT_DELTA.match(payload)) is not None:  # most events: no parse
+            out.append(self._prefix + b'{"content":"' + plain.group(1) + b'"},' + _NOT_LAST)
             return
         try:
             data = json.loads(payload)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 from meshllm.surfaces.sse import EventBuffer
@@ -57,6 +58,14 @@ _URL_MIME_TYPES = {"jpg": "image/jpeg", "jpeg": "image/jpeg"} | {
 }
 _DEFAULT_MIME = "image/jpeg"  # a URL with no known extension: Gemini reads the bytes anyway
 _DONE = b"data: [DONE]\n\n"
+_NOT_LAST = b',"finish_reason":null}]}\n\n'
+# Nearly every event of a stream: one text part of choice 0, not the last.  Its text, a
+# JSON string, goes into the OpenAI chunk as it is: no parse, no dump (a third the time).
+_PLAIN = re.compile(
+    rb'\{"candidates":\s*\[\{"content":\s*\{"parts":\s*\[\{"text":\s*"('
+    rb'(?:[^"\\\x00-\x1f]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})+)"\}\],'
+    rb'\s*"role":\s*"model"\},\s*"index":\s*0\}\]'
+)
 
 
 # -- OpenAI request -> Gemini request ---------------------------------------------------
@@ -376,6 +385,7 @@ class GeminiToOpenAIStream:
         "_pending",
         "_usage",
         "_usage_chunk",
+        "_usage_event",
     )
 
     def __init__(
@@ -391,6 +401,7 @@ class GeminiToOpenAIStream:
         self._calls: dict[int, int] = {}  # choice index -> tool calls so far (started choices)
         self._finished: set[int] = set()  # choices given their finish chunk
         self._usage: dict = {}  # the newest usageMetadata
+        self._usage_event: bytes | None = None  # a newer one, in an event not parsed yet
         self._usage_chunk = include_usage  # a chunk of its own at the end, as OpenAI's
 
     def feed(self, sse_bytes: bytes) -> bytes:
@@ -426,13 +437,21 @@ class GeminiToOpenAIStream:
         for index in sorted(self._calls.keys() - self._finished):
             out.append(self._chunk(index, {}, _finish(None, self._calls[index] > 0)))
         if self._usage_chunk:
-            usage = _dumps(_usage(self._usage)).encode()
+            usage = _dumps(_usage(self._current_usage())).encode()
             out.append(self._head + b',"choices":[],"usage":' + usage + b"}\n\n")
         return b"".join(out) + _DONE
 
     def _event(self, event: bytes, out: list[bytes]) -> None:
         lines = [line[5:] for line in event.split(b"\n") if line.startswith(b"data:")]
         payload = b"\n".join(line[1:] if line[:1] == b" " else line for line in lines)
+        started = 0 in self._calls and 0 not in self._finished
+        plain = _PLAIN.match(payload) if started else None
+        if plain is not None and b'"finishReason"' not in payload and b"thought" not in payload:
+            if b'"usageMetadata"' in payload:
+                self._usage_event = payload  # read only if a finish chunk or the end asks
+            text = b'{"content":"' + plain.group(1) + b'"}'
+            out.append(self._head + b',"choices":[{"index":0,"delta":' + text + _NOT_LAST)
+            return
         data = _loads(payload) if lines else None
         if not isinstance(data, dict):
             return
@@ -443,6 +462,7 @@ class GeminiToOpenAIStream:
             return
         if isinstance(data.get("usageMetadata"), dict):
             self._usage = data["usageMetadata"]  # cumulative: the newest wins
+            self._usage_event = None
         candidates = _candidates(data)
         for position, candidate in enumerate(candidates):
             index = candidate.get("index")
@@ -472,6 +492,15 @@ class GeminiToOpenAIStream:
             finish = _finish(reason, self._calls[index] > 0)
             out.append(self._chunk(index, {}, finish, usage=True))
 
+    def _current_usage(self) -> dict:
+        """The newest usageMetadata, from the last event that had one."""
+        if self._usage_event is not None:
+            data = _loads(self._usage_event)
+            self._usage_event = None
+            if isinstance(data, dict) and isinstance(data.get("usageMetadata"), dict):
+                self._usage = data["usageMetadata"]
+        return self._usage
+
     def _start(self, index: int, out: list[bytes]) -> None:
         if index not in self._calls:
             self._calls[index] = 0
@@ -484,7 +513,7 @@ class GeminiToOpenAIStream:
         records count from it when the client asked for no usage chunk)."""
         choice = {"index": index, "delta": delta, "finish_reason": reason}
         chunk = self._head + b',"choices":[' + _dumps(choice).encode() + b"]"
-        if usage and self._usage:
+        if usage and self._current_usage():
             chunk += b',"usage":' + _dumps(_usage(self._usage)).encode()
         return chunk + b"}\n\n"
 

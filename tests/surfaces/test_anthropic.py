@@ -1778,3 +1778,20 @@ def test_stream_round_trip_keeps_content() -> None:
     }
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
     assert (chunks[-1].usage.prompt_tokens, chunks[-1].usage.completion_tokens) == (42, 9)  # type: ignore[union-attr]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(), st.booleans())
+def test_a_text_delta_read_without_a_parse_says_what_a_parse_says(
+    text: str, ascii_only: bool
+) -> None:
+    quoted = json.dumps(text, ensure_ascii=ascii_only)
+    fast = '{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":%s}}'
+    slow = '{"index":0,"type":"content_block_delta","delta":{"text":%s,"type":"text_delta"}}'
+    outputs = []
+    for shape in (fast, slow):
+        stream = AnthropicToOpenAIStream("m", "chatcmpl-1", 1)
+        event = b"event: content_block_delta\ndata: " + (shape % quoted).encode() + b"\n\n"
+        outputs.append(json.loads(stream.feed(event).removeprefix(b"data: ")))
+    assert outputs[0] == outputs[1]
+    assert outputs[0]["choices"][0]["delta"] == {"content": text}

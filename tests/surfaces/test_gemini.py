@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from meshllm.surfaces.gemini import (
+    _PLAIN,
     FINISH_REASONS,
     MAX_ERROR_CHARS,
     MAX_PENDING_BYTES,
@@ -976,3 +977,32 @@ def test_hostile_errors_never_raise(status: Any, body: bytes) -> None:
     assert set(out["error"]) == {"message", "type", "code"}
     assert out["error"]["type"] in ("invalid_request_error", "api_error")
     json.dumps(out)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(min_size=1), st.booleans())
+def test_the_fast_read_of_a_text_event_says_what_a_whole_parse_says(
+    text: str, ascii_only: bool
+) -> None:
+    """A plain text event is relayed without a parse: the same chunk, read back, as an
+    event the parse reads (here, its fields in another order)."""
+    quoted = json.dumps(text, ensure_ascii=ascii_only)
+    first = b'data: {"candidates":[{"content":{"parts":[{"text":"a"}],"role":"model"},"index":0}]}'
+    fast = (
+        '{"candidates": [{"content": {"parts": [{"text": ' + quoted + '}],"role": "model"},'
+        '"index": 0}],"usageMetadata": {"promptTokenCount": 3,"totalTokenCount": 3}}'
+    )
+    slow = (
+        '{"candidates": [{"index": 0, "content": {"role": "model", "parts": [{"text": '
+        + quoted
+        + "}]}}]}"
+    )
+    assert _PLAIN.match(fast.encode()) and not _PLAIN.match(slow.encode())
+    outputs = []
+    for event in (fast, slow):
+        stream = GeminiToOpenAIStream("m", "chatcmpl-1", 1)
+        stream.feed(first + b"\r\n\r\n")
+        sse = stream.feed(b"data: " + event.encode() + b"\r\n\r\n")
+        outputs.append(json.loads(sse.removeprefix(b"data: ")))
+    assert outputs[0] == outputs[1]
+    assert outputs[0]["choices"][0]["delta"]["content"] == text
