@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 
 CHAT = "/v1/chat/completions"
 MESSAGES = "/v1/messages"  # Anthropic's, from an Anthropic client: passed on as it is
+COUNT_TOKENS = "/v1/messages/count_tokens"  # likewise
 OPENAI_PATHS = frozenset({CHAT, "/v1/completions", "/v1/embeddings"})
 """What OpenAI's API takes through the mesh; Anthropic's and Google's models take chat."""
 ANTHROPIC_VERSION = "2023-06-01"  # the Messages API version this translation speaks
@@ -130,8 +131,8 @@ class CloudBackends:
             return StaticResponse.error(400, "request body is not a JSON object")
         if provider.name == "openai":
             return await self._openai(provider, path, payload, model)
-        if provider.name == "anthropic" and path == MESSAGES:
-            return await self._anthropic_native(provider, headers, payload, model)
+        if provider.name == "anthropic" and path in (MESSAGES, COUNT_TOKENS):
+            return await self._anthropic_native(provider, path, headers, payload, model)
         if path != CHAT:
             return StaticResponse.error(
                 400, f"{provider.name} models answer chat completions ({CHAT}) here, not {path}"
@@ -171,14 +172,21 @@ class CloudBackends:
         return upstream
 
     async def _anthropic_native(
-        self, provider: Provider, headers: Mapping[str, str], payload: dict, model: str
+        self,
+        provider: Provider,
+        path: str,
+        headers: Mapping[str, str],
+        payload: dict,
+        model: str,
     ) -> UpstreamResponse:
-        """A Messages request from an Anthropic client: on as it is (the client's API
-        version and betas with it), the answer back as it is."""
+        """A request from an Anthropic client (Messages, or its token count): on as it
+        is (the client's API version and betas with it), the answer back as it is."""
         sent = {k.lower(): v for k, v in headers.items() if k.lower() in _ANTHROPIC_HEADERS}
         version = sent.pop("anthropic-version", ANTHROPIC_VERSION)
         auth = {"x-api-key": provider.api_key, "anthropic-version": version}
-        upstream = await self._send(provider, MESSAGES, payload, {**sent, **auth}, model=model)
+        if path == COUNT_TOKENS:
+            payload.pop("stream", None)  # the mesh's own field: Anthropic refuses it here
+        upstream = await self._send(provider, path, payload, {**sent, **auth}, model=model)
         if upstream.status in (401, 403):
             await self._refusal(provider, upstream)  # raises: another holder's key may do
         return upstream

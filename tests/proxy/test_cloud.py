@@ -293,3 +293,20 @@ async def test_an_anthropic_client_hears_anthropics_own_errors(
     with pytest.raises(anthropic.APIStatusError) as caught:
         await sdk_client.messages.create(model="anthropic:claude-x", max_tokens=8, messages=ASK)  # type: ignore[arg-type]
     assert caught.value.status_code == 529 and "Overloaded" in caught.value.message
+
+
+async def test_anthropic_counts_the_tokens_of_its_own_models(
+    mesh: MemoryMesh,
+    make_client: MakeClient,
+    fakes: dict[str, FakeProvider],
+    clouds: list[CloudBackends],
+) -> None:
+    hold(mesh, clouds, PEER, cloud(fakes, "anthropic"))
+    client = await make_client(surfaces=SURFACES)
+    base = str(client.make_url("")).rstrip("/")
+    sdk_client = anthropic.AsyncAnthropic(base_url=base, api_key="mesh-key", max_retries=0)
+    counted = await sdk_client.messages.count_tokens(model="anthropic:claude-x", messages=ASK)  # type: ignore[arg-type]
+    assert counted.input_tokens == 4
+    seen = fakes["anthropic"].seen[-1]
+    assert seen.path == "/v1/messages/count_tokens" and "stream" not in seen.body
+    assert seen.body["model"] == "claude-x"
