@@ -14,8 +14,9 @@ browser takes the node for the page's own origin, and every request carries
   :data:`INTERFACE_REFRESH_S`, when an address literal does not match).  Anything else
   is 421 Misdirected Request: a rebinding attacker always sends its own name.
 * **Origin**, which browsers add to cross-origin requests and to every ``POST``, must be
-  one of ``--cors-origin`` (none by default), else 403.  The SDKs, curl and the
-  console send none.
+  the node's own (``http://`` and the Host it checked: the dashboard it serves at
+  ``/``) or one of ``--cors-origin`` (none by default), else 403.  The SDKs, curl and
+  the console send none.
 * A **POST** body must be ``Content-Type: application/json`` (parameters such as
   ``charset`` allowed), else 415: the simple content types are the cross-site request
   forgery vector, and JSON needs a preflight, which an unlisted origin never passes.
@@ -251,8 +252,10 @@ def guard_middleware(settings: GuardSettings) -> _Middleware:
                 "misdirected_request",
             )
         origins = request.headers.getall(hdrs.ORIGIN, [])
+        own = _request_origin(f"http://{hosts[0].strip()}")  # the node's own page's
         for origin in origins:
-            if _request_origin(origin) not in settings.cors_origins:
+            sent = _request_origin(origin)
+            if sent != own and sent not in settings.cors_origins:
                 return error_response(
                     403,
                     f"requests from the web origin {origin!r} are not allowed; "

@@ -287,6 +287,25 @@ async def test_any_origin_is_refused_when_none_is_configured(make_client: MakeCl
     assert not any(k.lower().startswith("access-control-") for k in resp.headers)
 
 
+async def test_the_nodes_own_page_may_post_and_no_other_port_may(make_client: MakeClient) -> None:
+    """The dashboard at / is the node's own origin: its fetches carry Origin
+    http://<the Host it asked>, which no other page can send (DNS rebinding is stopped
+    by the Host check, and another port is another origin)."""
+    calls = Calls()
+    client = await make_client(calls=calls)
+    own = f"http://127.0.0.1:{client.port}"
+    assert (await client.post("/echo", json={"a": 1}, headers={"Origin": own})).status == 200
+    assert (await client.get("/ok", headers={"Origin": own})).status == 200
+    other = f"http://127.0.0.1:{client.port + 1}"
+    resp = await client.post("/echo", json={}, headers={"Origin": other})
+    await assert_refused(resp, 403, "origin_not_allowed")
+    named = await client.post(
+        "/echo", json={}, headers={"Origin": own, "Host": "evil.example"}
+    )  # a rebinding page: its Host is its own name
+    await assert_refused(named, 421, "misdirected_request")
+    assert calls.count == 2
+
+
 async def test_configured_origin_gets_preflight_and_its_own_allow_origin(
     make_client: MakeClient,
 ) -> None:
