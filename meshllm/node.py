@@ -68,6 +68,7 @@ from meshllm.proxy import (
     serve_tunnel,
     start_http,
 )
+from meshllm.proxy.events import PRIVATE
 from meshllm.proxy.guard import GuardSettings
 from meshllm.proxy.observe import served_record
 from meshllm.proxy.routes import KEEP_ALIVE_HEADER
@@ -75,6 +76,7 @@ from meshllm.proxy.tunnel import ServedAnswer
 from meshllm.records.cost import EnergyPrice, PriceTable, serving_watts
 from meshllm.records.history import HistoryStore
 from meshllm.records.metrics import Metrics
+from meshllm.records.record import PRIVATE_FIELDS, RequestRecord
 from meshllm.records.service import MeshRecords
 from meshllm.resources import (
     host_resources,
@@ -184,6 +186,7 @@ class Node:
         )
         self.records = self._records()
         self.access.on_refused = self.records.refused
+        self.records.on_record = self._request_event
         # Request bodies held in memory, from our HTTP clients and peers' tunnels together.
         self.http_limits = HttpLimits()
         self.body_budget = ByteBudget(self.http_limits.max_body_bytes_in_flight)
@@ -253,6 +256,12 @@ class Node:
             fanout_timeout=cfg.history_fanout_timeout,
             admin_token=self.admin_token,
         )
+
+    def _request_event(self, record: RequestRecord) -> None:
+        """A request recorded here, as a private event of ``/api/events`` (the
+        history's readers only); its prompt and answer never go there."""
+        row = {k: v for k, v in record.to_dict().items() if k not in PRIVATE_FIELDS}
+        self.events.hub.publish([{"type": "request", PRIVATE: True, "row": row}])
 
     def _watts(self) -> float | None:
         """This machine's power draw serving models (its GPUs', else --cpu-watts)."""

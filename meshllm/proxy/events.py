@@ -2,10 +2,12 @@
 
 The stream opens with the snapshot (one ``snapshot`` event), then carries each event
 of the :class:`~meshllm.events.EventHub` as ``event: <type>`` and a one-line JSON
-``data:``, with a ``: ping`` comment after every ``heartbeat_s`` of quiet (which is
-also how a client gone away is noticed, at the latest).  A client that falls behind
-gets an ``overflow`` event and the end of the stream: it reconnects for a fresh
-snapshot.  A full hub answers 503 ``server_busy`` with ``Retry-After``.
+``data:`` (a ``request`` event, one per request this node records, only to a caller
+with the admin token or an admin key, as the history), with a ``: ping`` comment after
+every ``heartbeat_s`` of quiet (which is also how a client gone away is noticed, at
+the latest).  A client that falls behind gets an ``overflow`` event and the end of the
+stream: it reconnects for a fresh snapshot.  A full hub answers 503 ``server_busy``
+with ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from meshllm.events import EventHub
+from meshllm.proxy.admin import admin_refusal
 from meshllm.proxy.errors import error_response
 
 HEARTBEAT_S = 15.0
@@ -41,6 +44,10 @@ class EventSource(Protocol):
 
 
 EVENTS_KEY = web.AppKey("events", EventSource)
+EVENTS_TOKEN_KEY = web.AppKey("events_admin_token", str)
+PRIVATE = "private"
+"""An event with this key true (a ``request`` event: a history row, which names its
+key) goes only to callers who may read the history; the key itself is not sent."""
 
 
 def sse_frame(event: dict[str, Any]) -> bytes:
@@ -54,6 +61,8 @@ async def events_handler(request: web.Request) -> web.StreamResponse:
     falls behind."""
     source = request.app[EVENTS_KEY]
     heartbeat = float(getattr(source, "heartbeat_s", HEARTBEAT_S))
+    token = request.app[EVENTS_TOKEN_KEY]
+    admin = admin_refusal(request, token, "the request events") is None
     sub = source.hub.subscribe()  # before the snapshot: no event falls between them
     if sub is None:
         return error_response(
@@ -73,14 +82,23 @@ async def events_handler(request: web.Request) -> web.StreamResponse:
                     event = await sub.next(heartbeat)
                 except EOFError:  # overflowed (its event written) or closed
                     break
-                await response.write(_PING if event is None else sse_frame(event))
+                if event is None:
+                    await response.write(_PING)
+                elif not event.get(PRIVATE):
+                    await response.write(sse_frame(event))
+                elif admin:  # the history's, for its readers only: it names keys
+                    await response.write(
+                        sse_frame({k: v for k, v in event.items() if k != PRIVATE})
+                    )
             await response.write_eof()
         except ConnectionResetError:  # the client went away
             pass
     return response
 
 
-def add_event_routes(app: web.Application, source: EventSource) -> None:
-    """Serve ``GET /api/events`` from ``source``."""
+def add_event_routes(app: web.Application, source: EventSource, admin_token: str = "") -> None:
+    """Serve ``GET /api/events`` from ``source``; its private events go to callers with
+    the admin token or an admin key."""
     app[EVENTS_KEY] = source
+    app[EVENTS_TOKEN_KEY] = admin_token
     app.router.add_get("/api/events", events_handler)

@@ -96,6 +96,8 @@ class MeshRecords:
         self._timeout = fanout_timeout
         self._clock = clock
         self._shares = ShareClock(clock())
+        self.on_record: Callable[[RequestRecord], None] | None = None
+        """Told of every request recorded here (the dashboard's live history)."""
 
     # the proxy's RequestLog
 
@@ -107,6 +109,14 @@ class MeshRecords:
             self.metrics.request_ended(started_model)
         self.metrics.request_finished(record)
         self.store.add(record)
+        self._tell(record)
+
+    def _tell(self, record: RequestRecord) -> None:
+        if self.on_record is not None:
+            try:
+                self.on_record(record)
+            except Exception:  # a listener's trouble must not cost the record
+                log.exception("telling of request %s", record.request_id)
 
     def load_waited(self, model: str, seconds: float) -> None:
         self.metrics.load_wait(model, seconds)
@@ -130,6 +140,7 @@ class MeshRecords:
             )
             self.metrics.request_finished(record)
             self.store.add(record)
+            self._tell(record)
 
     # serving: the power a request served here is owed
 

@@ -17,6 +17,7 @@ from meshllm.gossip import PeerAnnouncement
 from meshllm.proxy.events import HEARTBEAT_S, add_event_routes
 
 NOW = 1_700_000_000_000
+ADMIN_TOKEN = "the-admin-token"
 
 
 @dataclass
@@ -44,7 +45,7 @@ class FakeSource:
 async def client() -> AsyncIterator[tuple[TestClient, FakeSource]]:
     source = FakeSource()
     app = web.Application()
-    add_event_routes(app, source)
+    add_event_routes(app, source, ADMIN_TOKEN)
     async with TestClient(TestServer(app)) as test_client:
         yield test_client, source
 
@@ -127,3 +128,30 @@ async def test_a_full_hub_answers_503_and_a_leaving_client_frees_its_slot(client
         for stream in streams:
             stream.close()
     await wait_for_subscribers(source.hub, 0)
+
+
+async def test_request_events_go_only_to_the_historys_readers(
+    client: tuple[TestClient, FakeSource],
+) -> None:
+    """A request event is a history row (it names its key): a caller without the admin
+    token gets the model events around it, never it."""
+    test_client, source = client
+    admin = await test_client.get("/api/events", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    anyone = await test_client.get("/api/events")
+    for resp in (admin, anyone):
+        assert parse(await read_frame(resp))[0] == "snapshot"
+    await wait_for_subscribers(source.hub, 2)
+    row = {"request_id": "r1", "model": "m", "key_id": "k1"}
+    source.hub.publish([{"type": "request", "private": True, "row": row}])
+    source.hub.publish([{"type": "node_left", "node_id": "n9"}])
+    assert parse(await read_frame(admin)) == ("request", {"type": "request", "row": row})
+    assert parse(await read_frame(admin))[0] == "node_left"
+    assert parse(await read_frame(anyone))[0] == "node_left"  # the request event skipped
+    wrong = await test_client.get("/api/events", headers={"Authorization": "Bearer nope"})
+    assert parse(await read_frame(wrong))[0] == "snapshot"
+    await wait_for_subscribers(source.hub, 3)
+    source.hub.publish([{"type": "request", "private": True, "row": row}])
+    source.hub.publish([{"type": "node_left", "node_id": "n8"}])
+    assert parse(await read_frame(wrong))[0] == "node_left"
+    for resp in (admin, anyone, wrong):
+        resp.close()
