@@ -31,7 +31,7 @@ POOL_COMMANDS = ("load", "unload", "pin", "unpin", "extend-ttl")  # pool_command
 FLEET_COMMANDS = ("fleet", "endpoints", "discover")
 RECORDS_COMMANDS = ("keys", "history", "usage")
 SUBCOMMANDS = (
-    "token", "status", "models", "drop", "console", "owner",
+    "token", "status", "models", "drop", "console", "dashboard", "owner",
     *POOL_COMMANDS, *FLEET_COMMANDS, *RECORDS_COMMANDS,
 )  # fmt: skip
 
@@ -406,7 +406,9 @@ def run_subcommand(name: str, argv: list[str]) -> int:
             help="the node to do it on (another node's needs the mesh owner key here); "
             "default: where placement puts it (load), or wherever it is loaded",
         )
-    if name in ("token", "drop", "console", *POOL_COMMANDS):
+    if name == "dashboard":
+        p.add_argument("--open", action="store_true", help="open it in the web browser")
+    if name in ("token", "drop", "console", "dashboard", *POOL_COMMANDS):
         add_setting(p, "state_dir")
     args = p.parse_args(argv)
     if name == "token":
@@ -449,10 +451,25 @@ def run_subcommand(name: str, argv: list[str]) -> int:
         path = f"/api/models/{urllib.parse.quote(args.model)}/{name}"
         result = local_request(args.port, path, body, token=admin_token(args.state_dir))
         print(f"{name} {result['model']}: {', '.join(result['nodes']) or 'no node'}")
+    elif name == "dashboard":
+        return run_dashboard(args.port, args.state_dir.expanduser(), args.open)
     elif name == "console":
         from meshllm.console import run_console
 
         return run_console(args.port, args.state_dir.expanduser())
+    return 0
+
+
+def run_dashboard(port: int, state_dir: Path, open_it: bool) -> int:
+    """Print the dashboard's address with this node's admin token in its fragment (which
+    the browser never sends: the page reads it and keeps it for the tab)."""
+    local_request(port, "/health")  # a clear error when no node answers there
+    url = f"http://127.0.0.1:{port}/#token={urllib.parse.quote(admin_token(state_dir))}"
+    print(url)
+    if open_it:
+        import webbrowser
+
+        webbrowser.open(url)
     return 0
 
 

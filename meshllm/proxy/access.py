@@ -60,7 +60,8 @@ READ_ONLY_PATHS = frozenset(
 READ_ONLY_POSTS = frozenset({"/api/show"})  # Ollama asks for a model's card with a POST
 INFERENCE_PATHS = frozenset({"/api/chat", "/api/generate", "/api/embed", "/api/embeddings"})
 """Inference outside ``/v1/``: Ollama's."""
-OPEN_PATHS = frozenset({"/health"})
+OPEN_PATHS = frozenset({"/health", "/"})  # "/": the dashboard's page (no data in it)
+OPEN_PREFIXES = ("/ui/",)  # the dashboard's files
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _Middleware = Callable[[web.Request, _Handler], Awaitable[web.StreamResponse]]
@@ -155,8 +156,12 @@ def access_middleware(policy: AccessPolicy, shapes: Mapping[str, Surface]) -> _M
     @web.middleware
     async def access(request: web.Request, handler: _Handler) -> web.StreamResponse:
         path = request.path
-        if path in OPEN_PATHS or request.match_info.http_exception is not None:
-            return await handler(request)  # /health, and 404/405 from the router
+        if (
+            path in OPEN_PATHS
+            or path.startswith(OPEN_PREFIXES)
+            or request.match_info.http_exception is not None
+        ):
+            return await handler(request)  # /health, the dashboard, 404/405 of the router
         presented = presented_key(request)
         local = is_local_caller(request)
         if local and presented and _is_admin_token(presented, policy.admin_token):

@@ -18,6 +18,7 @@ from meshllm.errors import AuthError, CommandError
 from meshllm.proxy import anthropic_surface, ollama_surface
 from meshllm.proxy.access import AccessPolicy, install_access
 from meshllm.proxy.admin import admin_refusal, read_json_object
+from meshllm.proxy.dashboard_routes import add_dashboard_routes
 from meshllm.proxy.errors import error_response, openai_error_middleware
 from meshllm.proxy.events import EventSource, add_event_routes
 from meshllm.proxy.fleet_routes import FleetAPI, add_fleet_routes
@@ -101,7 +102,7 @@ def create_app(
     app.router.add_get("/api/models", models)
     app.router.add_post("/api/models/{name:.+}/{action}", pool_command)
     if events is not None:
-        add_event_routes(app, events)
+        add_event_routes(app, events, node.admin_token)
     if fleet is not None:
         add_fleet_routes(app, fleet)
     if keys is not None:
@@ -109,6 +110,7 @@ def create_app(
     if records is not None:
         add_records_routes(app, records)
     app.router.add_get("/openapi.json", openapi_handler)
+    add_dashboard_routes(app)
     if mesh is not None:
         add_proxy_routes(
             app,

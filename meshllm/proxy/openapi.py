@@ -43,11 +43,14 @@ from meshllm.gossip.announcement import (  # not in meshllm.gossip's __all__
     MAX_ENDPOINTS,
     MAX_MODELS,
     MAX_NAME_CHARS,
+    MAX_PROVIDERS,
     MAX_TEXT_CHARS,
+    PROVIDER_STATES,
 )
 from meshllm.gossip.resource_feed import FORGET_REPORTS, STALE_REPORTS
 from meshllm.proxy.access import ADMIN_TOKEN_ID
 from meshllm.proxy.anthropic_surface import COUNT_TOKENS_PATH, MESSAGES_PATH
+from meshllm.proxy.dashboard_routes import MEDIA_TYPES as DASHBOARD_MEDIA_TYPES
 from meshllm.proxy.events import HEARTBEAT_S, RETRY_AFTER_S
 from meshllm.proxy.fleet_routes import ENDPOINT_FIELDS
 from meshllm.proxy.observe import CLIENT_GONE
@@ -396,10 +399,10 @@ _EMBEDDINGS = _obj(
 
 _MESH_STATE: Schema = {
     "type": "string",
-    "enum": [str(s) for s in PoolState if s != PoolState.COOLING],
+    "enum": [*(str(s) for s in PoolState if s != PoolState.COOLING), "cloud"],
     "description": "Mesh-wide: hot if a node serves it (hot or cooling), else the furthest "
     "along of warming, fetching, unloading; failed if every node that has it failed it; "
-    "else cold.",
+    "cloud for a provider's model some node holds the key for; else cold.",
 }
 
 _MODEL_LIST = _obj(
@@ -586,6 +589,14 @@ _ANNOUNCEMENT: dict[str, Schema] = {
         "propertyNames": {"minLength": 1, "maxLength": 64},
         "additionalProperties": _ref("AnnouncedEndpoint"),
         "description": "Endpoint id -> an external server it fronts for the mesh.",
+    },
+    "providers": {
+        "type": "object",
+        "maxProperties": MAX_PROVIDERS,
+        "propertyNames": {"pattern": "^[a-z][a-z0-9_-]{0,31}$"},
+        "additionalProperties": {"enum": sorted(PROVIDER_STATES)},
+        "description": "Cloud provider (the model prefix: openai, anthropic, google) -> up, "
+        "or refused while the provider refuses this node's key. Never the key.",
     },
     "version": _STRING,
     "incarnation": _COUNT,
@@ -1165,6 +1176,12 @@ _MESH_EVENT: Schema = {
             description="A node joined (its models but cold ones follow, as model_state) or left.",
         ),
         _obj(
+            ["type", "row"],
+            {"type": {"const": "request"}, "row": _ref("HistoryRow")},
+            description="A request this node recorded, as its history row (never its prompt "
+            "or answer); only to a caller with the admin token or an admin key.",
+        ),
+        _obj(
             ["type"],
             {"type": {"const": "overflow"}},
             description=f"Last: this client fell over {MAX_QUEUED_EVENTS} events behind and "
@@ -1178,7 +1195,7 @@ _MESH_SSE_EVENT = _obj(
     {
         "event": {
             "type": "string",
-            "enum": ["snapshot", "model_state", "node_joined", "node_left", "overflow"],
+            "enum": ["snapshot", "model_state", "node_joined", "node_left", "request", "overflow"],
             "description": "The data's type.",
         },
         "data": {
@@ -3269,6 +3286,49 @@ def openapi_spec(version: str) -> dict[str, Any]:
                 _ok("Ollama's API version, and meshllm's.", "OllamaVersion"),
                 tags=["Ollama"],
             )
+        },
+        "/": {
+            "get": {
+                "operationId": "dashboard",
+                "summary": "The web dashboard",
+                "description": "A page built on this API and /api/events; it takes the admin "
+                "token from its URL's fragment (meshllm dashboard prints the address).",
+                "tags": ["Node"],
+                "responses": {
+                    "200": {
+                        "description": "The page (Content-Security-Policy: this node only).",
+                        "content": {"text/html": {"schema": _STRING}},
+                    },
+                    **_GUARD,
+                },
+            }
+        },
+        "/ui/{name}": {
+            "get": {
+                "operationId": "dashboardFile",
+                "summary": "A file of the web dashboard (script, style, icon)",
+                "tags": ["Node"],
+                "parameters": [
+                    {
+                        "name": "name",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "minLength": 1},
+                        "description": "The file's path inside the dashboard.",
+                    }
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The file.",
+                        "content": {
+                            media.split(";")[0]: {"schema": _STRING}
+                            for media in DASHBOARD_MEDIA_TYPES.values()
+                        },
+                    },
+                    "404": _error("No such file in the dashboard."),
+                    **_GUARD,
+                },
+            }
         },
         "/openapi.json": {
             "get": _page(

@@ -48,7 +48,13 @@ from schemathesis.specs.openapi.checks import (
 from meshllm import __version__
 from meshllm.config import Config
 from meshllm.proxy import anthropic_surface, create_app, ollama_surface
-from meshllm.proxy.access import INFERENCE_PATHS, OPEN_PATHS, READ_ONLY_PATHS, READ_ONLY_POSTS
+from meshllm.proxy.access import (
+    INFERENCE_PATHS,
+    OPEN_PATHS,
+    OPEN_PREFIXES,
+    READ_ONLY_PATHS,
+    READ_ONLY_POSTS,
+)
 from meshllm.proxy.guard import GuardSettings
 from meshllm.proxy.openapi import (
     ADMIN_SCHEME,
@@ -112,7 +118,7 @@ def test_spec_lists_exactly_the_apps_routes() -> None:
     # keep the mesh, the event source, the fleet, the keys and the records, never call them
     # here.
     app = create_app(
-        SimpleNamespace(node_id="n"),  # type: ignore[arg-type]
+        SimpleNamespace(node_id="n", admin_token=""),  # type: ignore[arg-type]
         object(),  # type: ignore[arg-type]
         GuardSettings.from_config(Config()),
         events=SimpleNamespace(),  # type: ignore[arg-type]
@@ -199,10 +205,12 @@ def test_spec_is_valid_openapi_3_1() -> None:
     keyed = {op for op, needs in security.items() if needs == [{}, *keys]}
     read_only = {(path, "GET") for path in READ_ONLY_PATHS}
     assert keyed == read_only | {(path, "POST") for path in READ_ONLY_POSTS} | inference
-    assert {op for op, needs in security.items() if needs is None} == {
-        (path, "GET") for path in OPEN_PATHS
+    # Open: /health and the dashboard (its page and files, which hold no data).
+    open_ops = {(path, "GET") for path in OPEN_PATHS} | {
+        (prefix + "{name}", "GET") for prefix in OPEN_PREFIXES
     }
-    assert set(security) == admin | keyed | {(path, "GET") for path in OPEN_PATHS}
+    assert {op for op, needs in security.items() if needs is None} == open_ops
+    assert set(security) == admin | keyed | open_ops
     # Where a key is needed, a missing or bad one is a 401 that says how to send one, in
     # the shape of the route's API: Ollama's and Anthropic's inference routes (the
     # surfaces create_app gives the access check) their own, every other route OpenAI's.
