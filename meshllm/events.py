@@ -187,18 +187,26 @@ class EventHub:
         self.max_subscribers = max_subscribers
         self.max_queued = max_queued
         self._subscribers: set[Subscription] = set()
+        self._closed = False
 
     def __len__(self) -> int:
         """Subscribers now."""
         return len(self._subscribers)
 
     def subscribe(self) -> Subscription | None:
-        """A new subscription, or ``None`` when the hub is full."""
-        if len(self._subscribers) >= self.max_subscribers:
+        """A new subscription, or ``None`` when the hub is full or closed."""
+        if self._closed or len(self._subscribers) >= self.max_subscribers:
             return None
         sub = Subscription(self)
         self._subscribers.add(sub)
         return sub
+
+    def close(self) -> None:
+        """End every subscription (the node stops): their streams end, so the HTTP
+        server's shutdown never waits on a browser tab left open; none is taken after."""
+        self._closed = True
+        for sub in list(self._subscribers):
+            sub.close()
 
     def publish(self, events: list[Event]) -> None:
         """Queue ``events`` for every subscriber; never blocks.  A subscriber they would

@@ -353,6 +353,7 @@ class Node:
         if self.cloud is not None:
             await self.cloud.close()
         await self.transport.close()
+        self.events.hub.close()  # open /api/events streams end: nothing holds the server
         if self._runner is not None:
             await self._runner.cleanup()
         await asyncio.to_thread(self.records.store.close)

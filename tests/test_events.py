@@ -172,6 +172,19 @@ async def test_full_hub_refuses_and_a_closed_slot_frees() -> None:
         await subs[0].next(0.01)  # type: ignore[union-attr]
 
 
+async def test_a_closed_hub_ends_its_subscriptions_and_takes_no_more() -> None:
+    """The node stops: a stream waiting for its next event ends at once."""
+    hub = EventHub()
+    sub = hub.subscribe()
+    assert sub is not None
+    waiting = asyncio.create_task(sub.next(30))
+    await asyncio.sleep(0)
+    hub.close()
+    with pytest.raises(SubscriptionEnded):
+        await asyncio.wait_for(waiting, 5)
+    assert hub.subscribe() is None and len(hub) == 0
+
+
 async def test_overflow_drops_the_subscriber_after_one_overflow_event() -> None:
     hub = EventHub()
     slow, fast = hub.subscribe(), hub.subscribe()

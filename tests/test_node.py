@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import aiohttp
@@ -61,3 +62,15 @@ async def test_a_client_node_has_no_serving_part(tmp_path: Path) -> None:
             await client.stop()
     finally:
         await seed.stop()
+
+
+async def test_a_node_stops_at_once_with_an_event_stream_open(tmp_path: Path) -> None:
+    """A dashboard tab left open holds /api/events: stopping must end that stream, not
+    wait on it (aiohttp's shutdown would give it a minute)."""
+    node = Node(config(tmp_path, mdns=False, auto_endpoints=False))
+    await node.start()
+    url = f"http://127.0.0.1:{node.http_port}/api/events"
+    async with aiohttp.ClientSession() as http, http.get(url) as stream:
+        assert (await stream.content.readuntil(b"\n\n")).startswith(b"event: snapshot")
+        await asyncio.wait_for(node.stop(), 30)  # not aiohttp's 60 s grace for it
+        assert await asyncio.wait_for(stream.content.read(), 5) == b""  # it ended
