@@ -29,7 +29,9 @@ import math
 import re
 from typing import Any
 
-from meshllm.surfaces.sse import EventBuffer, plain_content
+from meshllm.surfaces import openai_chat
+from meshllm.surfaces.openai_chat import is_int, is_number, json_object
+from meshllm.surfaces.sse import EventBuffer, EventTranslator, plain_content
 
 DEFAULT_MAX_TOKENS = 4096  # Anthropic requires max_tokens; OpenAI clients often leave it out
 MAX_TOKENS_CEILING = (1 << 31) - 1  # llama-server reads n_predict as an int32
@@ -50,6 +52,7 @@ _TEXT_DELTA = re.compile(
 _NOT_LAST = b'"finish_reason":null}]}\n\n'
 _DROPPED_BLOCKS = frozenset({"thinking", "redacted_thinking"})  # a backend can't read them
 _TOOL_CHOICES = {"auto": "auto", "any": "required", "none": "none"}
+_TOOL_CHOICE_TYPES = {"required": "any"}  # OpenAI's tool_choice as Anthropic's type
 _STOP_REASONS = {
     "stop": "end_turn",
     "length": "max_tokens",
@@ -89,17 +92,17 @@ def messages_request(body: dict) -> dict:
     """An Anthropic Messages request body as an OpenAI chat completions body."""
     out = _chat_body(body)
     max_tokens = body.get("max_tokens")
-    if not _is_int(max_tokens) or not 0 < max_tokens <= MAX_TOKENS_CEILING:
+    if not is_int(max_tokens) or not 0 < max_tokens <= MAX_TOKENS_CEILING:
         raise ValueError("max_tokens: a positive integer is required")
     out["max_tokens"] = max_tokens
     for name in ("temperature", "top_p"):
         value = body.get(name)
         if value is not None:
-            if not _is_number(value) or not 0 <= value <= 1:
+            if not is_number(value) or not 0 <= value <= 1:
                 raise ValueError(f"{name}: a number from 0 to 1 is required")
             out[name] = value
     top_k = body.get("top_k")  # validated, then dropped: OpenAI has no top_k
-    if top_k is not None and (not _is_int(top_k) or top_k < 0):
+    if top_k is not None and (not is_int(top_k) or top_k < 0):
         raise ValueError("top_k: a non-negative integer is required")
     stops = body.get("stop_sequences")
     if stops is not None:
@@ -444,7 +447,7 @@ def _tool_use_block(call: dict, n: int) -> dict:
         "type": "tool_use",
         "id": ident if isinstance(ident, str) and ident else f"toolu_{n}",
         "name": name if isinstance(name, str) else "",
-        "input": _json_object(function.get("arguments")),
+        "input": json_object(function.get("arguments")),
     }
 
 
@@ -647,7 +650,7 @@ class StreamTranslator:
 
     def _tool_delta(self, call: dict, out: list[bytes]) -> None:
         index, ident = call.get("index"), call.get("id")
-        key = index if _is_int(index) else ident if ident and isinstance(ident, str) else None
+        key = index if is_int(index) else ident if ident and isinstance(ident, str) else None
         function = call.get("function")
         function = function if isinstance(function, dict) else {}
         if self._open != _TOOL or (key is not None and key != self._tool_key):
@@ -716,7 +719,7 @@ def _stream_error(error: Any) -> dict:
     message = error.get("message") if isinstance(error, dict) else error
     if not isinstance(message, str) or not message:
         message = _dumps(error, "backend error")
-    status = code if _is_int(code) and 400 <= code <= 599 else 500
+    status = code if is_int(code) and 400 <= code <= 599 else 500
     return error_body(status, message[:MAX_ERROR_CHARS])
 
 
@@ -749,7 +752,7 @@ def openai_to_messages(body: dict, model: str) -> dict:
             raise ValueError(f"{where}: an object is required")
         role, content = message.get("role"), message.get("content")
         if role in ("system", "developer"):
-            system.append(_plain_text(content, f"{where}.content"))
+            system.append(openai_chat.plain_text(content, f"{where}.content"))
         elif role == "user":
             _turn(turns, "user", _user_blocks(content, f"{where}.content"))
         elif role == "assistant":
@@ -799,41 +802,26 @@ def _user_blocks(content: Any, where: str) -> list[dict]:
     return blocks
 
 
-def _image_block(image: Any, where: str) -> dict:
-    url = image.get("url") if isinstance(image, dict) else None
-    if not isinstance(url, str):
-        raise ValueError(f"{where}.url: a string is required")
-    if url.startswith(("https://", "http://")):
-        return {"type": "image", "source": {"type": "url", "url": url}}
-    header, comma, data = url.partition(",")
-    media_type = header.removeprefix("data:").removesuffix(";base64")
-    if not header.startswith("data:") or not header.endswith(";base64") or not comma or not data:
-        raise ValueError(f"{where}.url: an http(s) URL or a base64 data URL is required")
-    if media_type not in IMAGE_MEDIA_TYPES:
+def _image_block(image_url: Any, where: str) -> dict:
+    read = openai_chat.image(image_url, where)
+    if read.url is not None:
+        return {"type": "image", "source": {"type": "url", "url": read.url}}
+    if read.media_type not in IMAGE_MEDIA_TYPES:
         raise ValueError(f"{where}.url: one of {', '.join(sorted(IMAGE_MEDIA_TYPES))}")
-    return {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}
+    source = {"type": "base64", "media_type": read.media_type, "data": read.data}
+    return {"type": "image", "source": source}
 
 
 def _assistant_blocks(message: dict, where: str) -> list[dict]:
     content = message.get("content")
     blocks = []
     if content is not None:
-        text = _plain_text(content, f"{where}.content")
+        text = openai_chat.plain_text(content, f"{where}.content")
         if text:
             blocks.append({"type": "text", "text": text})
-    calls = message.get("tool_calls")
-    if calls is not None and not isinstance(calls, list):
-        raise ValueError(f"{where}.tool_calls: a list is required")
-    for k, call in enumerate(calls or ()):
-        at = f"{where}.tool_calls.{k}"
-        function = call.get("function") if isinstance(call, dict) else None
-        ident = call.get("id") if isinstance(call, dict) else None
-        name = function.get("name") if isinstance(function, dict) else None
-        if not isinstance(ident, str) or not ident or not isinstance(name, str) or not name:
-            raise ValueError(f"{at}: an id and a function name are required")
-        # Anthropic wants an object; arguments a model once garbled become {}.
-        tool_input = _json_object(function.get("arguments"))
-        blocks.append({"type": "tool_use", "id": ident, "name": name, "input": tool_input})
+    for call in openai_chat.tool_calls(message, where):
+        tool_use = {"type": "tool_use", "id": call.id, "name": call.name}
+        blocks.append({**tool_use, "input": call.arguments})
     return blocks
 
 
@@ -841,32 +829,15 @@ def _tool_result_block(message: dict, where: str) -> dict:
     tool_call_id = message.get("tool_call_id")
     if not isinstance(tool_call_id, str) or not tool_call_id:
         raise ValueError(f"{where}.tool_call_id: a non-empty string is required")
-    content = _plain_text(message.get("content") or "", f"{where}.content")
+    content = openai_chat.plain_text(message.get("content") or "", f"{where}.content")
     return {"type": "tool_result", "tool_use_id": tool_call_id, "content": content}
-
-
-def _plain_text(content: Any, where: str) -> str:
-    """OpenAI content that must be text: a string or a list of text parts."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        texts = []
-        for j, part in enumerate(content):
-            if not isinstance(part, dict) or part.get("type") not in ("text", "refusal"):
-                raise ValueError(f"{where}.{j}: a text part is required")
-            text = part.get(part["type"])
-            if not isinstance(text, str):
-                raise ValueError(f"{where}.{j}: a string is required")
-            texts.append(text)
-        return "".join(texts)
-    raise ValueError(f"{where}: a string or a list of text parts is required")
 
 
 def _openai_max_tokens(body: dict) -> int:
     for name in ("max_completion_tokens", "max_tokens"):
         value = body.get(name)
         if value is not None:
-            if not _is_int(value) or not 0 < value <= MAX_TOKENS_CEILING:
+            if not is_int(value) or not 0 < value <= MAX_TOKENS_CEILING:
                 raise ValueError(f"{name}: a positive integer is required")
             return value
     return DEFAULT_MAX_TOKENS
@@ -878,21 +849,16 @@ def _openai_sampling(body: dict, out: dict) -> None:
         raise ValueError("n: Anthropic models give one choice")
     temperature = body.get("temperature")
     if temperature is not None:
-        if not _is_number(temperature) or temperature < 0:
+        if not is_number(temperature) or temperature < 0:
             raise ValueError("temperature: a non-negative number is required")
         out["temperature"] = min(temperature, 1.0)  # OpenAI's range is 0-2, Anthropic's 0-1
     top_p = body.get("top_p")
     if top_p is not None:
-        if not _is_number(top_p) or not 0 <= top_p <= 1:
+        if not is_number(top_p) or not 0 <= top_p <= 1:
             raise ValueError("top_p: a number from 0 to 1 is required")
         out["top_p"] = top_p
-    stop = body.get("stop")
-    stops = [stop] if isinstance(stop, str) else stop
-    if stops is not None:
-        if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
-            raise ValueError("stop: a string or a list of strings is required")
-        if stops:
-            out["stop_sequences"] = stops
+    if stops := openai_chat.stop_sequences(body):
+        out["stop_sequences"] = stops
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise ValueError("stream: a boolean is required")
@@ -904,42 +870,22 @@ def _openai_sampling(body: dict, out: dict) -> None:
 
 
 def _openai_tools(body: dict, out: dict) -> None:
-    tools = body.get("tools")
-    if tools is None or tools == []:
+    tools = openai_chat.function_tools(body)
+    if not tools:
         return
-    if not isinstance(tools, list):
-        raise ValueError("tools: a list is required")
     converted = []
-    for i, tool in enumerate(tools):
-        function = tool.get("function") if isinstance(tool, dict) else None
-        if not isinstance(function, dict) or tool.get("type", "function") != "function":
-            raise ValueError(f"tools.{i}: a function tool is required")
-        name, parameters = function.get("name"), function.get("parameters")
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"tools.{i}.function.name: a non-empty string is required")
-        if parameters is not None and not isinstance(parameters, dict):
-            raise ValueError(f"tools.{i}.function.parameters: an object is required")
-        tool_out: dict[str, Any] = {"name": name}
-        description = function.get("description")
-        if isinstance(description, str) and description:
-            tool_out["description"] = description
-        tool_out["input_schema"] = parameters or {"type": "object", "properties": {}}
+    for tool in tools:
+        tool_out: dict[str, Any] = {"name": tool.name}
+        if tool.description:
+            tool_out["description"] = tool.description
+        tool_out["input_schema"] = tool.parameters or {"type": "object", "properties": {}}
         converted.append(tool_out)
     out["tools"] = converted
-    choice = body.get("tool_choice")
-    if choice is None:
-        tool_choice: dict[str, Any] = {"type": "auto"}
-    elif choice in ("auto", "none"):
-        tool_choice = {"type": choice}
-    elif choice == "required":
-        tool_choice = {"type": "any"}
-    elif isinstance(choice, dict) and isinstance(choice.get("function"), dict):
-        name = choice["function"].get("name")
-        if not isinstance(name, str) or not name:
-            raise ValueError("tool_choice.function.name: a non-empty string is required")
+    choice = openai_chat.tool_choice(body)
+    mode, name = choice or ("auto", "")
+    tool_choice: dict[str, Any] = {"type": _TOOL_CHOICE_TYPES.get(mode, mode)}
+    if mode == "function":
         tool_choice = {"type": "tool", "name": name}
-    else:
-        raise ValueError("tool_choice: 'auto', 'none', 'required' or a function is required")
     parallel = body.get("parallel_tool_calls")
     if parallel is False and tool_choice["type"] != "none":
         tool_choice["disable_parallel_tool_use"] = True
@@ -1006,12 +952,12 @@ def _openai_usage(usage: Any) -> dict:
 # -- Anthropic stream -> OpenAI stream --------------------------------------------------
 
 
-class AnthropicToOpenAIStream:
+class AnthropicToOpenAIStream(EventTranslator):
     """Turns one streamed Anthropic answer into OpenAI SSE chunks: :meth:`feed` each
     piece of Anthropic's stream; ``message_stop`` gives the finish chunk (with usage)
     and ``[DONE]``.  Anthropic ``ping`` events become SSE comments (keep-alives)."""
 
-    __slots__ = ("_done", "_pending", "_prefix", "_stop_reason", "_tool_index", "_usage")
+    __slots__ = ("_prefix", "_stop_reason", "_tool_index", "_usage")
 
     def __init__(self, model: str, completion_id: str, created: int) -> None:
         head = {"id": completion_id, "object": "chat.completion.chunk", "created": created}
@@ -1019,26 +965,13 @@ class AnthropicToOpenAIStream:
         # Every chunk is this prefix, then its delta and the rest of its choice.
         self._prefix = b"data: " + _dumps(head, "{}").encode()[:-1]
         self._prefix += b',"choices":[{"index":0,"delta":'
-        self._pending = EventBuffer(MAX_PENDING_BYTES)
-        self._done = False
+        super().__init__(MAX_PENDING_BYTES)
         self._tool_index: dict[int | None, int] = {}  # Anthropic block index -> OpenAI call index
         self._usage: dict[str, Any] = {}
         self._stop_reason: str | None = None
 
-    def feed(self, sse_bytes: bytes) -> bytes:
-        """OpenAI SSE for ``sse_bytes``: one or more Anthropic SSE events (a trailing
-        unfinished one is kept for the next call)."""
-        if self._done:
-            return b""
-        out: list[bytes] = []
-        for event in self._pending.events(sse_bytes):
-            self._event(event, out)
-            if self._done:
-                break
-        if not self._done and self._pending.overflowed():
-            self._done = True
-            out.append(_openai_error("api_error", "upstream sent an oversized event"))
-        return b"".join(out)
+    def _oversized(self) -> bytes:
+        return _openai_error("api_error", "upstream sent an oversized event")
 
     def end(self) -> bytes:
         """What to send when Anthropic's stream closed: nothing after ``message_stop``,
@@ -1161,19 +1094,6 @@ def _dumps(value: Any, default: Any) -> Any:
         return default
 
 
-def _json_object(arguments: Any) -> dict:
-    """Tool call arguments as an object; {} when they are not a JSON object."""
-    if isinstance(arguments, dict):
-        return arguments
-    if not isinstance(arguments, str) or not arguments.strip():
-        return {}
-    try:
-        parsed = json.loads(arguments)
-    except (ValueError, RecursionError):
-        return {}
-    return parsed if isinstance(parsed, dict) else {}
-
-
 def _openai_text(content: Any) -> str:
     if isinstance(content, str):
         return content
@@ -1202,7 +1122,7 @@ def _message_id(openai_id: Any, seed: str) -> str:
 
 def _key(index: Any) -> int | None:
     """A content block index as a dict key (None for what is not one)."""
-    return index if _is_int(index) else None
+    return index if is_int(index) else None
 
 
 def _count(value: Any) -> int | None:
@@ -1210,14 +1130,6 @@ def _count(value: Any) -> int | None:
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 40:
         return value
     return None
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _str(value: Any) -> str:

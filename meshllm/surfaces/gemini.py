@@ -22,11 +22,12 @@ page (Gemini 3 rejects a replayed call with none).  Thoughts come as
 from __future__ import annotations
 
 import json
-import math
 import re
 from typing import Any
 
-from meshllm.surfaces.sse import EventBuffer
+from meshllm.surfaces import openai_chat
+from meshllm.surfaces.openai_chat import is_int, is_number
+from meshllm.surfaces.sse import EventTranslator
 
 INT32_MAX = (1 << 31) - 1  # Gemini reads maxOutputTokens, topK and seed as int32
 MAX_CANDIDATES = 8  # Gemini's candidateCount ceiling; higher candidate indexes are ignored
@@ -89,7 +90,7 @@ def openai_to_gemini(body: dict) -> dict:
             raise ValueError(f"{where}: an object is required")
         role, content = message.get("role"), message.get("content")
         if role in ("system", "developer"):
-            system.append(_plain_text(content, f"{where}.content"))
+            system.append(openai_chat.plain_text(content, f"{where}.content"))
         elif role == "user":
             _turn(turns, "user", _user_parts(content, f"{where}.content"))
         elif role == "assistant":
@@ -135,40 +136,23 @@ def _user_parts(content: Any, where: str) -> list[dict]:
     return parts
 
 
-def _image_part(image: Any, where: str) -> dict:
-    url = image.get("url") if isinstance(image, dict) else None
-    if not isinstance(url, str):
-        raise ValueError(f"{where}.url: a string is required")
-    if url.startswith(("https://", "http://")):
-        name = url.split("?", 1)[0].split("#", 1)[0].rsplit("/", 1)[-1]
+def _image_part(image_url: Any, where: str) -> dict:
+    read = openai_chat.image(image_url, where)
+    if read.url is not None:  # Gemini fetches it; the type from its name, else JPEG
+        name = read.url.split("?", 1)[0].split("#", 1)[0].rsplit("/", 1)[-1]
         mime_type = _URL_MIME_TYPES.get(name.rpartition(".")[2].lower(), _DEFAULT_MIME)
-        return {"fileData": {"mimeType": mime_type, "fileUri": url}}
-    header, comma, data = url.partition(",")
-    mime_type = header.removeprefix("data:").split(";", 1)[0]
-    if not header.startswith("data:") or not header.endswith(";base64") or not comma:
-        raise ValueError(f"{where}.url: an http(s) URL or a base64 data URL is required")
-    if not mime_type or not data:
-        raise ValueError(f"{where}.url: a data URL with a MIME type and data is required")
-    return {"inlineData": {"mimeType": mime_type, "data": data}}
+        return {"fileData": {"mimeType": mime_type, "fileUri": read.url}}
+    return {"inlineData": {"mimeType": read.media_type, "data": read.data}}
 
 
 def _model_parts(message: dict, where: str, names: dict[str, str]) -> list[dict]:
     content = message.get("content")
-    text = _plain_text(content, f"{where}.content") if content is not None else ""
+    text = openai_chat.plain_text(content, f"{where}.content") if content is not None else ""
     parts: list[dict] = [{"text": text}] if text else []
-    calls = message.get("tool_calls")
-    if calls is not None and not isinstance(calls, list):
-        raise ValueError(f"{where}.tool_calls: a list is required")
-    for k, call in enumerate(calls or ()):
-        function = call.get("function") if isinstance(call, dict) else None
-        ident = call.get("id") if isinstance(call, dict) else None
-        name = function.get("name") if isinstance(function, dict) else None
-        if not isinstance(ident, str) or not ident or not isinstance(name, str) or not name:
-            raise ValueError(f"{where}.tool_calls.{k}: an id and a function name are required")
-        names[ident] = name
-        # Gemini wants an object; arguments a model once garbled become {}.
-        part: dict[str, Any] = {"functionCall": {"name": name, "args": _arguments(function)}}
-        extra = call.get("extra_content")
+    for k, call in enumerate(openai_chat.tool_calls(message, where)):
+        names[call.id] = call.name
+        part: dict[str, Any] = {"functionCall": {"name": call.name, "args": call.arguments}}
+        extra = call.call.get("extra_content")
         google = extra.get("google") if isinstance(extra, dict) else None
         signature = _str(google.get("thought_signature")) if isinstance(google, dict) else ""
         if signature or k == 0:  # a step's signature is on its first call
@@ -184,25 +168,10 @@ def _function_response(message: dict, where: str, names: dict[str, str]) -> dict
     name = names.get(ident) or message.get("name")  # Gemini wants the function's name
     if not isinstance(name, str) or not name:
         raise ValueError(f"{where}.tool_call_id: no earlier assistant tool call has this id")
-    text = _plain_text(message.get("content") or "", f"{where}.content")
+    text = openai_chat.plain_text(message.get("content") or "", f"{where}.content")
     parsed = _loads(text)
     response = parsed if isinstance(parsed, dict) else {"result": text}
     return {"functionResponse": {"name": name, "response": response}}
-
-
-def _plain_text(content: Any, where: str) -> str:
-    """OpenAI content that must be text: a string or a list of text parts."""
-    if isinstance(content, str):
-        return content
-    if not isinstance(content, list):
-        raise ValueError(f"{where}: a string or a list of text parts is required")
-    texts = []
-    for j, part in enumerate(content):
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind not in ("text", "refusal") or not isinstance(part.get(kind), str):
-            raise ValueError(f"{where}.{j}: a text part is required")
-        texts.append(part[kind])
-    return "".join(texts)
 
 
 def _generation_config(body: dict) -> dict:
@@ -211,15 +180,12 @@ def _generation_config(body: dict) -> dict:
         value = body.get(name)
         if value is None or key in config:
             continue
-        if not (_is_int(value) if integer else _is_number(value)) or not low <= value <= high:
+        if not (is_int(value) if integer else is_number(value)) or not low <= value <= high:
             kind = "an integer" if integer else "a number"
             raise ValueError(f"{name}: {kind} from {low} to {high} is required")
         config[key] = value
-    stop = body.get("stop")
-    stops = [stop] if isinstance(stop, str) else stop
+    stops = openai_chat.stop_sequences(body)
     if stops is not None:
-        if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
-            raise ValueError("stop: a string or a list of strings is required")
         if len(stops) > MAX_STOP_SEQUENCES:
             raise ValueError(f"stop: at most {MAX_STOP_SEQUENCES} sequences are allowed")
         if stops := [s for s in stops if s]:  # an empty sequence means nothing
@@ -240,39 +206,24 @@ def _generation_config(body: dict) -> dict:
 
 
 def _tools(body: dict, out: dict) -> None:
-    tools = body.get("tools")
-    if tools is not None and not isinstance(tools, list):
-        raise ValueError("tools: a list is required")
     declarations = []
-    for i, tool in enumerate(tools or ()):
-        function = tool.get("function") if isinstance(tool, dict) else None
-        if not isinstance(function, dict) or tool.get("type", "function") != "function":
-            raise ValueError(f"tools.{i}: a function tool is required")
-        name, parameters = function.get("name"), function.get("parameters")
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"tools.{i}.function.name: a non-empty string is required")
-        if parameters is not None and not isinstance(parameters, dict):
-            raise ValueError(f"tools.{i}.function.parameters: an object is required")
-        declaration: dict[str, Any] = {"name": name}
-        if isinstance(function.get("description"), str) and function["description"]:
-            declaration["description"] = function["description"]
-        if parameters:  # JSON Schema as OpenAI has it, unlike the OpenAPI-subset parameters
-            declaration["parametersJsonSchema"] = parameters
+    for tool in openai_chat.function_tools(body):
+        declaration: dict[str, Any] = {"name": tool.name}
+        if tool.description:
+            declaration["description"] = tool.description
+        if tool.parameters:  # JSON Schema as OpenAI has it, unlike the OpenAPI-subset
+            declaration["parametersJsonSchema"] = tool.parameters  # parameters
         declarations.append(declaration)
     if declarations:
         out["tools"] = [{"functionDeclarations": declarations}]
-    choice = body.get("tool_choice")
+    choice = openai_chat.tool_choice(body)
     if choice is None:
         return
-    if isinstance(choice, str) and choice in _TOOL_MODES:
-        config: dict[str, Any] = {"mode": _TOOL_MODES[choice]}
-    elif isinstance(choice, dict) and isinstance(choice.get("function"), dict):
-        name = choice["function"].get("name")
-        if not isinstance(name, str) or not name:
-            raise ValueError("tool_choice.function.name: a non-empty string is required")
-        config = {"mode": "ANY", "allowedFunctionNames": [name]}
+    mode, name = choice
+    if mode == "function":
+        config: dict[str, Any] = {"mode": "ANY", "allowedFunctionNames": [name]}
     else:
-        raise ValueError("tool_choice: 'auto', 'none', 'required' or a function is required")
+        config = {"mode": _TOOL_MODES[mode]}
     out["toolConfig"] = {"functionCallingConfig": config}
 
 
@@ -370,7 +321,7 @@ def _usage(usage: Any) -> dict:
 # -- Gemini stream -> OpenAI stream -----------------------------------------------------
 
 
-class GeminiToOpenAIStream:
+class GeminiToOpenAIStream(EventTranslator):
     """Turns one streamed Gemini answer into OpenAI SSE: :meth:`feed` each piece of
     Gemini's stream (``data: {GenerateContentResponse}`` events), then :meth:`end`.
     Function calls come whole, as Gemini sends them; a ``finishReason`` gives its
@@ -378,11 +329,9 @@ class GeminiToOpenAIStream:
 
     __slots__ = (
         "_calls",
-        "_done",
         "_finished",
         "_head",
         "_id",
-        "_pending",
         "_usage",
         "_usage_chunk",
         "_usage_event",
@@ -396,28 +345,15 @@ class GeminiToOpenAIStream:
         # Every chunk is this head (its closing brace cut off), then its choices.
         self._head = b"data: " + _dumps(head).encode()[:-1]
         self._id = completion_id
-        self._pending = EventBuffer(MAX_PENDING_BYTES)
-        self._done = False
+        super().__init__(MAX_PENDING_BYTES)
         self._calls: dict[int, int] = {}  # choice index -> tool calls so far (started choices)
         self._finished: set[int] = set()  # choices given their finish chunk
         self._usage: dict = {}  # the newest usageMetadata
         self._usage_event: bytes | None = None  # a newer one, in an event not parsed yet
         self._usage_chunk = include_usage  # a chunk of its own at the end, as OpenAI's
 
-    def feed(self, sse_bytes: bytes) -> bytes:
-        """OpenAI SSE for ``sse_bytes``, any piece of Gemini's stream (a trailing
-        unfinished event is kept for the next call)."""
-        if self._done:
-            return b""
-        out: list[bytes] = []
-        for event in self._pending.events(sse_bytes):
-            self._event(event, out)
-            if self._done:
-                break
-        if not self._done and self._pending.overflowed():
-            self._done = True
-            out.append(_error_event({"message": "upstream sent an oversized event"}))
-        return b"".join(out)
+    def _oversized(self) -> bytes:
+        return _error_event({"message": "upstream sent an oversized event"})
 
     def end(self) -> bytes:
         """What to send when Gemini's stream closed: the finish chunks not yet sent, the
@@ -466,7 +402,7 @@ class GeminiToOpenAIStream:
         candidates = _candidates(data)
         for position, candidate in enumerate(candidates):
             index = candidate.get("index")
-            ok = _is_int(index) and 0 <= index < MAX_CANDIDATES
+            ok = is_int(index) and 0 <= index < MAX_CANDIDATES
             self._candidate(candidate, index if ok else position, out)
         if not candidates and _blocked(data) and 0 not in self._finished:
             self._start(0, out)
@@ -537,11 +473,11 @@ def error_to_openai(status: int, body: bytes) -> dict:
 def _error(error: dict, status: Any) -> dict:
     """A Google error object as OpenAI's; Google's ``status`` (``INVALID_ARGUMENT``) is
     the code, and the HTTP status (or the object's ``code``) picks the type."""
-    status = status if _is_int(status) else error.get("code")
-    kind = "invalid_request_error" if _is_int(status) and 400 <= status < 500 else "api_error"
+    status = status if is_int(status) else error.get("code")
+    kind = "invalid_request_error" if is_int(status) and 400 <= status < 500 else "api_error"
     message = error.get("message")
     if not isinstance(message, str) or not message:
-        message = f"upstream error (HTTP {status})" if _is_int(status) else "upstream error"
+        message = f"upstream error (HTTP {status})" if is_int(status) else "upstream error"
     code = _str(error.get("status")) or None
     return {"message": message[:MAX_ERROR_CHARS], "type": kind, "code": code}
 
@@ -574,25 +510,10 @@ def _not_json(constant: str) -> Any:
     raise ValueError(f"{constant} is not JSON")
 
 
-def _arguments(function: dict) -> dict:
-    """A tool call's arguments as an object; {} when they are not a JSON object."""
-    arguments = function.get("arguments")
-    parsed = _loads(arguments) if isinstance(arguments, str) else arguments
-    return parsed if isinstance(parsed, dict) else {}
-
-
 def _count(usage: dict, key: str) -> int:
     """A token count Gemini reported, or 0."""
     value = usage.get(key)
-    return value if _is_int(value) and 0 <= value < 1 << 40 else 0
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    return value if is_int(value) and 0 <= value < 1 << 40 else 0
 
 
 def _str(value: Any) -> str:

@@ -66,3 +66,36 @@ class EventBuffer:
         """The unfinished last event, taken (None when there is none)."""
         rest, self._pending = self._pending.strip(b"\n"), b""
         return rest if rest.strip() else None
+
+
+class EventTranslator:
+    """What a translator of a provider's stream shares: :meth:`feed` takes any piece of
+    the stream and hands each whole event to ``_event``, which appends what to send and
+    sets ``_done`` once the answer is over; an event over ``max_pending`` bytes ends the
+    stream with ``_oversized()``."""
+
+    __slots__ = ("_done", "_pending")
+
+    def __init__(self, max_pending: int) -> None:
+        self._pending = EventBuffer(max_pending)
+        self._done = False
+
+    def feed(self, sse_bytes: bytes) -> bytes:
+        """What to send for ``sse_bytes`` (a trailing unfinished event is kept)."""
+        if self._done:
+            return b""
+        out: list[bytes] = []
+        for event in self._pending.events(sse_bytes):
+            self._event(event, out)
+            if self._done:
+                break
+        if not self._done and self._pending.overflowed():
+            self._done = True
+            out.append(self._oversized())
+        return b"".join(out)
+
+    def _event(self, event: bytes, out: list[bytes]) -> None:
+        raise NotImplementedError
+
+    def _oversized(self) -> bytes:
+        raise NotImplementedError
