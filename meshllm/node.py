@@ -18,7 +18,6 @@ from aiohttp import web
 from meshllm import __version__
 from meshllm.access.service import MeshAccess
 from meshllm.cloud import is_provider_model, providers_from_env
-from meshllm.cloud.client import CloudBackends
 from meshllm.commands import (
     ENDPOINT_KIND,
     EndpointCommands,
@@ -68,6 +67,7 @@ from meshllm.proxy import (
     serve_tunnel,
     start_http,
 )
+from meshllm.proxy.cloud import CloudBackends
 from meshllm.proxy.events import PRIVATE
 from meshllm.proxy.guard import GuardSettings
 from meshllm.proxy.observe import served_record

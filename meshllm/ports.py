@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from meshllm.cloud.providers import UP, is_provider_model, split_model
+from meshllm.cloud import UP, is_provider_model, split_model
 from meshllm.election import Placement, catalog, elect, rank
 from meshllm.election.demand import DemandMeter
 from meshllm.election.pool_view import pool_view

@@ -21,7 +21,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from meshllm.cloud.client import UsageFolder
+from meshllm.proxy.cloud import UsageFolder
 from meshllm.surfaces import anthropic, gemini, ollama
 
 RUNS = 7

@@ -19,7 +19,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from meshllm.cloud.providers import PROVIDER_NAMES
+from meshllm.cloud import PROVIDER_NAMES
 from meshllm.errors import ConfigError
 
 MAX_PRICE_FILE_BYTES = 1 << 20  # the shipped table is ~3 kB; a larger file is a mistake

@@ -14,8 +14,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from meshllm.cloud import KINDS, Provider
-from meshllm.cloud.client import CloudBackends
 from meshllm.proxy import anthropic_surface
+from meshllm.proxy.cloud import CloudBackends
 from meshllm.testing.fake_providers import FakeProvider, serve_provider
 from tests.proxy.conftest import SELF, MakeClient, MemoryMesh
 

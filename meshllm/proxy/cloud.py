@@ -39,7 +39,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Protocol
 from urllib.parse import quote
 
-from meshllm.cloud.providers import REFUSED, UP, Provider, split_model
+from meshllm.cloud import REFUSED, UP, Provider, split_model
 from meshllm.errors import ServingError
 from meshllm.proxy.errors import BackendUnavailable, error_body
 from meshllm.proxy.forward import Forwarder, UpstreamResponse, is_event_stream, split_events

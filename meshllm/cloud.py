@@ -1,4 +1,5 @@
-"""Cloud providers a node holds a key for, and the model names that reach them.
+"""Cloud models by prefix (DESIGN.md §7b): the providers a node holds a key for, and the
+model names that reach them.  :mod:`meshllm.proxy.cloud` forwards the requests.
 
 A model named ``provider:name`` (``openai:gpt-4o-mini``, ``anthropic:claude-sonnet-4-5``,
 ``google:gemini-2.5-flash``) goes to that provider's API, through a node whose

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from meshllm.cloud import is_provider_model, providers_from_env, split_model
-from meshllm.cloud.providers import MAX_UPSTREAM_NAME_CHARS
+from meshllm.cloud import (
+    MAX_UPSTREAM_NAME_CHARS,
+    is_provider_model,
+    providers_from_env,
+    split_model,
+)
 
 
 def test_keys_and_base_urls_come_from_the_sdks_own_variables() -> None:
