@@ -59,48 +59,58 @@ def main() -> None:
         os.link(MODELS / f"{MODEL}.gguf", models / "gemma-spare.gguf")
         backend = BackendProcess(root / "fake.log", ["qwen2.5-coder:7b"]).start()
         base = ["--llama-server", str(find_llama_server(None))]
-        with Cluster(root, base) as cluster:
-            seed = cluster.add("--model", MODEL, "--models-dir", str(models), name="seed")
-            seed.wait_serving(MODEL, 300)
-            client = cluster.add("--client", "--port", "0", name="laptop")
-            cluster.add("--endpoint", backend.url, name="gpu-box")
-            for i, text in enumerate(["Hi!", "Name three colours.", "What is a mesh?"] * 2):
-                ask(seed.url if i % 2 else client.url, text, stream=bool(i % 3))
-            time.sleep(2)
-            token = (seed.state_dir / "admin_token").read_text().strip()
-            with sync_playwright() as playwright:
-                browser = playwright.chromium.launch(
-                    executable_path=str(chromium), args=LAUNCH_ARGS
+        try:
+            shoot(args, chromium, root, models, backend, base)
+        finally:
+            backend.kill()
+
+
+def shoot(
+    args: argparse.Namespace,
+    chromium: Path,
+    root: Path,
+    models: Path,
+    backend: BackendProcess,
+    base: list[str],
+) -> None:
+    """Start the mesh, give it some history, photograph each page."""
+    with Cluster(root, base) as cluster:
+        seed = cluster.add("--model", MODEL, "--models-dir", str(models), name="seed")
+        seed.wait_serving(MODEL, 300)
+        client = cluster.add("--client", "--port", "0", name="laptop")
+        cluster.add("--endpoint", backend.url, name="gpu-box")
+        for i, text in enumerate(["Hi!", "Name three colours.", "What is a mesh?"] * 2):
+            ask(seed.url if i % 2 else client.url, text, stream=bool(i % 3))
+        time.sleep(2)
+        token = (seed.state_dir / "admin_token").read_text().strip()
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=str(chromium), args=LAUNCH_ARGS)
+            for scheme in ("dark", "light"):
+                context = browser.new_context(
+                    color_scheme=scheme,  # type: ignore[arg-type]
+                    viewport={"width": args.width, "height": args.height},
+                    device_scale_factor=1,
                 )
-                for scheme in ("dark", "light"):
-                    context = browser.new_context(
-                        color_scheme=scheme,  # type: ignore[arg-type]
-                        viewport={"width": args.width, "height": args.height},
-                        device_scale_factor=1,
-                    )
-                    page = context.new_page()
-                    page.goto(f"{seed.url}/#token={token}")
-                    expect(page.get_by_test_id("live-status")).to_have_text("live")
-                    for name in PAGES:
-                        page.goto(f"{seed.url}/#/{name}")
-                        expect(page.locator(f"[data-page={name}]:not(a)")).to_be_visible()
-                        if name == "chat":
-                            page.get_by_test_id("chat-model").select_option(MODEL)
-                            page.get_by_label("Max tokens").fill("40")
-                            page.get_by_test_id("chat-input").fill(
-                                "In one sentence: why pool many machines' models?"
-                            )
-                            page.get_by_test_id("chat-send").click()
-                            expect(page.get_by_test_id("chat-node")).not_to_be_empty(
-                                timeout=120_000
-                            )
-                        page.wait_for_timeout(1500)  # charts and live data settle
-                        path = args.out / f"{name}-{scheme}.png"
-                        page.screenshot(path=str(path))
-                        print(path)
-                    context.close()
-                browser.close()
-        backend.kill()
+                page = context.new_page()
+                page.goto(f"{seed.url}/#token={token}")
+                expect(page.get_by_test_id("live-status")).to_have_text("live")
+                for name in PAGES:
+                    page.goto(f"{seed.url}/#/{name}")
+                    expect(page.locator(f"[data-page={name}]:not(a)")).to_be_visible()
+                    if name == "chat":
+                        page.get_by_test_id("chat-model").select_option(MODEL)
+                        page.get_by_label("Max tokens").fill("40")
+                        page.get_by_test_id("chat-input").fill(
+                            "In one sentence: why pool many machines' models?"
+                        )
+                        page.get_by_test_id("chat-send").click()
+                        expect(page.get_by_test_id("chat-node")).not_to_be_empty(timeout=120_000)
+                    page.wait_for_timeout(1500)  # charts and live data settle
+                    path = args.out / f"{name}-{scheme}.png"
+                    page.screenshot(path=str(path))
+                    print(path)
+                context.close()
+            browser.close()
 
 
 if __name__ == "__main__":
