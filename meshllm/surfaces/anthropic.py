@@ -739,28 +739,18 @@ def openai_to_messages(body: dict, model: str) -> dict:
     """An OpenAI chat completions body as an Anthropic Messages body for ``model``:
     system and developer messages joined into ``system``, tool messages as
     ``tool_result`` blocks, ``max_tokens`` DEFAULT_MAX_TOKENS when absent."""
-    if not isinstance(body, dict):
-        raise ValueError("body: a JSON object is required")
-    raw = body.get("messages")
-    if not isinstance(raw, list) or not raw:
-        raise ValueError("messages: a non-empty list is required")
     system: list[str] = []
     turns: list[dict] = []
-    for i, message in enumerate(raw):
-        where = f"messages.{i}"
-        if not isinstance(message, dict):
-            raise ValueError(f"{where}: an object is required")
-        role, content = message.get("role"), message.get("content")
-        if role in ("system", "developer"):
+    for role, message, where in openai_chat.messages(body):
+        content = message.get("content")
+        if role in openai_chat.SYSTEM_ROLES:
             system.append(openai_chat.plain_text(content, f"{where}.content"))
         elif role == "user":
             _turn(turns, "user", _user_blocks(content, f"{where}.content"))
         elif role == "assistant":
             _turn(turns, "assistant", _assistant_blocks(message, where))
-        elif role == "tool":
-            _turn(turns, "user", [_tool_result_block(message, where)])
         else:
-            raise ValueError(f"{where}.role: 'system', 'user', 'assistant' or 'tool' is required")
+            _turn(turns, "user", [_tool_result_block(message, where)])
     if not turns:
         raise ValueError("messages: a user or assistant message is required")
     out: dict[str, Any] = {"model": model, "max_tokens": _openai_max_tokens(body)}
@@ -784,30 +774,17 @@ def _turn(turns: list[dict], role: str, blocks: list[dict]) -> None:
 
 
 def _user_blocks(content: Any, where: str) -> list[dict]:
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}] if content else []
-    if not isinstance(content, list):
-        raise ValueError(f"{where}: a string or a list of parts is required")
-    blocks = []
-    for j, part in enumerate(content):
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind == "text":
-            text = _text(part, f"{where}.{j}")
-            if text:
-                blocks.append({"type": "text", "text": text})
-        elif kind == "image_url":
-            blocks.append(_image_block(part.get("image_url"), f"{where}.{j}.image_url"))
-        else:
-            raise ValueError(f"{where}.{j}: a text or image_url part is required")
-    return blocks
+    return [
+        {"type": "text", "text": part} if isinstance(part, str) else _image_block(part)
+        for part in openai_chat.user_content(content, where)
+    ]
 
 
-def _image_block(image_url: Any, where: str) -> dict:
-    read = openai_chat.image(image_url, where)
+def _image_block(read: openai_chat.Image) -> dict:
     if read.url is not None:
         return {"type": "image", "source": {"type": "url", "url": read.url}}
     if read.media_type not in IMAGE_MEDIA_TYPES:
-        raise ValueError(f"{where}.url: one of {', '.join(sorted(IMAGE_MEDIA_TYPES))}")
+        raise ValueError(f"{read.where}.url: one of {', '.join(sorted(IMAGE_MEDIA_TYPES))}")
     source = {"type": "base64", "media_type": read.media_type, "data": read.data}
     return {"type": "image", "source": source}
 

@@ -76,29 +76,19 @@ def openai_to_gemini(body: dict) -> dict:
     """An OpenAI chat completions body as a Gemini ``GenerateContentRequest`` body:
     system and developer messages joined into ``systemInstruction``, consecutive turns
     of one role merged, tool messages as ``functionResponse`` parts of a user turn."""
-    if not isinstance(body, dict):
-        raise ValueError("body: a JSON object is required")
-    raw = body.get("messages")
-    if not isinstance(raw, list) or not raw:
-        raise ValueError("messages: a non-empty list is required")
     system: list[str] = []
     turns: list[dict] = []
     names: dict[str, str] = {}  # tool call id -> function name, for the tool messages
-    for i, message in enumerate(raw):
-        where = f"messages.{i}"
-        if not isinstance(message, dict):
-            raise ValueError(f"{where}: an object is required")
-        role, content = message.get("role"), message.get("content")
-        if role in ("system", "developer"):
+    for role, message, where in openai_chat.messages(body):
+        content = message.get("content")
+        if role in openai_chat.SYSTEM_ROLES:
             system.append(openai_chat.plain_text(content, f"{where}.content"))
         elif role == "user":
             _turn(turns, "user", _user_parts(content, f"{where}.content"))
         elif role == "assistant":
             _turn(turns, "model", _model_parts(message, where, names))
-        elif role == "tool":
-            _turn(turns, "user", [_function_response(message, where, names)])
         else:
-            raise ValueError(f"{where}.role: 'system', 'user', 'assistant' or 'tool' is required")
+            _turn(turns, "user", [_function_response(message, where, names)])
     if not turns:
         raise ValueError("messages: a user or assistant message with content is required")
     out: dict[str, Any] = {"contents": turns}
@@ -118,26 +108,13 @@ def _turn(turns: list[dict], role: str, parts: list[dict]) -> None:
 
 
 def _user_parts(content: Any, where: str) -> list[dict]:
-    if isinstance(content, str):
-        return [{"text": content}] if content else []  # Gemini refuses an empty text part
-    if not isinstance(content, list):
-        raise ValueError(f"{where}: a string or a list of parts is required")
-    parts = []
-    for j, part in enumerate(content):
-        kind, at = part.get("type") if isinstance(part, dict) else None, f"{where}.{j}"
-        if kind == "text":
-            if not isinstance(part.get("text"), str):
-                raise ValueError(f"{at}.text: a string is required")
-            parts.extend([{"text": part["text"]}] if part["text"] else [])
-        elif kind == "image_url":
-            parts.append(_image_part(part.get("image_url"), f"{at}.image_url"))
-        else:
-            raise ValueError(f"{at}: a text or image_url part is required")
-    return parts
+    return [  # Gemini refuses an empty text part: user_content leaves them out
+        {"text": part} if isinstance(part, str) else _image_part(part)
+        for part in openai_chat.user_content(content, where)
+    ]
 
 
-def _image_part(image_url: Any, where: str) -> dict:
-    read = openai_chat.image(image_url, where)
+def _image_part(read: openai_chat.Image) -> dict:
     if read.url is not None:  # Gemini fetches it; the type from its name, else JPEG
         name = read.url.split("?", 1)[0].split("#", 1)[0].rsplit("/", 1)[-1]
         mime_type = _URL_MIME_TYPES.get(name.rpartition(".")[2].lower(), _DEFAULT_MIME)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,7 @@ class Image:
     url: str | None  # http(s): the provider fetches it
     media_type: str = ""  # of the bytes of a data URL
     data: str = ""  # base64
+    where: str = ""  # its field path, for a translator's own errors
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +44,48 @@ class FunctionTool:
     name: str
     description: str
     parameters: dict | None  # JSON Schema
+
+
+ROLES = ("system", "developer", "user", "assistant", "tool")
+SYSTEM_ROLES = ("system", "developer")
+
+
+def messages(body: Any) -> Iterator[tuple[str, dict, str]]:
+    """The request's ``messages`` in order, each as ``(role, message, its field path)``;
+    raises at the first one that is not an object of a known role."""
+    if not isinstance(body, dict):
+        raise ValueError("body: a JSON object is required")
+    raw = body.get("messages")
+    if not isinstance(raw, list) or not raw:
+        raise ValueError("messages: a non-empty list is required")
+    for i, message in enumerate(raw):
+        where = f"messages.{i}"
+        if not isinstance(message, dict):
+            raise ValueError(f"{where}: an object is required")
+        role = message.get("role")
+        if role not in ROLES:
+            raise ValueError(f"{where}.role: 'system', 'user', 'assistant' or 'tool' is required")
+        yield role, message, where
+
+
+def user_content(content: Any, where: str) -> list[str | Image]:
+    """A user message's content: its texts (empty ones left out) and images, in order."""
+    if isinstance(content, str):
+        return [content] if content else []
+    if not isinstance(content, list):
+        raise ValueError(f"{where}: a string or a list of parts is required")
+    read: list[str | Image] = []
+    for j, part in enumerate(content):
+        kind, at = part.get("type") if isinstance(part, dict) else None, f"{where}.{j}"
+        if kind == "text":
+            if not isinstance(part.get("text"), str):
+                raise ValueError(f"{at}.text: a string is required")
+            read.extend([part["text"]] if part["text"] else [])
+        elif kind == "image_url":
+            read.append(image(part.get("image_url"), f"{at}.image_url"))
+        else:
+            raise ValueError(f"{at}: a text or image_url part is required")
+    return read
 
 
 def plain_text(content: Any, where: str) -> str:
@@ -67,14 +111,14 @@ def image(image_url: Any, where: str) -> Image:
     if not isinstance(url, str):
         raise ValueError(f"{where}.url: a string is required")
     if url.startswith(("https://", "http://")):
-        return Image(url)
+        return Image(url, where=where)
     header, comma, data = url.partition(",")
     if not header.startswith("data:") or not header.endswith(";base64") or not comma:
         raise ValueError(f"{where}.url: an http(s) URL or a base64 data URL is required")
     media_type = header.removeprefix("data:").split(";", 1)[0]
     if not media_type or not data:
         raise ValueError(f"{where}.url: a data URL with a MIME type and data is required")
-    return Image(None, media_type, data)
+    return Image(None, media_type, data, where)
 
 
 def tool_calls(message: dict, where: str) -> list[ToolCall]:
