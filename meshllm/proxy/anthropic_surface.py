@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from meshllm.proxy.surface import SSE_HEADERS, OpenAIAnswer
+from meshllm.proxy.surface import SSE_HEADERS, Native, OpenAIAnswer
 from meshllm.surfaces import anthropic
 
 MESSAGES_PATH = "/v1/messages"
@@ -69,10 +69,7 @@ class _Anthropic:
     """What both Anthropic routes share: no fallback to another model, errors in shape."""
 
     fallback = False
-    native_path: str | None = None
-
-    def native_answer(self) -> OpenAIAnswer:
-        return NativeMessagesAnswer()
+    native: Native | None = None
 
     def error(
         self,
@@ -89,7 +86,7 @@ class MessagesSurface(_Anthropic):
     """``POST /v1/messages``: to a backend that speaks it (llama-server's own route, a
     model on Anthropic's cloud) as it is, else translated."""
 
-    native_path = MESSAGES_PATH
+    native = Native(MESSAGES_PATH, NativeMessagesAnswer)
 
     def translate(
         self, path: str, payload: dict[str, Any], known: Iterable[str]

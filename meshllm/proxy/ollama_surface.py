@@ -22,7 +22,6 @@ from typing import Any, Literal
 from aiohttp import web
 
 from meshllm import __version__
-from meshllm.proxy.surface import OpenAIAnswer
 from meshllm.surfaces import ollama
 
 Kind = Literal["chat", "generate", "embed", "embeddings"]
@@ -83,10 +82,7 @@ class OllamaSurface:
     is reached through its OpenAI-compatible API like any other)."""
 
     fallback = False
-    native_path = None
-
-    def native_answer(self) -> OpenAIAnswer:
-        return OpenAIAnswer()  # never asked for: no native path
+    native = None
 
     def __init__(self, kind: Kind) -> None:
         self.kind = kind

@@ -330,7 +330,7 @@ class _Proxy:
         native: dict[str, Any] | None = None
         if surface is not OPENAI:
             names = self._catalog_names()  # a generator: the catalog read only if asked
-            native = payload if surface.native_path else None  # the client's own, for a
+            native = payload if surface.native else None  # the client's own, for a
             try:  # backend that speaks its API
                 ex.upstream_path, payload = surface.translate(request.path, payload, names)
             except ValueError as exc:
@@ -396,19 +396,13 @@ class _Proxy:
             return await _refuse(ex, stream, 403, _error_message(refused.body), "model_not_allowed")
         if plan.model_used != model or not box.data:
             payload["model"] = plan.model_used
-            try:
-                box.data = json.dumps(payload, separators=(",", ":")).encode()
-            except RecursionError:  # parsed at the edge of the limit, one level short now
+            encoded = _encoded(payload)
+            if encoded is None:  # parsed at the edge of the limit, one level short now
                 return await _refuse(
                     ex, stream, 400, "request body is nested too deeply", "invalid_json"
                 )
-        if native is not None:
-            try:
-                ex.native_body = json.dumps(
-                    {**native, "model": plan.model_used}, separators=(",", ":")
-                ).encode()
-            except (TypeError, ValueError, RecursionError):
-                ex.native_body = None  # translated, then
+            box.data = encoded
+        ex.native_payload = native  # encoded only for a target that speaks its API
         del payload, native  # parsed copies of the body: not needed any more
         headers = filter_headers(request.headers.items(), _REQUEST_DROP)
         headers["Content-Type"] = "application/json"  # the body is JSON: we parsed it
@@ -436,7 +430,7 @@ class _Proxy:
                 self._mesh.request_finished(target)
                 raise
             box.drop()  # the head is in: no retry needs the body now
-            ex.native_body = None
+            ex.native_payload = None
             ex.target = target
             ex.meter = AnswerMeter(ex.stream, keep_text=self.log.log_prompts)
             if target.local and held is None:  # a cloud model costs its price, not energy
@@ -602,18 +596,19 @@ class _Proxy:
         """:meth:`_open`, in the client's own API when ``target`` speaks it (and no
         translated byte is out yet): llama-server's own ``/v1/messages``, say.  A 404
         there (a build without the route) is asked again, translated."""
-        native_path = ex.surface.native_path
+        native = ex.surface.native
         ex.native = False
         if (
-            native_path is not None
-            and ex.native_body is not None
+            native is not None
+            and ex.native_payload is not None
             and stream is None
-            and self._mesh.speaks(target, native_path)
+            and self._mesh.speaks(target, native.path)
+            and (body := _encoded({**ex.native_payload, "model": target.model})) is not None
         ):
-            upstream = await self._open(target, native_path, headers, ex.native_body, hurry)
+            upstream = await self._open(target, native.path, headers, body, hurry)
             if upstream.status != 404:
                 ex.native = True
-                ex.answer = ex.surface.native_answer()
+                ex.answer = native.answer()
                 return upstream
             upstream.close()
         return await self._open(target, ex.upstream_path, headers, box.data, hurry)
@@ -762,7 +757,7 @@ class _Exchange:
         "meter",
         "model",
         "native",
-        "native_body",
+        "native_payload",
         "path",
         "prompt",
         "request_id",
@@ -791,8 +786,17 @@ class _Exchange:
         self.error = ""
         self.prompt: str | None = None
         self.energy_mark: float | None = None  # this node's backend served it from then
-        self.native_body: bytes | None = None  # the client's body, for a backend in its API
+        self.native_payload: dict[str, Any] | None = None  # the client's, for a backend in
+        # its API
         self.native = False  # the answer comes in the client's API: passed on as it is
+
+
+def _encoded(payload: dict[str, Any]) -> bytes | None:
+    """``payload`` as compact JSON; None when it cannot be (nested past the limit)."""
+    try:
+        return json.dumps(payload, separators=(",", ":")).encode()
+    except (TypeError, ValueError, RecursionError):
+        return None
 
 
 def _error_message(body: object) -> str:

@@ -9,7 +9,8 @@ a JSON answer, event by event for a stream.  OpenAI's own surface changes nothin
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -50,6 +51,15 @@ class Answer(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class Native:
+    """A surface's route on a backend that speaks its API: the client's body goes to
+    ``path`` untranslated, and the answer back through ``answer()``, as it is."""
+
+    path: str
+    answer: Callable[[], Answer]
+
+
 class Surface(Protocol):
     """An API a node answers in."""
 
@@ -57,14 +67,9 @@ class Surface(Protocol):
     """Whether a request for a model the mesh does not know goes to another model
     (OpenAI's, as mesh-llm does) or is refused (404)."""
 
-    native_path: str | None
-    """The path of this API's route on a backend that speaks the API itself (llama-server's
-    own ``/v1/messages``): the client's body goes there untranslated, and the answer back
-    through :meth:`native_answer`.  None: always translated."""
-
-    def native_answer(self) -> Answer:
-        """The answer of a backend that speaks this API: passed on as it is."""
-        ...
+    native: Native | None
+    """How a backend that speaks this API itself takes it (llama-server's own
+    ``/v1/messages``); None: always translated."""
 
     def translate(
         self, path: str, payload: dict[str, Any], known: Iterable[str]
@@ -116,10 +121,7 @@ class OpenAISurface:
     """OpenAI's API: nothing to translate."""
 
     fallback = True
-    native_path = None
-
-    def native_answer(self) -> Answer:
-        return _AS_IS
+    native = None
 
     def translate(
         self, path: str, payload: dict[str, Any], known: Iterable[str]
