@@ -140,12 +140,13 @@ class NodeProxyMesh:
                     continue
                 load = self.in_flight[ann.node_id] + (0 if local else ann.load)
                 targets.setdefault(model, []).append(Target(ann.node_id, model, local, load))
-        # A suspect replica (a probe or a tunnel to it failed) is tried only when no other is.
-        for model, replicas in targets.items():
-            trusted = [t for t in replicas if t.local or not self.gossip.is_suspect(t.node_id)]
-            if trusted:
-                targets[model] = trusted
-        return targets
+        return {model: self._trusted_first(replicas) for model, replicas in targets.items()}
+
+    def _trusted_first(self, targets: list[Target]) -> list[Target]:
+        """``targets`` without the suspect ones (a probe or a tunnel to it failed), unless
+        all are: a suspect is tried only when no other is."""
+        trusted = [t for t in targets if t.local or not self.gossip.is_suspect(t.node_id)]
+        return trusted or targets
 
     def provider_targets(self, model: str) -> list[Target] | None:
         """The nodes whose key for ``model``'s provider is up (a suspect one only when no
@@ -162,8 +163,7 @@ class NodeProxyMesh:
                 continue
             load = self.in_flight[ann.node_id] + (0 if local else ann.load)
             targets.append(Target(ann.node_id, model, local, load))
-        trusted = [t for t in targets if t.local or not self.gossip.is_suspect(t.node_id)]
-        return trusted or targets
+        return self._trusted_first(targets)
 
     def speaks(self, target: Target, path: str) -> bool:
         """Anthropic's ``/v1/messages`` is spoken by a model on Anthropic's cloud and by

@@ -107,19 +107,25 @@ class CloudBackends:
         }
 
     def serves(self, model: str) -> bool:
+        return self._held(model) is not None
+
+    def _held(self, model: str) -> tuple[Provider, str] | None:
+        """The provider of ``model`` and its name there, if this node holds its key."""
         try:
             split = split_model(model)
         except ValueError:
-            return False
-        return split is not None and split[0] in self.providers
+            return None
+        if split is None or split[0] not in self.providers:
+            return None
+        return self.providers[split[0]], split[1]
 
     async def forward(
         self, method: str, path: str, headers: Mapping[str, str], body: bytes, *, model: str
     ) -> UpstreamResponse | TranslatedResponse | StaticResponse:
-        split = split_model(model) if self.serves(model) else None
-        if split is None:
+        held = self._held(model)
+        if held is None:
             raise BackendUnavailable(f"{model!r} is not served here")
-        provider, upstream = self.providers[split[0]], split[1]
+        provider, upstream = held
         path = path.split("?", 1)[0]
         if method != "POST":
             return StaticResponse.error(405, f"{method} is not forwarded to {provider.name}")

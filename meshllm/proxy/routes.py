@@ -51,6 +51,7 @@ from typing import Any, Protocol
 from aiohttp import web
 from multidict import CIMultiDict
 
+from meshllm.cloud import KINDS
 from meshllm.config import default
 from meshllm.errors import MeshError, PeerError
 from meshllm.proxy.access import caller_of, count_tokens, model_refusal
@@ -513,7 +514,7 @@ class _Proxy:
         if refused:
             nodes = ", ".join(sorted(refused))
             return 502, f"{provider} refused the API key of every node that holds one ({nodes})"
-        variable = f"{provider.upper()}_API_KEY"
+        variable = KINDS[provider].key_vars[0]
         return 404, (
             f"model {model!r}: no node in the mesh holds a key for {provider!r} "
             f"(start one with {variable} in its environment)"
