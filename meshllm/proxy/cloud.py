@@ -41,9 +41,10 @@ from urllib.parse import quote
 
 from meshllm.cloud import REFUSED, UP, Provider, split_model
 from meshllm.errors import ServingError
-from meshllm.proxy.errors import BackendUnavailable, error_body
-from meshllm.proxy.forward import Forwarder, UpstreamResponse, is_event_stream, split_events
+from meshllm.proxy.errors import BackendUnavailable, error_body, sse_error_event
+from meshllm.proxy.forward import Forwarder, UpstreamResponse, is_event_stream
 from meshllm.surfaces import anthropic, gemini
+from meshllm.surfaces.sse import EventTranslator
 
 log = logging.getLogger(__name__)
 
@@ -353,30 +354,28 @@ class TranslatedResponse:
         self._upstream.close()
 
 
-class UsageFolder:
+class UsageFolder(EventTranslator):
     """OpenAI's stream with the usage-only chunk (``choices: []``) folded into the finish
     chunk before it: for a client that did not ask for usage (``include_usage``)."""
 
+    __slots__ = ("_held",)
+
     def __init__(self) -> None:
-        self._pending = b""
+        super().__init__(MAX_ANSWER_BYTES)
         self._held: dict | None = None  # the finish chunk, until the usage chunk comes
 
-    def feed(self, sse_bytes: bytes) -> bytes:
-        complete, self._pending = split_events(self._pending, sse_bytes)
-        if len(self._pending) > MAX_ANSWER_BYTES:  # no event boundary: pass it on as it is
-            complete, self._pending = complete + self._pending, b""
+    def end(self) -> bytes:
         out: list[bytes] = []
-        for event in complete.replace(b"\r\n", b"\n").split(b"\n\n"):
-            if event:
-                self._event(event, out)
+        if (rest := self._pending.rest()) is not None:
+            self._event(rest, out)
+        out.append(self._release(None))
         return b"".join(out)
 
-    def end(self) -> bytes:
-        out = [self._release(None)] if self._held is not None else []
-        return b"".join(out) + self._pending
+    def _oversized(self) -> bytes:
+        return sse_error_event("upstream sent an oversized event")
 
     def _event(self, event: bytes, out: list[bytes]) -> None:
-        data = event[5:].strip() if event.startswith(b"data:") else None
+        data = event[5:].strip() if event.startswith(b"data:") else b""
         chunk = None
         finishing = b'"finish_reason"' in data and b'"finish_reason":null' not in data
         if data and data != b"[DONE]" and (finishing or b'"usage"' in data):

@@ -5,6 +5,7 @@ OpenAI's shape, streaming included."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,7 +16,7 @@ from aiohttp.test_utils import TestClient
 
 from meshllm.cloud import KINDS, Provider
 from meshllm.proxy import anthropic_surface
-from meshllm.proxy.cloud import CloudBackends
+from meshllm.proxy.cloud import CloudBackends, UsageFolder
 from meshllm.testing.fake_providers import FakeProvider, serve_provider
 from tests.proxy.conftest import SELF, MakeClient, MemoryMesh
 
@@ -310,3 +311,24 @@ async def test_anthropic_counts_the_tokens_of_its_own_models(
     seen = fakes["anthropic"].seen[-1]
     assert seen.path == "/v1/messages/count_tokens" and "stream" not in seen.body
     assert seen.body["model"] == "claude-x"
+
+
+def test_the_usage_fold_puts_the_usage_on_the_finish_chunk_whatever_the_pieces() -> None:
+    """OpenAI's stream as a provider sends it, comments and CRLF included, cut anywhere:
+    the usage-only chunk is gone and its usage rides on the finish chunk."""
+    events = [
+        b": keep-alive",  # a comment: no data line
+        b'data: {"choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":null}]}',
+        b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}',
+        b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1}}',
+        b"data: [DONE]",
+    ]
+    stream = b"\r\n\r\n".join(events) + b"\r\n\r\n"
+    for cut in range(len(stream)):
+        folder = UsageFolder()
+        out = folder.feed(stream[:cut]) + folder.feed(stream[cut:]) + folder.end()
+        data = [e for e in out.split(b"\n\n") if e.startswith(b"data: {")]
+        chunks = [json.loads(e[6:]) for e in data]
+        assert [c["choices"][0]["finish_reason"] for c in chunks] == [None, "stop"], cut
+        assert chunks[-1]["usage"] == {"prompt_tokens": 3, "completion_tokens": 1}
+        assert out.endswith(b"data: [DONE]\n\n") and b": keep-alive" in out
