@@ -260,6 +260,8 @@ class Node:
     def _request_event(self, record: RequestRecord) -> None:
         """A request recorded here, as a private event of ``/api/events`` (the
         history's readers only); its prompt and answer never go there."""
+        if not len(self.events.hub):
+            return  # nobody listens: no row made on the request's path
         row = {k: v for k, v in record.to_dict().items() if k not in PRIVATE_FIELDS}
         self.events.hub.publish([{"type": "request", PRIVATE: True, "row": row}])
 
