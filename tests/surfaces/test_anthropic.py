@@ -16,7 +16,7 @@ from anthropic.types import Message, RawMessageStreamEvent
 from anthropic.types.shared import ErrorResponse
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from openai.types.chat import ChatCompletion
 
 from meshllm.surfaces.anthropic import (
     DEFAULT_MAX_TOKENS,
@@ -34,6 +34,7 @@ from meshllm.surfaces.anthropic import (
     openai_to_messages,
     wants_thinking,
 )
+from tests.surfaces.doubles import mutate, openai_chunks, sdk_client
 
 EVENTS = pydantic.TypeAdapter(RawMessageStreamEvent)
 WEATHER_TOOL = {
@@ -106,37 +107,14 @@ def _translate(pieces: list[bytes], **kwargs: Any) -> bytes:
     return b"".join(translator.feed(piece) for piece in pieces) + translator.end()
 
 
-def _sdk_client(body: bytes, content_type: str, sdk: Any = anthropic.Anthropic) -> Any:
-    """An official SDK client whose every request is answered with ``body``."""
-
-    def answer(request: httpx2.Request) -> httpx2.Response:
-        return httpx2.Response(200, content=body, headers={"content-type": content_type})
-
-    http = httpx2.Client(transport=httpx2.MockTransport(answer))
-    return sdk(api_key="test", base_url="http://mesh.test", http_client=http, max_retries=0)
-
-
 def _sdk_final_message(sse: bytes) -> tuple[Message, str]:
     """What the official client's ``messages.stream`` makes of ``sse``."""
-    client = _sdk_client(sse, "text/event-stream")
+    client = sdk_client(sse, "text/event-stream", anthropic.Anthropic)
     with client.messages.stream(
         model="qwen", max_tokens=64, messages=[{"role": "user", "content": "hi"}]
     ) as stream:
         text = "".join(stream.text_stream)
         return stream.get_final_message(), text
-
-
-def _openai_chunks(sse: bytes) -> list[ChatCompletionChunk]:
-    """OpenAI SSE as chunks, checked by the openai SDK's types, up to ``[DONE]``."""
-    chunks = []
-    for raw in sse.split(b"\n\n"):
-        if not raw or raw.startswith(b":"):
-            continue
-        assert raw.startswith(b"data: "), raw
-        if raw == b"data: [DONE]":
-            break
-        chunks.append(ChatCompletionChunk.model_validate(json.loads(raw[6:])))
-    return chunks
 
 
 def _request(**fields: Any) -> dict:
@@ -656,22 +634,6 @@ FIELDS = st.sampled_from(
 )
 
 
-def _mutate(value: Any, rng: random.Random, junk: Any) -> Any:
-    """``value`` with one node somewhere replaced by ``junk`` (or a key dropped)."""
-    if isinstance(value, dict) and value and rng.random() < 0.8:
-        key = rng.choice(list(value))
-        out = dict(value)
-        if rng.random() < 0.15:
-            del out[key]
-        else:
-            out[key] = _mutate(value[key], rng, junk)
-        return out
-    if isinstance(value, list) and value and rng.random() < 0.8:
-        i = rng.randrange(len(value))
-        return [*value[:i], _mutate(value[i], rng, junk), *value[i + 1 :]]
-    return junk
-
-
 RICH_REQUEST = _request(
     system=[{"type": "text", "text": "sys"}],
     tools=[WEATHER_TOOL],
@@ -711,7 +673,7 @@ RICH_REQUEST = _request(
 @given(junk=JSON, seed=st.integers(0, 2**32), key=FIELDS)
 def test_hostile_requests_raise_only_value_error(junk: Any, seed: int, key: str) -> None:
     rng = random.Random(seed)
-    body = _mutate(RICH_REQUEST, rng, junk)
+    body = mutate(RICH_REQUEST, rng, junk)
     if isinstance(body, dict) and rng.random() < 0.3:
         body = {**body, key: junk}
     for translate in (messages_request, count_tokens_request):
@@ -1416,7 +1378,7 @@ def test_openai_to_messages_rejects_malformed(body: Any, field: str) -> None:
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(junk=JSON, seed=st.integers(0, 2**32))
 def test_hostile_openai_requests_raise_only_value_error(junk: Any, seed: int) -> None:
-    body = _mutate(OPENAI_CHAT, random.Random(seed), junk)
+    body = mutate(OPENAI_CHAT, random.Random(seed), junk)
     try:
         out = openai_to_messages(body, "claude-x")
     except ValueError:
@@ -1689,7 +1651,7 @@ def test_reverse_stream_read_by_openai_sdk() -> None:
     sse = _reverse(CLOUD_STREAM)
     assert sse.endswith(b"data: [DONE]\n\n")
     assert b": ping\n\n" in sse
-    chunks = _openai_chunks(sse)
+    chunks = openai_chunks(sse, comments=True)
     assert chunks[0].choices[0].delta.role == "assistant"
     text = "".join(c.choices[0].delta.content or "" for c in chunks)
     arguments = "".join(
@@ -1709,7 +1671,7 @@ def test_reverse_stream_read_by_openai_sdk() -> None:
     assert last.usage is not None
     assert (last.usage.prompt_tokens, last.usage.completion_tokens) == (110, 25)
 
-    client = _sdk_client(sse, "text/event-stream", openai.OpenAI)
+    client = sdk_client(sse, "text/event-stream", openai.OpenAI)
     stream = client.chat.completions.create(
         model="m", messages=[{"role": "user", "content": "x"}], stream=True
     )
@@ -1737,7 +1699,7 @@ def test_reverse_stream_error_and_cut_off() -> None:
     assert json.loads(sse.split(b"\n\n")[1][6:]) == {
         "error": {"message": "Overloaded", "type": "overloaded_error", "code": None}
     }
-    client = _sdk_client(sse, "text/event-stream", openai.OpenAI)
+    client = sdk_client(sse, "text/event-stream", openai.OpenAI)
     with pytest.raises(openai.APIError, match="Overloaded"):
         list(
             client.chat.completions.create(
@@ -1759,12 +1721,15 @@ def test_reverse_stream_ignores_junk() -> None:
         b"data: 7\n\n",
     ]
     sse = _reverse([*junk, *CLOUD_STREAM])
-    assert "".join(c.choices[0].delta.content or "" for c in _openai_chunks(sse)) == "Let me check."
+    assert (
+        "".join(c.choices[0].delta.content or "" for c in openai_chunks(sse, comments=True))
+        == "Let me check."
+    )
 
 
 def test_stream_round_trip_keeps_content() -> None:
     """llama-server stream -> Anthropic SSE -> OpenAI SSE: same text and tool calls."""
-    chunks = _openai_chunks(_reverse([_translate(LLAMA_STREAM)]))
+    chunks = openai_chunks(_reverse([_translate(LLAMA_STREAM)]), comments=True)
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == "Let me check é☃."
     calls: dict[int, str] = {}
     for c in chunks:

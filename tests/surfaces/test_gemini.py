@@ -10,7 +10,6 @@ import json
 import random
 from typing import Any
 
-import httpx2
 import openai
 import pytest
 from google.genai import types
@@ -29,6 +28,7 @@ from meshllm.surfaces.gemini import (
     gemini_to_openai,
     openai_to_gemini,
 )
+from tests.surfaces.doubles import mutate, openai_chunks, sdk_client
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
@@ -44,47 +44,6 @@ WEATHER_SCHEMA = {
     "additionalProperties": False,
 }
 SIGNATURE = "c2lnbmF0dXJlLW9uZQ=="  # base64, as Gemini sends thoughtSignature
-
-
-def _mutate(value: Any, rng: random.Random, junk: Any) -> Any:
-    """``value`` with one node somewhere replaced by ``junk`` (or a key dropped)."""
-    if isinstance(value, dict) and value and rng.random() < 0.8:
-        key = rng.choice(list(value))
-        out = dict(value)
-        if rng.random() < 0.15:
-            del out[key]
-        else:
-            out[key] = _mutate(value[key], rng, junk)
-        return out
-    if isinstance(value, list) and value and rng.random() < 0.8:
-        i = rng.randrange(len(value))
-        return [*value[:i], _mutate(value[i], rng, junk), *value[i + 1 :]]
-    return junk
-
-
-def _sdk_client(body: bytes, content_type: str, status: int = 200) -> openai.OpenAI:
-    """An openai client whose every request is answered with ``body``."""
-
-    def answer(request: httpx2.Request) -> httpx2.Response:
-        return httpx2.Response(status, content=body, headers={"content-type": content_type})
-
-    http = httpx2.Client(transport=httpx2.MockTransport(answer))
-    return openai.OpenAI(
-        api_key="test", base_url="http://mesh.test", http_client=http, max_retries=0
-    )
-
-
-def _openai_chunks(sse: bytes) -> list[ChatCompletionChunk]:
-    """OpenAI SSE as chunks, checked by the openai SDK's types, up to ``[DONE]``."""
-    chunks = []
-    for raw in sse.split(b"\n\n"):
-        if not raw:
-            continue
-        assert raw.startswith(b"data: "), raw
-        if raw == b"data: [DONE]":
-            break
-        chunks.append(ChatCompletionChunk.model_validate(json.loads(raw[6:])))
-    return chunks
 
 
 # -- openai_to_gemini ------------------------------------------------------------------
@@ -450,7 +409,7 @@ def test_openai_to_gemini_rejects_malformed(body: Any, field: str) -> None:
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(junk=JSON, seed=st.integers(0, 2**32))
 def test_hostile_requests_raise_only_value_error(junk: Any, seed: int) -> None:
-    body = _mutate(OPENAI_CHAT, random.Random(seed), junk)
+    body = mutate(OPENAI_CHAT, random.Random(seed), junk)
     try:
         out = openai_to_gemini(body)
     except ValueError as error:
@@ -620,7 +579,7 @@ def test_gemini_to_openai_blocked_prompt() -> None:
 @settings(max_examples=300, deadline=None)
 @given(junk=JSON, seed=st.integers(0, 2**32))
 def test_hostile_answers_never_raise(junk: Any, seed: int) -> None:
-    for answer in (junk, _mutate(GEMINI_ANSWER, random.Random(seed), junk)):
+    for answer in (junk, mutate(GEMINI_ANSWER, random.Random(seed), junk)):
         out = gemini_to_openai(answer, "m", 1, "chatcmpl-1")
         ChatCompletion.model_validate(out)
         json.dumps(out, allow_nan=False)
@@ -726,7 +685,7 @@ def test_stream_fixture_is_what_gemini_sends() -> None:
 def test_stream_translation() -> None:
     sse = _translate([GEMINI_STREAM])
     assert sse.endswith(b"data: [DONE]\n\n")
-    chunks = _openai_chunks(sse)
+    chunks = openai_chunks(sse)
     assert chunks[0].choices[0].delta.role == "assistant"
     assert all(c.id == "chatcmpl-s1" and c.model == "gemini:flash" for c in chunks)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -749,7 +708,7 @@ def test_stream_translation() -> None:
     assert (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) == (10, 25, 35)
     assert b"thought_signature" in sse
 
-    client = _sdk_client(sse, "text/event-stream")
+    client = sdk_client(sse, "text/event-stream")
     stream = client.chat.completions.create(
         model="m", messages=[{"role": "user", "content": "x"}], stream=True
     )
@@ -791,7 +750,7 @@ def test_stream_text_only_finishes_with_stop_and_length() -> None:
         {"candidates": [{"content": {"parts": [{"text": "a"}]}}]},
         {"candidates": [{"content": {"parts": [{"text": ""}]}, "finishReason": "MAX_TOKENS"}]},
     ]
-    chunks = _openai_chunks(_translate([b"".join(_event(e) for e in events)]))
+    chunks = openai_chunks(_translate([b"".join(_event(e) for e in events)]))
     assert [c.choices[0].finish_reason for c in chunks if c.choices] == [None, None, "length"]
 
 
@@ -818,7 +777,7 @@ def test_stream_several_candidates() -> None:
             ]
         },
     ]
-    chunks = _openai_chunks(_translate([b"".join(_event(e) for e in events)]))
+    chunks = openai_chunks(_translate([b"".join(_event(e) for e in events)]))
     by_choice: dict[int, str] = {}
     for c in chunks:
         for choice in c.choices:
@@ -835,7 +794,7 @@ def test_stream_blocked_prompt() -> None:
     }
     _sdk(blocked)
     sse = _translate([_event(blocked)])
-    chunks = _openai_chunks(sse)
+    chunks = openai_chunks(sse)
     assert chunks[0].choices[0].delta.role == "assistant"
     assert chunks[1].choices[0].finish_reason == "content_filter"
     assert chunks[2].usage.prompt_tokens == 4  # type: ignore[union-attr]
@@ -854,7 +813,7 @@ def test_stream_error_event() -> None:
     assert last == {
         "error": {"message": "The model is overloaded.", "type": "api_error", "code": "UNAVAILABLE"}
     }
-    client = _sdk_client(sse, "text/event-stream")
+    client = sdk_client(sse, "text/event-stream")
     with pytest.raises(openai.APIError, match="overloaded"):
         list(
             client.chat.completions.create(
@@ -888,7 +847,7 @@ def test_stream_ignores_junk() -> None:
         _event({"candidates": [None, {"content": {"parts": [None, {"functionCall": 3}]}}]}),
         _event({"candidates": [{"index": 99, "content": {"parts": [{"text": "far"}]}}]}),
     ]
-    chunks = _openai_chunks(_translate([*junk, GEMINI_STREAM]))
+    chunks = openai_chunks(_translate([*junk, GEMINI_STREAM]))
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == "far" + "Paris é☃ is sunny."  # index 99 is out of range: its position, 0
 
@@ -908,7 +867,7 @@ def test_hostile_streams_never_raise(pieces: list[bytes], usage: bool) -> None:
 @settings(max_examples=200, deadline=None)
 @given(junk=JSON, seed=st.integers(0, 2**32))
 def test_hostile_stream_events_never_raise(junk: Any, seed: int) -> None:
-    events = [_mutate(e, random.Random(seed), junk) for e in GEMINI_STREAM_EVENTS]
+    events = [mutate(e, random.Random(seed), junk) for e in GEMINI_STREAM_EVENTS]
     _check_sse(_translate([b"".join(_event(e) for e in events)]))
 
 
@@ -954,7 +913,7 @@ def test_hostile_stream_events_never_raise(junk: Any, seed: int) -> None:
 def test_error_to_openai(status: int, body: bytes, expected: dict) -> None:
     out = error_to_openai(status, body)
     assert out == {"error": expected}
-    client = _sdk_client(json.dumps(out).encode(), "application/json", status)
+    client = sdk_client(json.dumps(out).encode(), "application/json", status=status)
     with pytest.raises(openai.APIStatusError) as caught:
         client.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}])
     assert caught.value.status_code == status
