@@ -69,7 +69,7 @@ def test_a_bad_cors_origin_is_a_config_error() -> None:
 
 
 def test_status_names_a_suspect_peer(capsys: pytest.CaptureFixture[str]) -> None:
-    from meshllm.cli import print_status
+    from meshllm.cli_text import print_status
 
     peer = {"node_id": "b" * 16, "role": "host", "addrs": ["10.0.0.2:9338"], "rtt_ms": 1.5,
             "serving": {"m": "ready"}, "suspect": True}  # fmt: skip
@@ -101,7 +101,7 @@ def _pool_mesh() -> list[Any]:
 
 
 def test_models_shows_each_nodes_pool_state(capsys: pytest.CaptureFixture[str]) -> None:
-    from meshllm.cli import print_models
+    from meshllm.cli_text import print_models
     from meshllm.election.pool_view import pool_view
 
     print_models(pool_view(_pool_mesh(), 1_750_000_000_000))
@@ -116,7 +116,7 @@ def test_models_shows_each_nodes_pool_state(capsys: pytest.CaptureFixture[str]) 
 
 
 def test_models_of_an_empty_mesh(capsys: pytest.CaptureFixture[str]) -> None:
-    from meshllm.cli import print_models
+    from meshllm.cli_text import print_models
 
     print_models([])
     assert capsys.readouterr().out == "no model in the mesh catalog\n"
