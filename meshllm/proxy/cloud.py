@@ -366,8 +366,7 @@ class UsageFolder(EventTranslator):
 
     def end(self) -> bytes:
         out: list[bytes] = []
-        if (rest := self._pending.rest()) is not None:
-            self._event(rest, out)
+        self._flush(out)
         out.append(self._release(None))
         return b"".join(out)
 

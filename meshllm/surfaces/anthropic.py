@@ -31,7 +31,7 @@ from typing import Any
 
 from meshllm.surfaces import openai_chat
 from meshllm.surfaces.openai_chat import is_int, is_number, json_object
-from meshllm.surfaces.sse import EventBuffer, EventTranslator, plain_content
+from meshllm.surfaces.sse import EventTranslator, plain_content
 
 DEFAULT_MAX_TOKENS = 4096  # Anthropic requires max_tokens; OpenAI clients often leave it out
 MAX_TOKENS_CEILING = (1 << 31) - 1  # llama-server reads n_predict as an int32
@@ -488,7 +488,7 @@ def _anthropic_usage(usage: Any, timings: Any) -> dict | None:
 # -- OpenAI stream -> Anthropic stream --------------------------------------------------
 
 
-class StreamTranslator:
+class StreamTranslator(EventTranslator):
     """Turns one streamed OpenAI answer into Anthropic SSE: :meth:`feed` each piece of
     the backend's stream as it comes, then :meth:`end` once it is over.
 
@@ -499,14 +499,12 @@ class StreamTranslator:
     __slots__ = (
         "_counted",
         "_delta_prefix",
-        "_done",
         "_finish",
         "_index",
         "_input_tokens",
         "_message_id",
         "_model",
         "_open",
-        "_pending",
         "_started",
         "_stop_sequence",
         "_thinking",
@@ -526,9 +524,8 @@ class StreamTranslator:
         self._message_id = message_id
         self._thinking = thinking
         self._input_tokens = input_tokens
-        self._pending = EventBuffer(MAX_PENDING_BYTES)  # an event not yet ended
+        super().__init__(MAX_PENDING_BYTES)  # done: message_stop or an error sent
         self._started = False  # message_start sent
-        self._done = False  # message_stop or an error sent
         self._index = -1  # of the last content block opened
         self._open = 0  # the kind of the open block, 0 when none
         self._delta_prefix = b""  # a content_block_delta for the open block, up to its value
@@ -540,19 +537,8 @@ class StreamTranslator:
         self._usage: dict | None = None
         self._timings: dict | None = None
 
-    def feed(self, events: bytes) -> bytes:
-        """Anthropic SSE for ``events``: one or more OpenAI SSE events (a trailing
-        unfinished one is kept for the next call)."""
-        if self._done:
-            return b""
-        out: list[bytes] = []
-        for event in self._pending.events(events):
-            self._event(event, out)
-            if self._done:
-                return b"".join(out)
-        if self._pending.overflowed():
-            out.append(self._error({"message": "backend sent an oversized event"}))
-        return b"".join(out)
+    def _oversized(self) -> bytes:
+        return self._error({"message": "backend sent an oversized event"})
 
     def end(self) -> bytes:
         """The closing events, once the backend's stream is over: close the open block,
@@ -560,10 +546,8 @@ class StreamTranslator:
         if self._done:
             return b""
         out: list[bytes] = []
-        if (rest := self._pending.rest()) is not None:
-            self._event(rest, out)
-            if self._done:
-                return b"".join(out)
+        if self._flush(out):
+            return b"".join(out)
         self._done = True
         if not self._started:
             out.append(self._message_start())
@@ -956,9 +940,7 @@ class AnthropicToOpenAIStream(EventTranslator):
         if self._done:
             return b""
         out: list[bytes] = []
-        if (rest := self._pending.rest()) is not None:
-            self._event(rest, out)
-        if not self._done:
+        if not self._flush(out):
             self._done = True
             out.append(_openai_error("api_error", "upstream stream ended before message_stop"))
         return b"".join(out)

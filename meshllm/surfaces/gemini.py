@@ -339,9 +339,7 @@ class GeminiToOpenAIStream(EventTranslator):
         if self._done:
             return b""
         out: list[bytes] = []
-        if (rest := self._pending.rest()) is not None:
-            self._event(rest, out)
-        if self._done:
+        if self._flush(out):
             return b"".join(out)
         self._done = True
         if not self._finished:

@@ -94,6 +94,13 @@ class EventTranslator:
             out.append(self._oversized())
         return b"".join(out)
 
+    def _flush(self, out: list[bytes]) -> bool:
+        """The stream closed: translate its unfinished last event into ``out``; whether
+        the answer is over (``_done``), so that ``end()`` adds nothing of its own."""
+        if (rest := self._pending.rest()) is not None:
+            self._event(rest, out)
+        return self._done
+
     def _event(self, event: bytes, out: list[bytes]) -> None:
         raise NotImplementedError
 
